@@ -1,0 +1,82 @@
+#include "agent/core/config.h"
+
+#include <gtest/gtest.h>
+
+namespace kvm {
+namespace {
+
+std::string ErrorOf(std::string_view text) {
+  try {
+    ParseConfig(text);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, DefaultsAreTheSeeds) {
+  Config c = ParseConfig("{}").config;
+  EXPECT_EQ(c.version, "1.0.0");
+  EXPECT_EQ(c.log_level, "info");
+  EXPECT_EQ(c.log_file, "/var/log/kvmmanager-agent.log");
+  EXPECT_EQ(c.channel_name, "org.kvmmanager.agent.0");
+  EXPECT_EQ(c.max_message_size_kb, 64);
+  EXPECT_EQ(c.connection_retry_seconds, 5);
+  EXPECT_EQ(c.request_timeout_seconds, 30);
+  EXPECT_EQ(c.max_concurrent_requests, 10);
+  EXPECT_EQ(c.security.allowed_read_paths,
+            (std::vector<std::string>{"/tmp", "/var/log", "/etc/hostname", "/etc/os-release"}));
+  EXPECT_EQ(c.security.allowed_write_paths, (std::vector<std::string>{"/tmp/kvmmanager"}));
+  EXPECT_FALSE(c.security.command_whitelist.has_value());
+  EXPECT_EQ(c.security.max_file_size_mb, 10);
+  EXPECT_EQ(c.security.max_command_timeout_seconds, 300);
+}
+
+TEST(Config, SeedsFullExampleParsesToDefaults) {
+  auto loaded = ParseConfig(R"({
+    "version": "1.0.0", "log_level": "info", "log_file": "/var/log/kvmmanager-agent.log",
+    "channel_name": "org.kvmmanager.agent.0", "max_message_size_kb": 64,
+    "connection_retry_seconds": 5, "request_timeout_seconds": 30, "max_concurrent_requests": 10,
+    "security": {"allowed_read_paths": ["/tmp", "/var/log", "/etc/hostname", "/etc/os-release"],
+      "allowed_write_paths": ["/tmp/kvmmanager"], "command_whitelist": null,
+      "max_file_size_mb": 10, "max_command_timeout_seconds": 300}})");
+  EXPECT_TRUE(loaded.warnings.empty());
+  EXPECT_EQ(ConfigToJson(loaded.config), ConfigToJson(Config{}));
+}
+
+TEST(Config, WhitelistAndOverrides) {
+  Config c = ParseConfig(R"({"max_concurrent_requests": 3,
+    "security": {"command_whitelist": ["ls", "/usr/bin/df"]}})").config;
+  EXPECT_EQ(c.max_concurrent_requests, 3);
+  ASSERT_TRUE(c.security.command_whitelist);
+  EXPECT_EQ(c.security.command_whitelist->size(), 2u);
+}
+
+TEST(Config, WrongTypeOrValueNamesTheKey) {
+  EXPECT_NE(ErrorOf(R"({"max_message_size_kb": "64"})").find("max_message_size_kb"), std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"max_concurrent_requests": 0})").find("max_concurrent_requests"), std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"log_level": "loud"})").find("log_level"), std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"security": {"allowed_read_paths": ["relative"]}})").find("security.allowed_read_paths"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"security": {"command_whitelist": "ls"}})").find("security.command_whitelist"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"request_timeout_seconds": 1.5})").find("request_timeout_seconds"), std::string::npos);
+  EXPECT_NE(ErrorOf("[1]").find("object"), std::string::npos);
+  EXPECT_NE(ErrorOf("{").find("JSON"), std::string::npos);
+}
+
+TEST(Config, UnknownKeysAreWarnedNotFatal) {
+  auto loaded = ParseConfig(R"({"colour": "blue", "security": {"x": 1}})");
+  ASSERT_EQ(loaded.warnings.size(), 2u);
+  EXPECT_NE(loaded.warnings[0].find("colour"), std::string::npos);
+  EXPECT_NE(loaded.warnings[1].find("security.x"), std::string::npos);
+}
+
+TEST(Config, MissingFileMeansDefaults) {
+  auto loaded = LoadConfigFile("/nonexistent/kvm/config.json");
+  EXPECT_FALSE(loaded.file_found);
+  EXPECT_EQ(loaded.config.max_message_size_kb, 64);
+}
+
+}  // namespace
+}  // namespace kvm

@@ -1,0 +1,202 @@
+#include "agent/core/dispatcher.h"
+
+#include <boost/json/array.hpp>
+
+#include <exception>
+
+#include "protocol/errors.h"
+#include "protocol/jsonrpc.h"
+
+namespace kvm {
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+
+struct Dispatcher::Job {
+  std::string method;
+  json::value id;
+  bool notification = false;
+  Completion done;
+  bool answered = false;  // loop thread only
+  EventLoop::TimerId timer = 0;
+  int64_t timeout_seconds = 0;
+  std::shared_ptr<std::atomic<int64_t>> deadline_ns = std::make_shared<std::atomic<int64_t>>(0);
+  std::shared_ptr<std::atomic<bool>> abandoned = std::make_shared<std::atomic<bool>>(false);
+};
+
+namespace {
+
+// Runs a handler and turns whatever it does into the reply text ("" for notifications).
+std::string Invoke(const MethodSpec& spec, const std::string& method, const json::object& params,
+                   const json::value& id, bool notification, RequestContext& ctx, Logger& log) {
+  try {
+    json::value result = spec.handler(params, ctx);
+    return notification ? std::string() : jsonrpc::ResultResponse(id, result);
+  } catch (const RpcError& e) {
+    return notification ? std::string() : jsonrpc::ErrorResponse(id, e);
+  } catch (const std::exception& e) {
+    LOG_ERROR(log, "method %s failed unexpectedly: %s", method.c_str(), e.what());
+    return notification ? std::string()
+                        : jsonrpc::ErrorResponse(
+                              id, RpcError(ErrorCode::kInternalError,
+                                           "Internal error in " + method + ": " + e.what(),
+                                           {{"method", method}}));
+  }
+}
+
+}  // namespace
+
+Dispatcher::Dispatcher(EventLoop& loop, const MethodTable& methods, Logger& log,
+                       std::shared_ptr<const Config> config)
+    : loop_(loop), methods_(methods), log_(log), config_(std::move(config)),
+      pool_(static_cast<size_t>(config_->max_concurrent_requests)) {}
+
+Dispatcher::~Dispatcher() { AbandonAll(); }
+
+void Dispatcher::SetConfig(std::shared_ptr<const Config> config) {
+  config_ = std::move(config);
+  pool_.set_max_threads(static_cast<size_t>(config_->max_concurrent_requests));
+}
+
+void Dispatcher::AbandonAll() {
+  for (const auto& job : jobs_) job->abandoned->store(true);
+}
+
+void Dispatcher::HandleOversized(const std::shared_ptr<ReplySink>& sink) {
+  size_t limit = config_->max_message_bytes();
+  sink->Finish(jsonrpc::ErrorResponse(
+      nullptr, RpcError(ErrorCode::kTooLarge,
+                        "Request line exceeds max_message_size_kb (" +
+                            std::to_string(config_->max_message_size_kb) + " KiB); discarded",
+                        {{"limit_bytes", limit}})));
+}
+
+void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySink>& sink) {
+  json::value message;
+  try {
+    message = jsonrpc::ParseLine(line);
+  } catch (const RpcError& e) {
+    sink->Finish(jsonrpc::ErrorResponse(nullptr, e));
+    return;
+  }
+  if (!message.is_array()) {
+    ProcessMessage(std::move(message), [sink](std::string reply) { sink->Finish(std::move(reply)); });
+    return;
+  }
+  json::array& batch = message.get_array();
+  if (batch.empty()) {
+    sink->Finish(jsonrpc::ErrorResponse(
+        nullptr, RpcError(ErrorCode::kInvalidRequest, "Invalid Request: empty batch",
+                          {{"detail", "empty batch"}})));
+    return;
+  }
+  // Replies are gathered in order of completion; the batch answers once all are done.
+  struct BatchState {
+    std::shared_ptr<ReplySink> sink;
+    std::string joined;
+    size_t remaining;
+  };
+  auto state = std::make_shared<BatchState>(BatchState{sink, std::string(), batch.size()});
+  for (auto& element : batch) {
+    ProcessMessage(std::move(element), [state](std::string reply) {
+      if (!reply.empty()) {
+        state->joined += state->joined.empty() ? '[' : ',';
+        state->joined += reply;
+      }
+      if (--state->remaining == 0) {
+        if (!state->joined.empty()) state->joined += ']';
+        state->sink->Finish(std::move(state->joined));
+      }
+    });
+  }
+}
+
+void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
+  auto validated = jsonrpc::ValidateRequest(std::move(message));
+  if (auto* invalid = std::get_if<jsonrpc::InvalidRequest>(&validated)) {
+    done(jsonrpc::ErrorResponse(invalid->id, invalid->error));
+    return;
+  }
+  auto& request = std::get<jsonrpc::Request>(validated);
+  bool notification = request.is_notification();
+  auto fail = [&](RpcError error) {
+    done(notification ? std::string() : jsonrpc::ErrorResponse(request.id, error));
+  };
+  const MethodSpec* spec = methods_.Find(request.method);
+  if (!spec) {
+    fail(RpcError(ErrorCode::kMethodNotFound, "Method not found: " + request.method,
+                  {{"method", request.method}}));
+    return;
+  }
+  if (shutting_down_) {
+    fail(RpcError(ErrorCode::kShuttingDown, "Agent is shutting down", {{"method", request.method}}));
+    return;
+  }
+  if (spec->mode == RunMode::kInline) {
+    RequestContext ctx(config_, log_, nullptr, nullptr);
+    done(Invoke(*spec, request.method, request.params, request.id, notification, ctx, log_));
+    return;
+  }
+  if (in_flight_ >= static_cast<size_t>(config_->max_concurrent_requests)) {
+    fail(RpcError(ErrorCode::kBusy,
+                  "Busy: " + std::to_string(in_flight_) +
+                      " requests in flight (max_concurrent_requests); retry later",
+                  {{"limit", config_->max_concurrent_requests}, {"method", request.method}}));
+    return;
+  }
+  StartWorker(std::move(request.method), *spec, std::move(request.params), std::move(request.id),
+              notification, std::move(done));
+}
+
+void Dispatcher::StartWorker(std::string method, const MethodSpec& spec, json::object params,
+                             json::value id, bool notification, Completion done) {
+  auto job = std::make_shared<Job>();
+  job->method = method;
+  job->id = id;
+  job->notification = notification;
+  job->done = std::move(done);
+  job->timeout_seconds = config_->request_timeout_seconds;
+  job->deadline_ns->store(
+      (Clock::now() + std::chrono::seconds(job->timeout_seconds)).time_since_epoch().count());
+  ++in_flight_;
+  jobs_.insert(job);
+  ArmTimeout(job);
+
+  auto config = config_;
+  pool_.Submit([this, job, &spec, method = std::move(method), params = std::move(params),
+                id = std::move(id), notification, config = std::move(config)]() mutable {
+    RequestContext ctx(config, log_, job->deadline_ns, job->abandoned);
+    std::string reply = Invoke(spec, method, params, id, notification, ctx, log_);
+    loop_.Post([this, job, reply = std::move(reply)]() mutable {
+      --in_flight_;
+      jobs_.erase(job);
+      if (job->answered) return;  // already answered "timeout"
+      job->answered = true;
+      loop_.CancelTimer(job->timer);
+      job->done(std::move(reply));
+    });
+  });
+}
+
+void Dispatcher::ArmTimeout(const std::shared_ptr<Job>& job) {
+  Clock::time_point deadline{Clock::duration(job->deadline_ns->load())};
+  job->timer = loop_.AddTimer(deadline, [this, job] {
+    if (job->answered) return;
+    Clock::time_point now_deadline{Clock::duration(job->deadline_ns->load())};
+    if (Clock::now() < now_deadline) {  // the handler extended its deadline
+      ArmTimeout(job);
+      return;
+    }
+    job->answered = true;
+    job->abandoned->store(true);
+    LOG_WARN(log_, "method %s timed out; answered with a timeout error", job->method.c_str());
+    job->done(job->notification
+                  ? std::string()
+                  : jsonrpc::ErrorResponse(
+                        job->id, RpcError(ErrorCode::kTimeout,
+                                          "Request timed out (" + job->method + ")",
+                                          {{"method", job->method},
+                                           {"timeout_seconds", job->timeout_seconds}})));
+  });
+}
+
+}  // namespace kvm

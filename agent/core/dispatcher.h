@@ -1,0 +1,70 @@
+// Turns request lines into replies: JSON-RPC validation, batches, method lookup, concurrency
+// limit, per-request timeout. Transport-agnostic: replies go to a ReplySink.
+#pragma once
+
+#include <boost/json/value.hpp>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+
+#include "agent/core/config.h"
+#include "agent/core/event_loop.h"
+#include "agent/core/logger.h"
+#include "agent/core/method_table.h"
+#include "agent/core/worker_pool.h"
+
+namespace kvm {
+
+// Where the reply to one line goes (one client connection, or one host session on the port).
+class ReplySink {
+ public:
+  virtual ~ReplySink() = default;
+  // Loop thread; called exactly once per line given to Dispatcher::HandleLine. `reply` is a
+  // serialized JSON text without newline, or empty when nothing is to be sent (notifications).
+  virtual void Finish(std::string reply) = 0;
+};
+
+class Dispatcher {
+ public:
+  Dispatcher(EventLoop& loop, const MethodTable& methods, Logger& log,
+             std::shared_ptr<const Config> config);
+  ~Dispatcher();
+
+  // Loop thread. Never blocks on a handler: worker methods complete later via the loop.
+  void HandleLine(std::string_view line, const std::shared_ptr<ReplySink>& sink);
+  // A line over max_message_size_kb was dropped by the framer: answer with an error (id null).
+  void HandleOversized(const std::shared_ptr<ReplySink>& sink);
+
+  void SetConfig(std::shared_ptr<const Config> config);
+  std::shared_ptr<const Config> config() const { return config_; }
+
+  // From now on new requests get kShuttingDown; in-flight ones go on.
+  void BeginShutdown() { shutting_down_ = true; }
+  // Tells every in-flight handler to give up (RequestContext::abandoned()).
+  void AbandonAll();
+  size_t in_flight() const { return in_flight_; }
+
+ private:
+  struct Job;
+  using Completion = std::function<void(std::string reply)>;
+
+  void ProcessMessage(boost::json::value&& message, Completion done);
+  void StartWorker(std::string method, const MethodSpec& spec, boost::json::object params,
+                   boost::json::value id, bool notification, Completion done);
+  void ArmTimeout(const std::shared_ptr<Job>& job);
+
+  EventLoop& loop_;
+  const MethodTable& methods_;
+  Logger& log_;
+  std::shared_ptr<const Config> config_;
+  WorkerPool pool_;
+  size_t in_flight_ = 0;
+  bool shutting_down_ = false;
+  std::unordered_set<std::shared_ptr<Job>> jobs_;  // in flight, loop thread only
+};
+
+}  // namespace kvm

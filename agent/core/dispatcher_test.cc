@@ -1,0 +1,140 @@
+#include "agent/core/dispatcher.h"
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "protocol/errors.h"
+
+namespace kvm {
+namespace {
+namespace json = boost::json;
+
+class RecordingSink : public ReplySink {
+ public:
+  void Finish(std::string reply) override { replies.push_back(std::move(reply)); }
+  std::vector<std::string> replies;
+};
+
+class DispatcherTest : public ::testing::Test {
+ protected:
+  DispatcherTest() {
+    log_.set_level(LogLevel::kOff);
+    table_.Add("echo", RunMode::kInline,
+               [](const json::object& p, RequestContext&) { return json::value(p); });
+    table_.Add("slow", RunMode::kWorker, [](const json::object&, RequestContext& ctx) {
+      while (!ctx.abandoned()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return json::value("late");
+    });
+    table_.Add("work", RunMode::kWorker,
+               [](const json::object&, RequestContext&) { return json::value(42); });
+    table_.Add("fail", RunMode::kInline, [](const json::object&, RequestContext&) -> json::value {
+      throw RpcError(ErrorCode::kNotFound, "nope");
+    });
+    Config c;
+    c.request_timeout_seconds = 1;
+    c.max_concurrent_requests = 2;
+    dispatcher_ = std::make_unique<Dispatcher>(loop_, table_, log_, std::make_shared<Config>(c));
+  }
+
+  // Runs the loop until `sink` has `count` replies (or 5 s pass).
+  void RunUntil(RecordingSink& sink, size_t count) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    std::function<void()> check = [&] {
+      if (sink.replies.size() >= count || std::chrono::steady_clock::now() > deadline) {
+        loop_.Stop();
+      } else {
+        loop_.AddTimer(std::chrono::milliseconds(2), check);
+      }
+    };
+    check();
+    loop_.Run();
+  }
+
+  Logger log_;
+  EventLoop loop_;
+  MethodTable table_;
+  std::unique_ptr<Dispatcher> dispatcher_;
+};
+
+TEST_F(DispatcherTest, InlineMethodAnswersSynchronously) {
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"echo","params":{"a":1},"id":1})", sink);
+  ASSERT_EQ(sink->replies.size(), 1u);
+  EXPECT_EQ(sink->replies[0], R"({"jsonrpc":"2.0","result":{"a":1},"id":1})");
+}
+
+TEST_F(DispatcherTest, NotificationsAreNeverAnswered) {
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"echo"})", sink);
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"nosuch"})", sink);
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"fail"})", sink);
+  EXPECT_EQ(sink->replies, (std::vector<std::string>{"", "", ""}));
+}
+
+TEST_F(DispatcherTest, WorkerMethodAnswersThroughTheLoop) {
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"work","id":"w"})", sink);
+  EXPECT_TRUE(sink->replies.empty());
+  RunUntil(*sink, 1);
+  ASSERT_EQ(sink->replies.size(), 1u);
+  EXPECT_EQ(sink->replies[0], R"({"jsonrpc":"2.0","result":42,"id":"w"})");
+}
+
+TEST_F(DispatcherTest, BusyBeyondMaxConcurrentAndTimeoutAfterRequestTimeout) {
+  auto sink = std::make_shared<RecordingSink>();
+  for (int i = 0; i < 3; ++i) {
+    dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"slow","id":)" + std::to_string(i) + "}", sink);
+  }
+  ASSERT_EQ(sink->replies.size(), 1u);  // the third is refused at once
+  auto busy = json::parse(sink->replies[0]).as_object();
+  EXPECT_EQ(busy["error"].as_object()["code"], static_cast<int>(ErrorCode::kBusy));
+  EXPECT_EQ(busy["id"], 2);
+  RunUntil(*sink, 3);
+  ASSERT_EQ(sink->replies.size(), 3u);
+  for (int i = 1; i < 3; ++i) {
+    auto timeout = json::parse(sink->replies[i]).as_object();
+    EXPECT_EQ(timeout["error"].as_object()["code"], static_cast<int>(ErrorCode::kTimeout));
+  }
+  // The abandoned handlers finish; their late results are not sent.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (dispatcher_->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    loop_.AddTimer(std::chrono::milliseconds(5), [&] { loop_.Stop(); });
+    loop_.Run();
+  }
+  EXPECT_EQ(dispatcher_->in_flight(), 0u);
+  EXPECT_EQ(sink->replies.size(), 3u);
+}
+
+TEST_F(DispatcherTest, BatchAnswersOneArrayWithoutNotifications) {
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(
+      R"([{"jsonrpc":"2.0","method":"echo","id":1},{"jsonrpc":"2.0","method":"echo"},)"
+      R"({"jsonrpc":"2.0","method":"work","id":2},5])",
+      sink);
+  RunUntil(*sink, 1);
+  ASSERT_EQ(sink->replies.size(), 1u);
+  auto batch = json::parse(sink->replies[0]).as_array();
+  EXPECT_EQ(batch.size(), 3u);
+}
+
+TEST_F(DispatcherTest, AllNotificationBatchGetsNoReply) {
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"([{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"x"}])", sink);
+  ASSERT_EQ(sink->replies.size(), 1u);
+  EXPECT_EQ(sink->replies[0], "");
+}
+
+TEST_F(DispatcherTest, ExceptionsOtherThanRpcErrorBecomeInternalError) {
+  table_.Add("throws", RunMode::kInline, [](const json::object&, RequestContext&) -> json::value {
+    throw std::runtime_error("boom");
+  });
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"throws","id":1})", sink);
+  auto reply = json::parse(sink->replies.at(0)).as_object();
+  EXPECT_EQ(reply["error"].as_object()["code"], -32603);
+}
+
+}  // namespace
+}  // namespace kvm

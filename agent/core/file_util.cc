@@ -1,0 +1,35 @@
+#include "agent/core/file_util.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "agent/core/unique_fd.h"
+
+namespace kvm {
+
+std::optional<std::string> ReadSmallFile(const std::string& path, size_t max_bytes,
+                                         int* error_number) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!fd) {
+    if (error_number) *error_number = errno;
+    return std::nullopt;
+  }
+  std::string out;
+  char buf[8192];
+  while (out.size() < max_bytes) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (error_number) *error_number = errno;
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  if (out.size() > max_bytes) out.resize(max_bytes);
+  return out;
+}
+
+}  // namespace kvm

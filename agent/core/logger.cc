@@ -1,0 +1,61 @@
+#include "agent/core/logger.h"
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstring>
+#include <ctime>
+#include <sys/time.h>
+
+namespace kvm {
+
+LogLevel ParseLogLevel(std::string_view name) {
+  if (name == "trace") return LogLevel::kTrace;
+  if (name == "debug") return LogLevel::kDebug;
+  if (name == "warn") return LogLevel::kWarn;
+  if (name == "error") return LogLevel::kError;
+  if (name == "off") return LogLevel::kOff;
+  return LogLevel::kInfo;
+}
+
+Logger::~Logger() {
+  if (file_) std::fclose(file_);
+}
+
+std::string Logger::OpenFile(const std::string& path) {
+  std::lock_guard lock(mutex_);
+  if (file_) {
+    std::fclose(file_);
+    file_ = nullptr;
+  }
+  if (path.empty()) return {};
+  file_ = std::fopen(path.c_str(), "ae");
+  if (!file_) return "cannot open log file " + path + ": " + std::strerror(errno);
+  return {};
+}
+
+void Logger::Log(LogLevel level, const char* format, ...) {
+  static constexpr const char* kNames[] = {"trace", "debug", "info", "warn", "error", "off"};
+  char message[2048];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(message, sizeof message, format, args);
+  va_end(args);
+
+  timeval now;
+  gettimeofday(&now, nullptr);
+  tm local;
+  localtime_r(&now.tv_sec, &local);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &local);
+
+  std::lock_guard lock(mutex_);
+  const char* name = kNames[static_cast<int>(level)];
+  if (to_stderr_) std::fprintf(stderr, "kvmmanager-agent[%s] %s\n", name, message);
+  if (file_) {
+    std::fprintf(file_, "%s.%03ld %s %s\n", stamp, static_cast<long>(now.tv_usec / 1000), name,
+                 message);
+    std::fflush(file_);
+  }
+}
+
+}  // namespace kvm

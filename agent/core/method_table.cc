@@ -1,0 +1,31 @@
+#include "agent/core/method_table.h"
+
+#include <stdexcept>
+
+namespace kvm {
+
+void RequestContext::ExtendDeadline(Clock::duration from_now) {
+  if (!deadline_ns_) return;
+  int64_t wanted = (Clock::now() + from_now).time_since_epoch().count();
+  int64_t current = deadline_ns_->load();
+  while (wanted > current && !deadline_ns_->compare_exchange_weak(current, wanted)) {
+  }
+}
+
+void MethodTable::Add(std::string name, RunMode mode, Handler handler) {
+  auto [it, inserted] = methods_.emplace(std::move(name), MethodSpec{std::move(handler), mode});
+  if (!inserted) throw std::logic_error("method registered twice: " + it->first);
+}
+
+const MethodSpec* MethodTable::Find(std::string_view name) const {
+  auto it = methods_.find(name);
+  return it == methods_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> MethodTable::Names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, spec] : methods_) names.push_back(name);
+  return names;
+}
+
+}  // namespace kvm

@@ -1,0 +1,83 @@
+// The methods this agent serves: name -> handler, and how each one runs.
+#pragma once
+
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/core/config.h"
+#include "agent/core/logger.h"
+
+namespace kvm {
+
+// What a handler may know about the request it serves. Handlers run on a worker thread (or,
+// for kInline methods, on the I/O thread) and must not keep references past their return.
+class RequestContext {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  RequestContext(std::shared_ptr<const Config> config, Logger& log,
+                 std::shared_ptr<std::atomic<int64_t>> deadline_ns,
+                 std::shared_ptr<std::atomic<bool>> abandoned)
+      : config_(std::move(config)), log_(log), deadline_ns_(std::move(deadline_ns)),
+        abandoned_(std::move(abandoned)) {}
+
+  const Config& config() const { return *config_; }
+  Logger& log() const { return log_; }
+
+  // A method with its own, longer time bound (exec's timeout_seconds) moves the request
+  // deadline so the dispatcher does not answer "timeout" before the method itself does.
+  void ExtendDeadline(Clock::duration from_now);
+  // True once the dispatcher has answered "timeout" or the agent is stopping; long handlers
+  // should check it and give up early.
+  bool abandoned() const { return abandoned_ && abandoned_->load(); }
+
+ private:
+  std::shared_ptr<const Config> config_;
+  Logger& log_;
+  std::shared_ptr<std::atomic<int64_t>> deadline_ns_;
+  std::shared_ptr<std::atomic<bool>> abandoned_;
+};
+
+// Returns the result, or throws RpcError (any other exception becomes -32603).
+using Handler =
+    std::function<boost::json::value(const boost::json::object& params, RequestContext& ctx)>;
+
+enum class RunMode {
+  kInline,  // cheap and non-blocking: runs on the I/O thread, no thread hop (ping)
+  kWorker,  // may block or take time: runs on a worker, counts toward max_concurrent_requests
+};
+
+struct MethodSpec {
+  Handler handler;
+  RunMode mode = RunMode::kWorker;
+};
+
+class MethodTable {
+ public:
+  void Add(std::string name, RunMode mode, Handler handler);
+  const MethodSpec* Find(std::string_view name) const;
+  std::vector<std::string> Names() const;  // sorted
+
+  // Keeps a module's long-lived state (exec sessions, upload sessions...) alive as long as
+  // the table, so handlers can capture plain references to it.
+  template <class T>
+  T& Own(std::shared_ptr<T> state) {
+    T& ref = *state;
+    owned_.push_back(std::move(state));
+    return ref;
+  }
+
+ private:
+  std::map<std::string, MethodSpec, std::less<>> methods_;
+  std::vector<std::shared_ptr<void>> owned_;
+};
+
+}  // namespace kvm

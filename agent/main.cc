@@ -1,0 +1,137 @@
+// kvmmanager-agent: entry point. Flags, config, daemonizing; the rest is in Agent.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "agent/agent.h"
+#include "agent/core/unique_fd.h"
+
+namespace {
+
+// Classic double fork, but the original process waits until the daemon is serving (or has
+// failed), so `kvmmanager-agent` without --foreground still reports start-up errors.
+// Returns the write end of the readiness pipe in the daemon; exits in the parent.
+int Daemonize() {
+  int ready[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0) {
+    std::perror("kvmmanager-agent: pipe");
+    std::exit(1);
+  }
+  pid_t child = ::fork();
+  if (child < 0) {
+    std::perror("kvmmanager-agent: fork");
+    std::exit(1);
+  }
+  if (child > 0) {
+    ::close(ready[1]);
+    char status[512];
+    ssize_t n = ::read(ready[0], status, sizeof status - 1);
+    ::waitpid(child, nullptr, 0);
+    if (n == 1 && status[0] == '0') std::exit(0);
+    if (n > 0) {
+      status[n] = '\0';
+      std::fprintf(stderr, "kvmmanager-agent: %s\n", status[0] == '0' ? status + 1 : status);
+    } else {
+      std::fprintf(stderr, "kvmmanager-agent: daemon exited during start-up\n");
+    }
+    std::exit(1);
+  }
+  ::close(ready[0]);
+  ::setsid();
+  pid_t grandchild = ::fork();
+  if (grandchild < 0) ::_exit(1);
+  if (grandchild > 0) ::_exit(0);
+  ::umask(022);
+  if (::chdir("/") != 0) {
+  }
+  int null = ::open("/dev/null", O_RDWR);
+  if (null >= 0) {
+    ::dup2(null, 0);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    if (null > 2) ::close(null);
+  }
+  return ready[1];
+}
+
+void ReportReady(int fd, const std::string& error) {
+  if (fd < 0) return;
+  std::string message = error.empty() ? "0" : error;
+  [[maybe_unused]] ssize_t n = ::write(fd, message.data(), message.size());
+  ::close(fd);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  kvm::AgentOptions options;
+  if (auto exit = kvm::ParseAgentOptions(argc, argv, options)) {
+    std::fputs(exit->text.c_str(), exit->code == 0 ? stdout : stderr);
+    return exit->code;
+  }
+
+  kvm::LoadedConfig loaded;
+  try {
+    loaded = kvm::LoadConfigFile(options.config_path);
+  } catch (const kvm::ConfigError& e) {
+    std::fprintf(stderr, "kvmmanager-agent: invalid config: %s\n", e.what());
+    return 2;
+  }
+  for (const auto& listen : options.listen) {
+    try {
+      kvm::ParseListenAddress(listen);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "kvmmanager-agent: --listen: %s\n", e.what());
+      return 2;
+    }
+  }
+  if (options.check_config) {
+    for (const auto& warning : loaded.warnings) std::fprintf(stderr, "warning: %s\n", warning.c_str());
+    if (!loaded.file_found) {
+      std::fprintf(stderr, "note: %s not found; these are the defaults\n",
+                   options.config_path.c_str());
+    }
+    std::printf("%s\n", kvm::ConfigToJson(loaded.config).c_str());
+    return 0;
+  }
+
+  // Signals are taken through a signalfd; block them before any thread exists. SIGPIPE is
+  // ignored so a vanished client shows up as EPIPE instead of killing the agent.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  ::sigprocmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  int ready_fd = options.foreground ? -1 : Daemonize();
+  kvm::Logger log;
+  if (!options.foreground) log.set_stderr(false);
+  kvm::ApplyLogSettings(options, loaded.config, log);
+  for (const auto& warning : loaded.warnings) LOG_WARN(log, "%s", warning.c_str());
+  if (!loaded.file_found) {
+    LOG_INFO(log, "config %s not found; using built-in defaults", options.config_path.c_str());
+  }
+
+  try {
+    kvm::Agent agent(options, loaded.config, log);
+    agent.Start();
+    ReportReady(ready_fd, "");
+    return agent.Run();
+  } catch (const std::exception& e) {
+    LOG_ERROR(log, "fatal: %s", e.what());
+    ReportReady(ready_fd, e.what());
+    if (options.foreground && log.level() == kvm::LogLevel::kOff) {
+      std::fprintf(stderr, "kvmmanager-agent: fatal: %s\n", e.what());
+    }
+    return 1;
+  }
+}

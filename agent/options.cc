@@ -1,0 +1,89 @@
+#include "agent/options.h"
+
+#include <getopt.h>
+
+#include "agent/core/config.h"
+#include "version.h"
+
+namespace kvm {
+
+std::string AgentUsage() {
+  return std::string(
+             "Usage: kvmmanager-agent [OPTIONS]\n"
+             "Guest agent: serves JSON-RPC 2.0 (one JSON text per line) to the host over a\n"
+             "virtio-serial port, and optionally over unix or vsock sockets.\n"
+             "\n"
+             "Options:\n"
+             "  -f, --foreground       stay in the foreground (systemd, containers);\n"
+             "                         without it the agent daemonizes\n"
+             "  -l, --log-level LEVEL  trace, debug, info, warn, error or off\n"
+             "                         (overrides the config's log_level)\n"
+             "  -d, --device PATH      serial port to serve\n"
+             "                         (default /dev/virtio-ports/<channel_name>)\n"
+             "  -c, --config PATH      config file (default ") +
+         kDefaultConfigPath +
+         ")\n"
+         "                         a missing file means built-in defaults\n"
+         "      --listen ADDR      also serve ADDR: unix:PATH (socket mode 0600) or\n"
+         "                         vsock:PORT; repeatable. With --listen and no --device\n"
+         "                         the serial port is not used\n"
+         "      --check-config     validate the config, print the effective config as\n"
+         "                         JSON and exit (0 valid, 2 invalid)\n"
+         "  -V, --version          print the version and exit\n"
+         "  -h, --help             print this help and exit\n"
+         "\n"
+         "Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish, up to 10 s);\n"
+         "SIGHUP reloads the config file.\n"
+         "Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.\n";
+}
+
+std::optional<OptionsExit> ParseAgentOptions(int argc, char** argv, AgentOptions& options) {
+  enum { kListen = 1000, kCheckConfig };
+  static const option kLong[] = {
+      {"foreground", no_argument, nullptr, 'f'},
+      {"log-level", required_argument, nullptr, 'l'},
+      {"device", required_argument, nullptr, 'd'},
+      {"config", required_argument, nullptr, 'c'},
+      {"listen", required_argument, nullptr, kListen},
+      {"check-config", no_argument, nullptr, kCheckConfig},
+      {"version", no_argument, nullptr, 'V'},
+      {"help", no_argument, nullptr, 'h'},
+      {nullptr, 0, nullptr, 0},
+  };
+  options.config_path = kDefaultConfigPath;
+  opterr = 0;
+  optind = 1;
+  int c;
+  while ((c = getopt_long(argc, argv, ":fl:d:c:Vh", kLong, nullptr)) != -1) {
+    switch (c) {
+      case 'f': options.foreground = true; break;
+      case 'l':
+        if (!IsValidLogLevel(optarg)) {
+          return OptionsExit{2, std::string("kvmmanager-agent: --log-level must be one of trace, "
+                                            "debug, info, warn, error, off (got \"") +
+                                    optarg + "\")\n"};
+        }
+        options.log_level = optarg;
+        break;
+      case 'd': options.device = optarg; break;
+      case 'c': options.config_path = optarg; break;
+      case kListen: options.listen.emplace_back(optarg); break;
+      case kCheckConfig: options.check_config = true; break;
+      case 'V': return OptionsExit{0, std::string("kvmmanager-agent ") + KVM_AGENT_VERSION + "\n"};
+      case 'h': return OptionsExit{0, AgentUsage()};
+      case ':':
+        return OptionsExit{2, std::string("kvmmanager-agent: option ") + argv[optind - 1] +
+                                  " needs a value\nTry --help.\n"};
+      default:
+        return OptionsExit{2, std::string("kvmmanager-agent: unknown option ") +
+                                  argv[optind - 1] + "\nTry --help.\n"};
+    }
+  }
+  if (optind < argc) {
+    return OptionsExit{2, std::string("kvmmanager-agent: unexpected argument \"") + argv[optind] +
+                              "\"\nTry --help.\n"};
+  }
+  return std::nullopt;
+}
+
+}  // namespace kvm

@@ -1,0 +1,120 @@
+#include "agent/transport/listener.h"
+
+#include <linux/vm_sockets.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <system_error>
+
+namespace kvm {
+namespace {
+constexpr size_t kMaxSessions = 1024;
+}
+
+std::string ListenAddress::ToString() const {
+  return kind == Kind::kUnix ? "unix:" + path : "vsock:" + std::to_string(port);
+}
+
+ListenAddress ParseListenAddress(const std::string& spec) {
+  if (spec.rfind("unix:", 0) == 0) {
+    ListenAddress a{ListenAddress::Kind::kUnix, spec.substr(5)};
+    if (a.path.empty()) throw std::invalid_argument("unix: needs a socket path");
+    if (a.path.size() >= sizeof(sockaddr_un::sun_path)) {
+      throw std::invalid_argument("unix socket path is too long (max 107 bytes): " + a.path);
+    }
+    return a;
+  }
+  if (spec.rfind("vsock:", 0) == 0) {
+    std::string digits = spec.substr(6);
+    if (digits.empty() || digits.size() > 10 ||
+        digits.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoull(digits) > 0xFFFFFFFEull) {
+      throw std::invalid_argument("vsock: needs a port number (0-4294967294): " + spec);
+    }
+    ListenAddress a{ListenAddress::Kind::kVsock, {}};
+    a.port = static_cast<uint32_t>(std::stoull(digits));
+    return a;
+  }
+  throw std::invalid_argument("listen address must be unix:PATH or vsock:PORT, got: " + spec);
+}
+
+Listener::Listener(EventLoop& loop, Dispatcher& dispatcher, Logger& log, ListenAddress address)
+    : loop_(loop), dispatcher_(dispatcher), log_(log), address_(std::move(address)) {
+  auto fail = [&](const char* what) {
+    throw std::system_error(errno, std::generic_category(),
+                            std::string(what) + " " + address_.ToString());
+  };
+  if (address_.kind == ListenAddress::Kind::kUnix) {
+    fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd_) fail("socket");
+    // Remove a stale socket from an earlier run, but never a regular file someone named.
+    struct stat st;
+    if (::lstat(address_.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      ::unlink(address_.path.c_str());
+    }
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, address_.path.c_str(), address_.path.size());
+    mode_t old_mask = ::umask(0177);  // the socket is created 0600: root's agent, root's host tools
+    int rc = ::bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    ::umask(old_mask);
+    if (rc != 0) fail("bind");
+  } else {
+    fd_.reset(::socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd_) fail("socket");
+    sockaddr_vm addr{};
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = VMADDR_CID_ANY;
+    addr.svm_port = address_.port;
+    if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) fail("bind");
+  }
+  if (::listen(fd_.get(), 128) != 0) fail("listen");
+  loop_.Watch(fd_.get(), EPOLLIN, [this](uint32_t) { Accept(); });
+  LOG_INFO(log_, "listening on %s", address_.ToString().c_str());
+}
+
+Listener::~Listener() {
+  StopAccepting();
+  auto sessions = std::move(sessions_);
+  for (auto& [id, session] : sessions) session->Close();
+}
+
+void Listener::StopAccepting() {
+  if (!fd_) return;
+  loop_.Unwatch(fd_.get());
+  fd_.reset();
+  if (address_.kind == ListenAddress::Kind::kUnix) ::unlink(address_.path.c_str());
+  // Copy: StopReading may close a session, which erases it from the map.
+  auto sessions = sessions_;
+  for (auto& [id, session] : sessions) session->StopReading();
+}
+
+void Listener::Accept() {
+  while (fd_) {
+    int client = ::accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (client < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN) LOG_WARN(log_, "accept on %s: %s", address_.ToString().c_str(), std::strerror(errno));
+      return;
+    }
+    UniqueFd fd(client);
+    if (sessions_.size() >= kMaxSessions) {
+      LOG_WARN(log_, "refusing client on %s: %zu sessions open", address_.ToString().c_str(),
+               sessions_.size());
+      continue;
+    }
+    uint64_t id = next_session_++;
+    auto session = std::make_shared<StreamSession>(
+        loop_, dispatcher_, log_, std::move(fd), address_.ToString() + "#" + std::to_string(id),
+        [this, id] { sessions_.erase(id); });
+    sessions_.emplace(id, session);
+    session->Start();
+  }
+}
+
+}  // namespace kvm

@@ -1,0 +1,180 @@
+#include "agent/transport/serial_port.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace kvm {
+namespace {
+constexpr size_t kMaxPortWrite = 32 * 1024;  // the port takes at most 32 KiB per write()
+constexpr size_t kPauseAbove = 4 << 20;
+constexpr size_t kResumeBelow = 1 << 20;
+constexpr int kReadBudget = 16;
+}  // namespace
+
+class SerialPort::HostSink : public ReplySink {
+ public:
+  HostSink(SerialPort* port, uint64_t generation, std::shared_ptr<bool> alive)
+      : port_(port), generation_(generation), alive_(std::move(alive)) {}
+  void Finish(std::string reply) override {
+    if (*alive_) port_->Send(generation_, std::move(reply));
+  }
+
+ private:
+  SerialPort* port_;
+  uint64_t generation_;
+  std::shared_ptr<bool> alive_;  // false once the SerialPort is gone
+};
+
+SerialPort::SerialPort(EventLoop& loop, Dispatcher& dispatcher, Logger& log, std::string path,
+                       int retry_seconds)
+    : loop_(loop), dispatcher_(dispatcher), log_(log), path_(std::move(path)),
+      retry_seconds_(retry_seconds), framer_(dispatcher.config()->max_message_bytes()),
+      out_(kMaxPortWrite) {}
+
+SerialPort::~SerialPort() {
+  *alive_ = false;
+  if (retry_timer_) loop_.CancelTimer(retry_timer_);
+  if (fd_) loop_.Unwatch(fd_.get());
+}
+
+void SerialPort::Start() { TryOpen(); }
+
+void SerialPort::StopReading() {
+  stopped_ = true;
+  if (retry_timer_) {
+    loop_.CancelTimer(retry_timer_);
+    retry_timer_ = 0;
+  }
+}
+
+void SerialPort::TryOpen() {
+  retry_timer_ = 0;
+  if (stopped_) return;
+  int fd = ::open(path_.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int err = errno;
+    if (err != last_open_error_) {
+      LOG_WARN(log_, "cannot open %s: %s; retrying every %d s (logged once)", path_.c_str(),
+               std::strerror(err), retry_seconds_);
+      last_open_error_ = err;
+    }
+    retry_timer_ = loop_.AddTimer(std::chrono::seconds(retry_seconds_), [this] { TryOpen(); });
+    return;
+  }
+  fd_.reset(fd);
+  last_open_error_ = -1;
+  framer_.Reset();
+  out_.Clear();
+  host_seen_ = false;
+  ++generation_;
+  sink_ = std::make_shared<HostSink>(this, generation_, alive_);
+  LOG_INFO(log_, "serving %s", path_.c_str());
+  loop_.Watch(fd_.get(), EPOLLIN | EPOLLOUT | EPOLLET, [this](uint32_t events) { OnEvents(events); });
+  ReadAvailable();  // the host may have written before we opened
+}
+
+void SerialPort::CloseAndRetry(const char* why, int err) {
+  LOG_WARN(log_, "%s %s: %s; reopening every %d s", why, path_.c_str(), std::strerror(err),
+           retry_seconds_);
+  last_open_error_ = err;
+  loop_.Unwatch(fd_.get());
+  fd_.reset();
+  ++generation_;  // nobody is left to read replies still being computed
+  out_.Clear();
+  if (!stopped_) {
+    retry_timer_ = loop_.AddTimer(std::chrono::seconds(retry_seconds_), [this] { TryOpen(); });
+  }
+}
+
+void SerialPort::OnEvents(uint32_t events) {
+  if (!fd_) return;
+  if (events & EPOLLOUT) FlushOutput();
+  if (fd_) ReadAvailable();
+}
+
+void SerialPort::HostLeft() {
+  // Anything half-read or unsent belongs to the host that left; a new host must not see it.
+  if (host_seen_ || framer_.buffered() || !out_.empty()) {
+    LOG_DEBUG(log_, "host disconnected from %s", path_.c_str());
+  }
+  host_seen_ = false;
+  framer_.Reset();
+  out_.Clear();
+  paused_ = false;
+  ++generation_;
+  sink_ = std::make_shared<HostSink>(this, generation_, alive_);
+}
+
+void SerialPort::ReadAvailable() {
+  if (!fd_ || stopped_ || paused_) return;
+  framer_.set_max_line(dispatcher_.config()->max_message_bytes());
+  char buf[64 * 1024];
+  in_read_ = true;
+  int budget = kReadBudget;
+  for (;;) {
+    if (budget-- == 0) {
+      auto alive = alive_;
+      loop_.Post([this, alive] {
+        if (*alive) ReadAvailable();
+      });
+      break;
+    }
+    ssize_t n = ::read(fd_.get(), buf, sizeof buf);
+    if (n > 0) {
+      host_seen_ = true;
+      auto sink = sink_;
+      framer_.Feed(
+          std::string_view(buf, static_cast<size_t>(n)),
+          [&](std::string_view line) {
+            ++outstanding_;
+            dispatcher_.HandleLine(line, sink);
+          },
+          [&] {
+            ++outstanding_;
+            dispatcher_.HandleOversized(sink);
+          });
+      if (paused_) break;
+      continue;
+    }
+    if (n == 0) {  // no host has the socket open (it may never have)
+      HostLeft();
+      break;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) break;
+    in_read_ = false;
+    CloseAndRetry("read error on", errno);
+    return;
+  }
+  in_read_ = false;
+  FlushOutput();
+}
+
+void SerialPort::Send(uint64_t generation, std::string reply) {
+  --outstanding_;
+  if (!fd_ || generation != generation_ || reply.empty()) return;
+  out_.AppendLine(reply);
+  if (out_.pending() > kPauseAbove) paused_ = true;
+  if (!in_read_) FlushOutput();
+}
+
+void SerialPort::FlushOutput() {
+  if (!fd_ || out_.empty()) return;
+  if (int err = out_.Flush(fd_.get()); err != 0) {
+    CloseAndRetry("write error on", err);
+    return;
+  }
+  if (paused_ && out_.pending() < kResumeBelow) {
+    paused_ = false;
+    auto alive = alive_;
+    loop_.Post([this, alive] {
+      if (*alive) ReadAvailable();
+    });
+  }
+}
+
+}  // namespace kvm

@@ -1,0 +1,131 @@
+#include "agent/transport/stream_session.h"
+
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace kvm {
+namespace {
+// Unsent replies above this stop reading from a client that does not read (backpressure).
+constexpr size_t kPauseAbove = 4 << 20;
+constexpr size_t kResumeBelow = 1 << 20;
+// Reads per readiness event before yielding to other clients (fairness under floods).
+constexpr int kReadBudget = 16;
+}  // namespace
+
+StreamSession::StreamSession(EventLoop& loop, Dispatcher& dispatcher, Logger& log, UniqueFd fd,
+                             std::string peer, std::function<void()> on_closed)
+    : loop_(loop), dispatcher_(dispatcher), log_(log), fd_(std::move(fd)), peer_(std::move(peer)),
+      on_closed_(std::move(on_closed)), framer_(dispatcher.config()->max_message_bytes()) {}
+
+void StreamSession::Start() {
+  auto self = shared_from_this();
+  loop_.Watch(fd_.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+              [self](uint32_t events) { self->OnEvents(events); });
+  LOG_DEBUG(log_, "client connected: %s", peer_.c_str());
+}
+
+void StreamSession::OnEvents(uint32_t events) {
+  if (!fd_) return;
+  if (events & EPOLLOUT) FlushOutput();
+  if (fd_ && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) ReadAvailable();
+}
+
+void StreamSession::ReadAvailable() {
+  read_scheduled_ = false;
+  if (!fd_ || input_done_ || paused_) return;
+  framer_.set_max_line(dispatcher_.config()->max_message_bytes());
+  auto self = shared_from_this();
+  char buf[64 * 1024];
+  in_read_ = true;
+  int budget = kReadBudget;
+  for (;;) {
+    if (budget-- == 0) {  // more may be waiting; edge-triggered, so come back ourselves
+      read_scheduled_ = true;
+      loop_.Post([self] { self->ReadAvailable(); });
+      break;
+    }
+    ssize_t n = ::read(fd_.get(), buf, sizeof buf);
+    if (n > 0) {
+      framer_.Feed(
+          std::string_view(buf, static_cast<size_t>(n)),
+          [&](std::string_view line) {
+            ++outstanding_;
+            dispatcher_.HandleLine(line, self);
+          },
+          [&] {
+            ++outstanding_;
+            dispatcher_.HandleOversized(self);
+          });
+      if (!fd_ || paused_) break;
+      continue;
+    }
+    if (n == 0) {
+      input_done_ = true;  // half-close: still answer what was asked
+      break;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) {
+      LOG_DEBUG(log_, "client %s read error: %s", peer_.c_str(), std::strerror(errno));
+      in_read_ = false;
+      Close();
+      return;
+    }
+    break;
+  }
+  in_read_ = false;
+  FlushOutput();
+  MaybeClose();
+}
+
+void StreamSession::Finish(std::string reply) {
+  --outstanding_;
+  if (!fd_) return;
+  if (!reply.empty()) out_.AppendLine(reply);
+  if (out_.pending() > kPauseAbove) paused_ = true;
+  if (!in_read_) {
+    FlushOutput();
+    MaybeClose();
+  }
+}
+
+void StreamSession::FlushOutput() {
+  if (!fd_ || out_.empty()) return;
+  if (int err = out_.Flush(fd_.get()); err != 0) {
+    LOG_DEBUG(log_, "client %s write error: %s", peer_.c_str(), std::strerror(err));
+    Close();
+    return;
+  }
+  if (paused_ && out_.pending() < kResumeBelow) {
+    paused_ = false;
+    if (!read_scheduled_) {
+      read_scheduled_ = true;
+      auto self = shared_from_this();
+      loop_.Post([self] { self->ReadAvailable(); });
+    }
+  }
+}
+
+void StreamSession::StopReading() {
+  input_done_ = true;
+  MaybeClose();
+}
+
+void StreamSession::MaybeClose() {
+  if (fd_ && input_done_ && outstanding_ == 0 && out_.empty()) Close();
+}
+
+void StreamSession::Close() {
+  if (!fd_) return;
+  loop_.Unwatch(fd_.get());
+  fd_.reset();
+  out_.Clear();
+  LOG_DEBUG(log_, "client disconnected: %s", peer_.c_str());
+  // The callback may drop the last reference to this session: touch no member after it.
+  auto on_closed = std::move(on_closed_);
+  if (on_closed) on_closed();
+}
+
+}  // namespace kvm

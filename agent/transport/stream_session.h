@@ -1,0 +1,49 @@
+// One client connection on a unix or vsock listener: its own framer, replies and lifetime.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "agent/core/dispatcher.h"
+#include "agent/core/event_loop.h"
+#include "agent/core/logger.h"
+#include "agent/core/unique_fd.h"
+#include "agent/transport/output_queue.h"
+#include "protocol/line_framer.h"
+
+namespace kvm {
+
+class StreamSession : public ReplySink, public std::enable_shared_from_this<StreamSession> {
+ public:
+  StreamSession(EventLoop& loop, Dispatcher& dispatcher, Logger& log, UniqueFd fd,
+                std::string peer, std::function<void()> on_closed);
+  void Start();
+  void Finish(std::string reply) override;
+  // Stops reading requests; the connection closes once in-flight replies are written.
+  void StopReading();
+  void Close();
+  bool closed() const { return !fd_; }
+
+ private:
+  void OnEvents(uint32_t events);
+  void ReadAvailable();
+  void FlushOutput();
+  void MaybeClose();
+
+  EventLoop& loop_;
+  Dispatcher& dispatcher_;
+  Logger& log_;
+  UniqueFd fd_;
+  std::string peer_;
+  std::function<void()> on_closed_;
+  LineFramer framer_;
+  OutputQueue out_;
+  size_t outstanding_ = 0;   // lines handed to the dispatcher and not yet finished
+  bool input_done_ = false;  // peer shut its write side, or we stopped reading
+  bool paused_ = false;      // too many unsent replies: the peer is not reading
+  bool in_read_ = false;     // batching reply writes while a read burst is processed
+  bool read_scheduled_ = false;
+};
+
+}  // namespace kvm

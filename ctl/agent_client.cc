@@ -1,0 +1,127 @@
+#include "ctl/agent_client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+
+#include <cerrno>
+#include <cstring>
+
+#include "protocol/jsonrpc.h"
+
+namespace kvm {
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+
+AgentClient::AgentClient(const std::string& socket_path, std::chrono::milliseconds timeout)
+    : timeout_(timeout),
+      next_id_(static_cast<uint64_t>(::getpid()) * 1000000 +
+               static_cast<uint64_t>(Clock::now().time_since_epoch().count() % 1000000)) {
+  sockaddr_un addr{};
+  if (socket_path.size() >= sizeof addr.sun_path) {
+    throw ClientError("socket path too long: " + socket_path);
+  }
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) throw ClientError(std::string("socket: ") + std::strerror(errno));
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    throw ClientError("cannot connect to " + socket_path + ": " + std::strerror(err));
+  }
+}
+
+AgentClient::~AgentClient() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void AgentClient::SendLine(std::string_view line) {
+  std::string data(line);
+  data += '\n';
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::send(fd_, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw ClientError(std::string("send: ") + std::strerror(errno));
+    }
+    off += static_cast<size_t>(n);
+  }
+}
+
+std::string AgentClient::ReadLine() {
+  auto deadline = Clock::now() + timeout_;
+  for (;;) {
+    size_t nl = buffer_.find('\n');
+    if (nl != std::string::npos) {
+      std::string line = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      return line;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) {
+      throw ClientError("timed out after " + std::to_string(timeout_.count()) +
+                        " ms waiting for the agent's reply");
+    }
+    pollfd pfd{fd_, POLLIN, 0};
+    int rc = ::poll(&pfd, 1, static_cast<int>(left.count()));
+    if (rc < 0 && errno != EINTR) throw ClientError(std::string("poll: ") + std::strerror(errno));
+    if (rc <= 0) continue;
+    char buf[65536];
+    ssize_t n = ::read(fd_, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      throw ClientError(std::string("read: ") + std::strerror(errno));
+    }
+    if (n == 0) throw ClientError("the agent closed the connection");
+    buffer_.append(buf, static_cast<size_t>(n));
+  }
+}
+
+CallResult AgentClient::Call(std::string_view method, const json::object& params) {
+  uint64_t id = next_id_++;
+  json::object request{{"jsonrpc", "2.0"}, {"method", method}, {"id", id}};
+  if (!params.empty()) request["params"] = params;
+  // A leading newline ends any partial line a previous host client left in a serial channel.
+  std::string line = resynced_ ? std::string() : std::string("\n");
+  resynced_ = true;
+  line += json::serialize(request);
+  SendLine(line);
+  for (;;) {
+    std::string reply = ReadLine();
+    json::error_code ec;
+    json::value value = json::parse(reply, ec);
+    if (ec || !value.is_object()) continue;  // not ours (e.g. a stale fragment)
+    const json::object& obj = value.get_object();
+    auto rid = obj.find("id");
+    if (rid == obj.end() || !rid->value().is_number()) continue;
+    json::error_code nec;
+    if (rid->value().to_number<uint64_t>(nec) != id || nec) continue;
+    CallResult out;
+    if (auto r = obj.find("result"); r != obj.end()) {
+      out.ok = true;
+      out.result = r->value();
+      return out;
+    }
+    auto e = obj.find("error");
+    if (e == obj.end() || !e->value().is_object()) {
+      throw ClientError("malformed reply (no result, no error): " + reply);
+    }
+    const json::object& err = e->value().get_object();
+    if (auto c = err.find("code"); c != err.end() && c->value().is_int64()) {
+      out.error_code = c->value().get_int64();
+    }
+    if (auto m = err.find("message"); m != err.end() && m->value().is_string()) {
+      out.error_message = std::string(m->value().get_string());
+    }
+    if (auto d = err.find("data"); d != err.end()) out.error_data = d->value();
+    return out;
+  }
+}
+
+}  // namespace kvm

@@ -1,0 +1,59 @@
+// A blocking JSON-RPC client for one agent connection (a unix socket: the agent's --listen
+// socket or the host end of a QEMU/libvirt virtio-serial channel).
+#pragma once
+
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
+
+#include <chrono>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include "protocol/line_framer.h"
+
+namespace kvm {
+
+// Could not talk to the agent at all (connect, I/O, timeout, malformed reply).
+class ClientError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The agent's answer: either `result` or `error` (code, message, data).
+struct CallResult {
+  bool ok = false;
+  boost::json::value result;
+  int64_t error_code = 0;
+  std::string error_message;
+  boost::json::value error_data;
+};
+
+class AgentClient {
+ public:
+  // Connects to a unix socket path; throws ClientError.
+  AgentClient(const std::string& socket_path, std::chrono::milliseconds timeout);
+  ~AgentClient();
+  AgentClient(const AgentClient&) = delete;
+  AgentClient& operator=(const AgentClient&) = delete;
+
+  // Sends one request and waits for the reply with its id. Lines with other ids (left over
+  // from an earlier client of a serial channel) are skipped. Throws ClientError.
+  CallResult Call(std::string_view method, const boost::json::object& params = {});
+
+  void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
+
+  // Raw access for tests and tools.
+  void SendLine(std::string_view line);
+  std::string ReadLine();  // throws ClientError on timeout or EOF
+
+ private:
+  int fd_ = -1;
+  std::chrono::milliseconds timeout_;
+  std::string buffer_;
+  uint64_t next_id_;
+  bool resynced_ = false;
+};
+
+}  // namespace kvm

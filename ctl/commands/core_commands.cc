@@ -1,0 +1,61 @@
+// call METHOD [PARAMS] and ping.
+#include <boost/json.hpp>
+
+#include <cstdio>
+
+#include "ctl/ctl.h"
+#include "ctl/json_print.h"
+
+namespace kvm::ctl {
+namespace json = boost::json;
+
+void AddCoreCommands(CLI::App& app, Options& options) {
+  auto* call = app.add_subcommand("call", "call any method; prints the result as JSON");
+  auto method = std::make_shared<std::string>();
+  auto params_text = std::make_shared<std::string>();
+  call->add_option("method", *method, "method name, e.g. get_agent_info")->required();
+  call->add_option("params", *params_text, "params as a JSON object, e.g. '{\"path\":\"/tmp/x\"}'");
+  call->callback([&options, method, params_text] {
+    json::object params;
+    if (!params_text->empty()) {
+      json::error_code ec;
+      json::value parsed = json::parse(*params_text, ec);
+      if (ec || !parsed.is_object()) {
+        std::fprintf(stderr, "kvmmanager-ctl: params must be a JSON object%s%s\n",
+                     ec ? ": " : "", ec ? ec.message().c_str() : "");
+        options.exit_code = kExitUsage;
+        return;
+      }
+      params = std::move(parsed.get_object());
+    }
+    auto client = Connect(options);
+    CallResult result = CallOrPrint(*client, *method, params);
+    if (!result.ok) {
+      options.exit_code = kExitRpcError;
+      return;
+    }
+    std::printf("%s\n", options.json ? json::serialize(result.result).c_str()
+                                     : PrettyJson(result.result).c_str());
+  });
+
+  auto* ping = app.add_subcommand("ping", "check that the agent answers; prints the round trip");
+  ping->callback([&options] {
+    auto client = Connect(options);
+    auto start = std::chrono::steady_clock::now();
+    CallResult result = CallOrPrint(*client, "ping");
+    auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::steady_clock::now() - start)
+                      .count();
+    if (!result.ok) {
+      options.exit_code = kExitRpcError;
+      return;
+    }
+    if (options.json) {
+      std::printf("%s\n", json::serialize(result.result).c_str());
+    } else {
+      std::printf("pong from %s in %.3f ms\n", options.socket.c_str(), micros / 1000.0);
+    }
+  });
+}
+
+}  // namespace kvm::ctl

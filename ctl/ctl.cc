@@ -1,0 +1,43 @@
+#include "ctl/ctl.h"
+
+#include <boost/json.hpp>
+
+#include <cstdio>
+
+#include "ctl/json_print.h"
+
+namespace kvm::ctl {
+
+std::unique_ptr<AgentClient> Connect(const Options& options) {
+  if (options.socket.empty()) {
+    throw ClientError("no socket given: use --socket PATH or set KVMMANAGER_SOCKET");
+  }
+  return std::make_unique<AgentClient>(
+      options.socket,
+      std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000)));
+}
+
+void PrintRpcError(const CallResult& result) {
+  std::string kind;
+  if (result.error_data.is_object()) {
+    if (auto k = result.error_data.get_object().find("kind");
+        k != result.error_data.get_object().end() && k->value().is_string()) {
+      kind = std::string(k->value().get_string());
+    }
+  }
+  std::fprintf(stderr, "error %lld%s%s%s: %s\n", static_cast<long long>(result.error_code),
+               kind.empty() ? "" : " (", kind.c_str(), kind.empty() ? "" : ")",
+               result.error_message.c_str());
+  if (!result.error_data.is_null()) {
+    std::fprintf(stderr, "data: %s\n", boost::json::serialize(result.error_data).c_str());
+  }
+}
+
+CallResult CallOrPrint(AgentClient& client, std::string_view method,
+                       const boost::json::object& params) {
+  CallResult result = client.Call(method, params);
+  if (!result.ok) PrintRpcError(result);
+  return result;
+}
+
+}  // namespace kvm::ctl

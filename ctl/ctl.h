@@ -1,0 +1,41 @@
+// Shared pieces of kvmmanager-ctl's subcommands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+
+#include "ctl/agent_client.h"
+
+namespace kvm::ctl {
+
+// Exit codes of kvmmanager-ctl.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRpcError = 1;     // the agent answered with an error
+inline constexpr int kExitUsage = 2;        // bad command line
+inline constexpr int kExitConnection = 3;   // no answer: connect/timeout/protocol failure
+
+struct Options {
+  std::string socket;        // --socket, or $KVMMANAGER_SOCKET
+  double timeout_seconds = 30;
+  bool json = false;         // --json: raw JSON instead of tables
+  int exit_code = kExitOk;   // set by the subcommand that ran
+};
+
+// Connects using the global options; throws ClientError with a readable reason.
+std::unique_ptr<AgentClient> Connect(const Options& options);
+// Calls a method; prints an RPC error to stderr (returns nullopt-like ok=false).
+CallResult CallOrPrint(AgentClient& client, std::string_view method,
+                       const boost::json::object& params = {});
+// Prints "error CODE (kind): message" and data to stderr.
+void PrintRpcError(const CallResult& result);
+
+// Subcommand groups, one file each under ctl/commands/.
+void AddCoreCommands(CLI::App& app, Options& options);    // call, ping
+void AddSystemCommands(CLI::App& app, Options& options);  // info, net, df
+void AddExecCommands(CLI::App& app, Options& options);    // exec, ps, kill
+void AddFileCommands(CLI::App& app, Options& options);    // cp, cat, ls, stat, rm
+void AddPowerCommands(CLI::App& app, Options& options);   // shutdown, reboot
+
+}  // namespace kvm::ctl

@@ -1,0 +1,43 @@
+// kvmmanager-ctl: talk to a kvmmanager-agent from the host without hand-typing JSON.
+#include <cstdio>
+#include <cstdlib>
+
+#include "ctl/ctl.h"
+#include "version.h"
+
+int main(int argc, char** argv) {
+  using namespace kvm::ctl;
+  Options options;
+  if (const char* env = std::getenv("KVMMANAGER_SOCKET")) options.socket = env;
+
+  CLI::App app{
+      "kvmmanager-ctl: host-side client for kvmmanager-agent (JSON-RPC 2.0 over a unix socket:\n"
+      "the agent's --listen socket or the host end of the VM's virtio-serial channel).\n"
+      "Exit codes: 0 success, 1 the agent answered with an error, 2 bad usage,\n"
+      "3 no answer (cannot connect, timeout, malformed reply)."};
+  app.set_version_flag("-V,--version", std::string("kvmmanager-ctl ") + KVM_AGENT_VERSION);
+  app.add_option("-s,--socket", options.socket,
+                 "unix socket of the agent or of the VM channel (default: $KVMMANAGER_SOCKET)");
+  app.add_option("-t,--timeout", options.timeout_seconds, "seconds to wait for each reply")
+      ->check(CLI::Range(0.001, 86400.0))
+      ->capture_default_str();
+  app.add_flag("--json", options.json, "print raw JSON instead of tables");
+  app.require_subcommand(1);
+
+  AddCoreCommands(app, options);
+  AddSystemCommands(app, options);
+  AddExecCommands(app, options);
+  AddFileCommands(app, options);
+  AddPowerCommands(app, options);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : kExitUsage;
+  } catch (const kvm::ClientError& e) {
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    return kExitConnection;
+  }
+  return options.exit_code;
+}

@@ -1,0 +1,17 @@
+// RFC 4648 base64 (standard alphabet, with padding) for binary payloads inside JSON strings.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace kvm {
+
+// Appends the encoding of `bytes` to `out`.
+void Base64Append(std::string& out, std::string_view bytes);
+std::string Base64Encode(std::string_view bytes);
+
+// Strict decoding: length a multiple of 4, '=' only as final padding, no whitespace.
+// Returns false on invalid input; `out` is then unspecified.
+bool Base64Decode(std::string_view text, std::string& out);
+
+}  // namespace kvm

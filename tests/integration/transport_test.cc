@@ -1,0 +1,1 @@
+#include "tests/support/agent_process.h"
