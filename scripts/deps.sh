@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++ pkg-config
   libboost-json1.81-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
-  socat procps iproute2 util-linux
+  socat procps iproute2 util-linux ccache
 )
 missing=()
 for p in "${packages[@]}"; do
