@@ -11,7 +11,11 @@ namespace kvm {
 
 class Sha256 {
  public:
-  Sha256() { Reset(); }
+  // Uses the x86 SHA extensions when the CPU has them (about 10x faster), unless told not to.
+  explicit Sha256(bool allow_hardware = true);
+  static bool HardwareAvailable();
+  bool using_hardware() const { return hardware_; }
+
   void Reset();
   void Update(const void* data, size_t size);
   void Update(std::string_view bytes) { Update(bytes.data(), bytes.size()); }
@@ -19,12 +23,14 @@ class Sha256 {
   std::string FinishHex();           // 64 lowercase hex digits
 
  private:
-  void Block(const uint8_t* p);
+  void Blocks(const uint8_t* p, size_t count);
+  void BlocksPortable(const uint8_t* p, size_t count);
 
   uint32_t h_[8];
   uint8_t buf_[64];
   size_t buf_len_ = 0;
   uint64_t total_ = 0;
+  bool hardware_ = false;
 };
 
 std::string Sha256Hex(std::string_view bytes);
