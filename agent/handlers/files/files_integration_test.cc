@@ -469,6 +469,26 @@ TEST_F(FileMethodsTest, ChunkedUploadWithWrongChecksumLeavesTargetUntouched) {
   EXPECT_EQ(ReadFileText(sb_ + "/up"), "old content");
 }
 
+TEST_F(FileMethodsTest, UploadChunksMayRepeatOverlapAndLeaveGapsFilledLater) {
+  auto client = f_.agent().Connect();
+  CallResult b = client->Call("file_upload_begin", {{"path", sb_ + "/ov"}});
+  std::string handle = Str(b.result, "handle");
+  auto chunk = [&](uint64_t off, const std::string& bytes) {
+    CallResult r = client->Call(
+        "file_upload_chunk", {{"handle", handle}, {"offset", off}, {"data", Base64Encode(bytes)}});
+    ASSERT_TRUE(r.ok) << r.error_message;
+  };
+  chunk(20, "CCCCC");       // early: waits for the gap
+  chunk(0, "AAAAAAAAAA");   // hashed
+  chunk(0, "BBBBB");        // rewrites hashed bytes
+  chunk(10, "DDDDDDDDDD");  // fills the gap
+  std::string expected = "BBBBBAAAAADDDDDDDDDDCCCCC";
+  CallResult c =
+      client->Call("file_upload_commit", {{"handle", handle}, {"sha256", Sha256Hex(expected)}});
+  ASSERT_TRUE(c.ok) << c.error_message;
+  EXPECT_EQ(ReadFileText(sb_ + "/ov"), expected);
+}
+
 TEST_F(FileMethodsTest, UploadAbortDiscardsEverything) {
   auto client = f_.agent().Connect();
   CallResult b = client->Call("file_upload_begin", {{"path", sb_ + "/ab"}, {"mode", "create_new"}});

@@ -51,8 +51,9 @@ struct UploadSession {
   std::optional<uint64_t> expected_size;
   uint64_t end = 0;
   Sha256 hash;
-  uint64_t hashed = 0;
-  bool in_order = true;
+  uint64_t hashed = 0;                   // bytes [0, hashed) are in `hash`
+  std::map<uint64_t, uint64_t> waiting;  // chunks past a gap: offset -> length
+  bool in_order = true;                  // false once a hashed range was rewritten
   Clock::time_point last_used;
 };
 
@@ -632,12 +633,30 @@ json::value UploadChunk(const json::object& params, RequestContext& ctx, FilesSt
                    {{"param", "offset"}, {"expected", "offset + length <= size"}});
   }
   files::WriteAll(session->file->fd(), data.data(), data.size(), offset, session->path);
-  // Chunks that arrive in order are hashed on the fly; otherwise commit re-reads the file.
-  if (session->in_order && offset == session->hashed) {
+  // Hashed on the fly in file order. A chunk that arrives early waits (as a range in the temp
+  // file) until the gap before it is filled, so the data is hashed once whatever the order.
+  if (data.empty()) {
+  } else if (offset == session->hashed && session->in_order) {
     session->hash.Update(data);
     session->hashed = end;
-  } else if (!data.empty()) {
-    session->in_order = false;
+    std::string pending;
+    while (!session->waiting.empty() && session->waiting.begin()->first <= session->hashed) {
+      auto [w_off, w_len] = *session->waiting.begin();
+      session->waiting.erase(session->waiting.begin());
+      if (w_off < session->hashed) {
+        session->in_order = false;  // overlapping chunks: commit re-reads the file
+        break;
+      }
+      pending.resize(w_len);
+      size_t got = files::ReadAt(session->file->fd(), pending.data(), w_len, w_off, session->path);
+      session->hash.Update(pending.data(), got);
+      session->hashed += got;
+    }
+  } else if (offset > session->hashed) {
+    auto [it, fresh] = session->waiting.emplace(offset, data.size());
+    if (!fresh) session->in_order = false;  // the same offset sent twice
+  } else {
+    session->in_order = false;  // rewrites bytes already hashed: commit re-reads the file
   }
   session->end = std::max(session->end, end);
   return json::object{{"bytes_written", data.size()}, {"end", session->end}};
