@@ -459,7 +459,9 @@ json::value FileList(const json::object& params, RequestContext& ctx, const File
   std::sort(names.begin(), names.end());
 
   // Entries are added while the reply still fits in max_message_size_kb; the rest is paged.
-  size_t budget = files::ReplyBudget(ctx.config()) - 256 - std::min<size_t>(path.size(), 4096);
+  size_t overhead = 256 + std::min<size_t>(path.size(), 4096);
+  size_t reply_budget = files::ReplyBudget(ctx.config());
+  size_t budget = reply_budget > overhead ? reply_budget - overhead : 0;
   json::array entries;
   size_t used = 0;
   uint64_t i = offset;
