@@ -244,7 +244,7 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
       next_offset += chunk;
     }
     auto [id, result] = pipe.Receive();
-    if (extra_id && id == *extra_id) {
+    if (extra_id && id == *extra_id && extra_result != nullptr) {
       *extra_result = std::move(result);
       continue;
     }

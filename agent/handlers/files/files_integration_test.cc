@@ -67,6 +67,21 @@ std::vector<std::string> TempNames(const std::string& dir) {
   return out;
 }
 
+// AgentProcess returns once the socket file exists, which is at bind(), a moment before
+// listen(): under load a connect can still be refused. Wait until the agent answers.
+void WaitUntilServing(const AgentProcess& agent) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    try {
+      agent.Connect();
+      return;
+    } catch (const ClientError&) {
+      if (std::chrono::steady_clock::now() > deadline) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+}
+
 // A box with sandbox/ (allowed), outside/ and sandboxfoo/ (not allowed), and an agent whose
 // read paths are sandbox, /proc and /dev/null, write path sandbox.
 class FilesFixture {
@@ -85,6 +100,7 @@ class FilesFixture {
     AgentProcess::Options options;
     options.config_json = ConfigJson({sandbox(), "/proc", "/dev/null"}, {sandbox()}, max_mb);
     agent_ = std::make_unique<AgentProcess>(options);
+    WaitUntilServing(*agent_);
   }
   std::string sandbox() const { return box_ / "sandbox"; }
   std::string outside() const { return box_ / "outside"; }
@@ -579,6 +595,7 @@ TEST(FileCrashSafety, KillDuringWritesLeavesOldOrNewContentAndStrayTempsAreSwept
     AgentProcess::Options options;
     options.config_json = config;
     auto agent = std::make_unique<AgentProcess>(options);
+    WaitUntilServing(*agent);
     std::atomic<bool> stop{false};
     std::vector<std::thread> writers;
     for (int t = 0; t < 3; ++t) {
@@ -609,6 +626,7 @@ TEST(FileCrashSafety, KillDuringWritesLeavesOldOrNewContentAndStrayTempsAreSwept
   AgentProcess::Options options;
   options.config_json = config;
   AgentProcess agent(options);
+  WaitUntilServing(agent);
   EXPECT_TRUE(TempNames(dir).empty());
   EXPECT_NE(agent.Stderr().find("stray temp"), std::string::npos);
 }
