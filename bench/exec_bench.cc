@@ -11,9 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <boost/json.hpp>
-
 #include <algorithm>
+#include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -108,9 +107,12 @@ int main(int argc, char** argv) {
   std::string qga_bin = "/usr/sbin/qemu-ga";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
-    if (flag == "--iterations") iterations = std::max(10, std::atoi(argv[i + 1]));
-    else if (flag == "--agent") agent_bin = argv[i + 1];
-    else if (flag == "--qemu-ga") qga_bin = argv[i + 1];
+    if (flag == "--iterations")
+      iterations = std::max(10, std::atoi(argv[i + 1]));
+    else if (flag == "--agent")
+      agent_bin = argv[i + 1];
+    else if (flag == "--qemu-ga")
+      qga_bin = argv[i + 1];
   }
   char dir_template[] = "/tmp/exec-bench-XXXXXX";
   std::string dir = ::mkdtemp(dir_template);
@@ -120,9 +122,9 @@ int main(int argc, char** argv) {
   std::fclose(f);
   ::mkdir((dir + "/qga-state").c_str(), 0700);
 
-  pid_t agent = Spawn({agent_bin, "--foreground", "--config", config, "--listen",
-                       "unix:" + dir + "/agent.sock"},
-                      dir + "/agent.log");
+  pid_t agent = Spawn(
+      {agent_bin, "--foreground", "--config", config, "--listen", "unix:" + dir + "/agent.sock"},
+      dir + "/agent.log");
   pid_t qga = Spawn({qga_bin, "-m", "unix-listen", "-p", dir + "/qga.sock", "-t",
                      dir + "/qga-state", "-f", dir + "/qga.pid"},
                     dir + "/qga.log");
@@ -152,12 +154,12 @@ int main(int argc, char** argv) {
   int64_t qga_polls = 0;
   Stats qemu = Measure(iterations, [&] {
     json::object started = QgaCall(
-        qga_client, {{"execute", "guest-exec"},
-                     {"arguments", {{"path", "true"}, {"capture-output", true}}}});
+        qga_client,
+        {{"execute", "guest-exec"}, {"arguments", {{"path", "true"}, {"capture-output", true}}}});
     json::value pid = started.at("pid");
     for (;;) {
-      json::object s = QgaCall(
-          qga_client, {{"execute", "guest-exec-status"}, {"arguments", {{"pid", pid}}}});
+      json::object s =
+          QgaCall(qga_client, {{"execute", "guest-exec-status"}, {"arguments", {{"pid", pid}}}});
       ++qga_polls;
       if (s.at("exited").as_bool()) break;
     }

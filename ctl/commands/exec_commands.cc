@@ -2,10 +2,9 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <boost/json.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <boost/json.hpp>
 #include <charconv>
 #include <cstdio>
 #include <string>
@@ -94,7 +93,7 @@ void RunExec(Options& options, const ExecArgs& args) {
   }
   int64_t handle = started.result.at("handle").as_int64();
   // Ctrl-C asks the guest command to stop instead of orphaning it.
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = OnInterrupt;
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
@@ -126,8 +125,8 @@ void RunExec(Options& options, const ExecArgs& args) {
       std::fprintf(stderr, "kvmmanager-ctl: the command timed out in the guest\n");
     }
     int64_t signal = IntOr(s, "signal", 0);
-    options.exit_code = signal > 0 ? static_cast<int>(128 + signal)
-                                   : static_cast<int>(IntOr(s, "exit_code", 1));
+    options.exit_code =
+        signal > 0 ? static_cast<int>(128 + signal) : static_cast<int>(IntOr(s, "exit_code", 1));
     return;
   }
 }
@@ -150,7 +149,8 @@ void AddExecCommands(CLI::App& app, Options& options) {
       "exit code (128+N if a signal N killed it). Use -- before the command");
   exec->add_option("command", args->command, "program (name or path) and its arguments")
       ->required();
-  exec->add_option("-e,--env", args->env, "KEY=VALUE added to the command's environment (repeatable)")
+  exec->add_option("-e,--env", args->env,
+                   "KEY=VALUE added to the command's environment (repeatable)")
       ->allow_extra_args(false);
   exec->add_option("-C,--cwd", args->cwd, "working directory in the guest (absolute)");
   exec->add_option("--command-timeout", args->timeout,
@@ -215,10 +215,9 @@ void AddExecCommands(CLI::App& app, Options& options) {
     if (options.json) {
       std::printf("%s\n", json::serialize(r.result).c_str());
     } else {
-      std::printf("sent %s to %lld (%s)\n",
-                  std::string(r.result.at("signal_name").as_string()).c_str(),
-                  static_cast<long long>(*pid),
-                  std::string(r.result.at("name").as_string()).c_str());
+      std::printf(
+          "sent %s to %lld (%s)\n", std::string(r.result.at("signal_name").as_string()).c_str(),
+          static_cast<long long>(*pid), std::string(r.result.at("name").as_string()).c_str());
     }
   });
 }

@@ -94,8 +94,7 @@ ResolvedCommand ResolveCommand(std::string_view command, const std::string& cwd)
                    {{"command", command}, {"errno", err}, {"detail", std::strerror(err)}});
   }
   if (!IsExecutableFile(*real)) {
-    throw RpcError(ErrorCode::kIoError,
-                   "Not an executable regular file: " + std::string(command),
+    throw RpcError(ErrorCode::kIoError, "Not an executable regular file: " + std::string(command),
                    {{"command", command}, {"errno", EACCES}, {"detail", std::strerror(EACCES)}});
   }
   return ResolvedCommand{std::move(*path), std::move(*real)};
@@ -127,11 +126,10 @@ bool WhitelistAllowsExecutable(const std::optional<std::vector<std::string>>& wh
 void CheckWhitelist(const std::optional<std::vector<std::string>>& whitelist,
                     std::string_view command, const ResolvedCommand& resolved) {
   if (WhitelistAllows(whitelist, resolved)) return;
-  throw RpcError(ErrorCode::kPermissionDenied,
-                 "Command not allowed by security.command_whitelist: " + std::string(command),
-                 {{"policy", "command_whitelist"},
-                  {"command", command},
-                  {"resolved", resolved.real_path}});
+  throw RpcError(
+      ErrorCode::kPermissionDenied,
+      "Command not allowed by security.command_whitelist: " + std::string(command),
+      {{"policy", "command_whitelist"}, {"command", command}, {"resolved", resolved.real_path}});
 }
 
 }  // namespace kvm::exec

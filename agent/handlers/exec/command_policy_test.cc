@@ -1,9 +1,8 @@
 #include "agent/handlers/exec/command_policy.h"
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include "protocol/errors.h"
 #include "tests/support/agent_process.h"
@@ -35,8 +34,11 @@ TEST(ResolveCommand, MissingAndBadCommandsAreRefused) {
   EXPECT_EQ(CodeOf("/no/such/file"), ErrorCode::kNotFound);
   EXPECT_EQ(CodeOf(""), ErrorCode::kInvalidParams);
   EXPECT_EQ(CodeOf(std::string("ls\0x", 4)), ErrorCode::kInvalidParams);
-  EXPECT_EQ(CodeOf("/etc/hostname"), ErrorCode::kIoError);  // not executable
-  EXPECT_EQ(CodeOf("/tmp"), ErrorCode::kIoError);           // a directory
+  test::TempDir dir;
+  test::WriteFile(dir / "data", "not a program\n");
+  ::chmod((dir / "data").c_str(), 0644);
+  EXPECT_EQ(CodeOf(dir / "data"), ErrorCode::kIoError);  // not executable
+  EXPECT_EQ(CodeOf("/tmp"), ErrorCode::kIoError);        // a directory
   EXPECT_EQ(CodeOf("."), ErrorCode::kNotFound);
 }
 

@@ -1,9 +1,8 @@
 // kvmmanager-ctl exec / ps / kill against the real agent.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
-
-#include <gtest/gtest.h>
 
 #include "agent/handlers/exec/exec_test_util.h"
 
@@ -12,7 +11,7 @@ extern char** environ;
 namespace kvm::exec {
 namespace {
 
-using test::AgentProcess;
+using AgentProcess = testing::ReadyAgent;
 using test::RunProgram;
 
 std::vector<std::string> Ctl(const AgentProcess& agent, std::vector<std::string> args) {

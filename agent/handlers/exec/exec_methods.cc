@@ -3,9 +3,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/json.hpp>
-
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cerrno>
 #include <cstring>
 
@@ -120,8 +119,8 @@ ExecRequest BuildRequest(const Params& p, const Config& config, bool streaming) 
 }
 
 json::value ExecCommand(ExecState& state, const json::object& params, RequestContext& ctx) {
-  Params p(params, {"command", "args", "env", "cwd", "input", "timeout_seconds",
-                    "max_output_bytes"});
+  Params p(params,
+           {"command", "args", "env", "cwd", "input", "timeout_seconds", "max_output_bytes"});
   ExecRequest request = BuildRequest(p, ctx.config(), false);
   // The dispatcher must not answer "timeout" before the command's own timeout and kill grace.
   ctx.ExtendDeadline(request.timeout + 3 * kKillGrace + std::chrono::seconds(2));
@@ -144,8 +143,8 @@ json::value ExecCommand(ExecState& state, const json::object& params, RequestCon
 }
 
 json::value ExecStart(ExecState& state, const json::object& params, RequestContext& ctx) {
-  Params p(params, {"command", "args", "env", "cwd", "input", "timeout_seconds",
-                    "max_output_bytes", "retain_seconds"});
+  Params p(params, {"command", "args", "env", "cwd", "input", "timeout_seconds", "max_output_bytes",
+                    "retain_seconds"});
   ExecRequest request = BuildRequest(p, ctx.config(), true);
   auto retain = std::chrono::seconds(
       p.OptionalInt("retain_seconds", 1, kMaxRetainSeconds).value_or(kDefaultRetainSeconds));
@@ -197,15 +196,15 @@ json::value ExecList(ExecState& state, const json::object& params, RequestContex
   for (const auto& h : state.List()) {
     json::array args;
     for (const auto& a : h->args) args.emplace_back(a);
-    bool running = h->finished_at_ns == 0;
-    json::object item{{"handle", h->id},
-                      {"pid", h->exec->pid()},
-                      {"command", h->command},
-                      {"args", std::move(args)},
-                      {"running", running},
-                      {"age_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
-                                     now - h->started)
-                                     .count()}};
+    bool running = !h->exec->finished();
+    json::object item{
+        {"handle", h->id},
+        {"pid", h->exec->pid()},
+        {"command", h->command},
+        {"args", std::move(args)},
+        {"running", running},
+        {"age_ms",
+         std::chrono::duration_cast<std::chrono::milliseconds>(now - h->started).count()}};
     if (!running) {
       auto done = Clock::time_point(Clock::duration(h->finished_at_ns.load()));
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(done + h->retain - now);

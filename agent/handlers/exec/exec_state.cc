@@ -80,8 +80,8 @@ void ExecState::RemoveChild(pid_t pid) {
   children_.erase(pid);
 }
 
-std::shared_ptr<AsyncHandle> ExecState::Adopt(std::unique_ptr<Execution> exec,
-                                              std::string command, std::vector<std::string> args,
+std::shared_ptr<AsyncHandle> ExecState::Adopt(std::unique_ptr<Execution> exec, std::string command,
+                                              std::vector<std::string> args,
                                               std::chrono::seconds retain) {
   auto h = std::make_shared<AsyncHandle>();
   h->command = std::move(command);
@@ -124,8 +124,8 @@ void ExecState::Expire() {
   for (auto it = handles_.begin(); it != handles_.end();) {
     int64_t done = it->second->finished_at_ns;
     if (done != 0 &&
-        now - done > std::chrono::duration_cast<std::chrono::nanoseconds>(it->second->retain)
-                         .count()) {
+        now - done >
+            std::chrono::duration_cast<std::chrono::nanoseconds>(it->second->retain).count()) {
       it->second->monitor.join();
       it = handles_.erase(it);
       continue;

@@ -2,12 +2,10 @@
 #pragma once
 
 #include <dirent.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
-
 #include <boost/json.hpp>
-
 #include <chrono>
 #include <string>
 #include <thread>
@@ -33,7 +31,8 @@ inline std::vector<pid_t> PidsWithMarker(const std::string& marker) {
     pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
     if (pid <= 0 || pid == ::getpid()) continue;
     std::string cmdline = Slurp("/proc/" + std::to_string(pid) + "/cmdline");
-    for (char& c : cmdline) if (c == '\0') c = ' ';
+    for (char& c : cmdline)
+      if (c == '\0') c = ' ';
     if (cmdline.find(marker) != std::string::npos) pids.push_back(pid);
   }
   ::closedir(dir);
@@ -85,8 +84,10 @@ inline std::string MakeConfig(const json::object& top = {}, const json::object& 
                    {"max_file_size_mb", 10},
                    {"max_command_timeout_seconds", 60}};
   for (const auto& [k, v] : security) sec[k] = v;
-  json::object config{{"log_level", "debug"},      {"log_file", nullptr},
-                      {"max_message_size_kb", 64}, {"request_timeout_seconds", 30},
+  json::object config{{"log_level", "debug"},
+                      {"log_file", nullptr},
+                      {"max_message_size_kb", 64},
+                      {"request_timeout_seconds", 30},
                       {"max_concurrent_requests", 10}};
   for (const auto& [k, v] : top) config[k] = v;
   config["security"] = std::move(sec);
@@ -99,6 +100,24 @@ inline test::AgentProcess::Options WithConfig(const json::object& top,
   o.config_json = MakeConfig(top, security);
   return o;
 }
+
+// The real agent, answering: waits until a ping succeeds (the socket file appears at bind(),
+// a moment before listen()).
+class ReadyAgent : public test::AgentProcess {
+ public:
+  ReadyAgent() : ReadyAgent(Options{}) {}
+  explicit ReadyAgent(Options options) : AgentProcess(std::move(options)) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      try {
+        if (Call("ping").ok) return;
+      } catch (const ClientError&) {
+        if (std::chrono::steady_clock::now() >= until) throw;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+};
 
 inline std::string Text(const json::value& result, const char* stream) {
   const auto& obj = result.as_object();

@@ -115,8 +115,8 @@ Execution::Execution(const ExecRequest& request) : request_(request) {
   // Own process group (the tree can be signalled as one), empty signal mask and default
   // dispositions: the agent blocks SIGTERM/SIGINT/SIGHUP and ignores SIGPIPE, and children
   // would inherit both.
-  posix_spawnattr_setflags(&s.attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                        POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setflags(&s.attr,
+                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   posix_spawnattr_setpgroup(&s.attr, 0);
   sigset_t mask;
   sigemptyset(&mask);
@@ -125,6 +125,14 @@ Execution::Execution(const ExecRequest& request) : request_(request) {
   sigfillset(&defaults);
   sigdelset(&defaults, SIGKILL);
   sigdelset(&defaults, SIGSTOP);
+#ifdef __GLIBC__
+  // glibc's sigfillset leaves out its internal signals (32, 33); posix_spawn would then set
+  // them to SIG_IGN in the child, and ignored signals survive exec.
+  for (int sig : {32, 33}) {
+    constexpr size_t kBits = 8 * sizeof(defaults.__val[0]);
+    defaults.__val[(sig - 1) / kBits] |= 1UL << ((sig - 1) % kBits);
+  }
+#endif
   posix_spawnattr_setsigdefault(&s.attr, &defaults);
 
   if (request_.input) {

@@ -5,7 +5,6 @@
 #include <sys/types.h>
 
 #include <boost/json/object.hpp>
-
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -74,9 +73,9 @@ class Execution {
   struct Stream {
     UniqueFd fd;
     std::string buffer;
-    uint64_t total = 0;     // bytes read from the pipe
-    uint64_t dropped = 0;   // streaming: bytes discarded after exit (buffer past 2x cap)
-    bool truncated = false; // exec_command: cut off at the cap
+    uint64_t total = 0;      // bytes read from the pipe
+    uint64_t dropped = 0;    // streaming: bytes discarded after exit (buffer past 2x cap)
+    bool truncated = false;  // exec_command: cut off at the cap
   };
 
   void OnPidfdReadable();
@@ -85,7 +84,7 @@ class Execution {
   void KillTree(int signo);
   void Finish();
   void Wake();
-  bool Readable(const Stream& s) const;  // under mutex_
+  bool Readable(const Stream& s) const;            // under mutex_
   void PutStatus(boost::json::object& out) const;  // under mutex_
 
   ExecRequest request_;
@@ -96,17 +95,17 @@ class Execution {
   size_t input_written_ = 0;
   Clock::time_point start_;
   Clock::time_point deadline_;
-  std::optional<Clock::time_point> kill_at_;        // SIGKILL the tree then
-  std::optional<Clock::time_point> exit_deadline_;  // leftovers holding pipes get killed then
-  std::optional<Clock::time_point> force_close_at_; // then the pipes are closed regardless
-  std::set<pid_t> signalled_;                       // tree members to reap if reparented to us
-  std::vector<int> pending_signals_;                // from Kill(), under mutex_
+  std::optional<Clock::time_point> kill_at_;         // SIGKILL the tree then
+  std::optional<Clock::time_point> exit_deadline_;   // leftovers holding pipes get killed then
+  std::optional<Clock::time_point> force_close_at_;  // then the pipes are closed regardless
+  std::set<pid_t> signalled_;                        // tree members to reap if reparented to us
+  std::vector<int> pending_signals_;                 // from Kill(), under mutex_
 
   mutable std::mutex mutex_;
   std::condition_variable news_;
   Stream out_, err_;
-  bool exited_ = false;   // main process exited (status known)
-  bool finished_ = false; // exited, drained and reaped
+  bool exited_ = false;    // main process exited (status known)
+  bool finished_ = false;  // exited, drained and reaped
   bool timed_out_ = false;
   std::optional<int> exit_code_;
   std::optional<int> signal_;

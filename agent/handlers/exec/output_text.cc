@@ -60,7 +60,7 @@ size_t IncompleteUtf8Tail(std::string_view bytes) {
     // A prefix is worth holding only if it can still become valid.
     unsigned char padded[4] = {c, 0x80, 0x80, 0x80};
     for (size_t k = 1; k < back; ++k) padded[k] = s[n - back + k];
-    if (back >= 2 && !ValidSequence(padded, back)) return 0;
+    if (back >= 2 && !ValidSequence(padded, len)) return 0;
     return back;
   }
   return 0;

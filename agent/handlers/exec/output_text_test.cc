@@ -19,7 +19,9 @@ TEST(OutputText, InvalidUtf8IsRejected) {
   EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));          // overlong '/'
   EXPECT_FALSE(IsValidUtf8("\xED\xA0\x80"));      // surrogate
   EXPECT_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));  // > U+10FFFF
-  EXPECT_FALSE(IsValidUtf8("a\x80" "b"));         // stray continuation
+  EXPECT_FALSE(
+      IsValidUtf8("a\x80"
+                  "b"));  // stray continuation
 }
 
 TEST(OutputText, IncompleteTailIsHeldBackOnlyWhenItCanStillBecomeValid) {

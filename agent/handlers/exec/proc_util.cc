@@ -163,10 +163,29 @@ std::vector<pid_t> CollectTree(pid_t leader, const std::vector<ProcStat>& table)
 }
 
 std::vector<pid_t> SignalTree(pid_t leader, int signo) {
-  // The group first: it is one atomic call, so forking processes cannot outrun it.
+  // Freeze first: stopped processes neither fork nor exit, so the parent links that lead to
+  // setsid()-ed descendants stay intact while the tree is collected.
+  ::kill(-leader, SIGSTOP);
+  std::set<pid_t> stopped;
+  std::vector<pid_t> tree;
+  for (int round = 0; round < 8; ++round) {
+    tree = CollectTree(leader, ReadProcessTable());
+    bool grew = false;
+    for (pid_t pid : tree) {
+      if (stopped.insert(pid).second) {
+        ::kill(pid, SIGSTOP);
+        grew = true;
+      }
+    }
+    if (!grew) break;
+  }
   ::kill(-leader, signo);
-  std::vector<pid_t> tree = CollectTree(leader, ReadProcessTable());
   for (pid_t pid : tree) ::kill(pid, signo);
+  if (signo != SIGKILL && signo != SIGSTOP) {
+    // Let them act on the signal (or ignore it and go on, if that is what they do).
+    ::kill(-leader, SIGCONT);
+    for (pid_t pid : stopped) ::kill(pid, SIGCONT);
+  }
   return tree;
 }
 

@@ -1,8 +1,7 @@
 #include "agent/handlers/exec/proc_util.h"
 
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "tests/support/agent_process.h"
 
@@ -66,13 +65,12 @@ TEST(CollectTree, FollowsParentsGroupsAndSessions) {
     return s;
   };
   std::vector<ProcStat> table{
-      make(1, 0, 1, 1),
-      make(100, 50, 100, 7),     // leader
-      make(101, 100, 100, 7),    // child
-      make(102, 101, 102, 102),  // grandchild that called setsid
-      make(103, 1, 102, 102),    // in the grandchild's session, parent gone
-      make(104, 1, 100, 7),      // orphan still in the leader's group
-      make(200, 50, 200, 7),     // unrelated sibling
+      make(1, 0, 1, 1),         make(100, 50, 100, 7),  // leader
+      make(101, 100, 100, 7),                           // child
+      make(102, 101, 102, 102),                         // grandchild that called setsid
+      make(103, 1, 102, 102),                           // in the grandchild's session, parent gone
+      make(104, 1, 100, 7),                             // orphan still in the leader's group
+      make(200, 50, 200, 7),                            // unrelated sibling
   };
   auto tree = CollectTree(100, table);
   EXPECT_EQ(tree, (std::vector<pid_t>{100, 101, 102, 103, 104}));

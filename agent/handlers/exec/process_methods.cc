@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <boost/json.hpp>
-
 #include <cerrno>
 #include <cstring>
 
@@ -91,7 +90,8 @@ json::value ProcessKill(const json::object& params, RequestContext& ctx) {
   if (pid == 1) Refuse(pid, "init is never signalled", "init");
   if (pid == ::getpid()) Refuse(pid, "the agent does not signal itself", "agent");
   auto st = ReadProcStat(pid);
-  if (!st) throw RpcError(ErrorCode::kNotFound, "No process " + std::to_string(pid), {{"pid", pid}});
+  if (!st)
+    throw RpcError(ErrorCode::kNotFound, "No process " + std::to_string(pid), {{"pid", pid}});
   if (st->kernel_thread()) Refuse(pid, "kernel threads are never signalled", "kernel_thread");
   const auto& whitelist = ctx.config().security.command_whitelist;
   std::string exe;
@@ -115,8 +115,8 @@ json::value ProcessKill(const json::object& params, RequestContext& ctx) {
   }
   LOG_INFO(ctx.log(), "process_kill: sent %s to pid %d (%s)", SignalName(signo).c_str(),
            static_cast<int>(pid), st->comm.c_str());
-  return json::object{{"pid", pid}, {"signal", signo}, {"signal_name", SignalName(signo)},
-                      {"name", st->comm}};
+  return json::object{
+      {"pid", pid}, {"signal", signo}, {"signal_name", SignalName(signo)}, {"name", st->comm}};
 }
 
 }  // namespace
