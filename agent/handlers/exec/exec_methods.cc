@@ -126,8 +126,9 @@ json::value ExecCommand(ExecState& state, const json::object& params, RequestCon
   ctx.ExtendDeadline(request.timeout + 3 * kKillGrace + std::chrono::seconds(2));
   Execution exec(request);
   state.AddChild(exec.pid());
-  LOG_DEBUG(ctx.log(), "exec_command: %s (pid %d)", request.resolved.real_path.c_str(),
-            static_cast<int>(exec.pid()));
+  // Audit trail: what ran, as what, for how long and how it ended.
+  LOG_INFO(ctx.log(), "exec_command: %s (%zu args) pid %d", request.resolved.real_path.c_str(),
+           request.args.size(), static_cast<int>(exec.pid()));
   bool abandoned = false;
   while (!exec.Pump(std::chrono::milliseconds(200))) {
     if (!abandoned && ctx.abandoned()) {
@@ -138,6 +139,12 @@ json::value ExecCommand(ExecState& state, const json::object& params, RequestCon
   }
   state.RemoveChild(exec.pid());
   json::object result = exec.FinalResult();
+  LOG_INFO(ctx.log(), "exec_command: pid %d ended: %s after %lld ms%s",
+           static_cast<int>(exec.pid()),
+           json::serialize(result["signal"].is_null() ? result["exit_code"] : result["signal_name"])
+               .c_str(),
+           static_cast<long long>(result["duration_ms"].as_int64()),
+           result["timed_out"].as_bool() ? " (timed out)" : "");
   result["pid"] = exec.pid();
   return result;
 }
@@ -155,9 +162,9 @@ json::value ExecStart(ExecState& state, const json::object& params, RequestConte
   auto exec = std::make_unique<Execution>(request);
   pid_t pid = exec->pid();
   auto handle = state.Adopt(std::move(exec), request.command, request.args, retain);
-  LOG_DEBUG(ctx.log(), "exec_start: handle %llu %s (pid %d)",
-            static_cast<unsigned long long>(handle->id), request.resolved.real_path.c_str(),
-            static_cast<int>(pid));
+  LOG_INFO(ctx.log(), "exec_start: handle %llu %s pid %d",
+           static_cast<unsigned long long>(handle->id), request.resolved.real_path.c_str(),
+           static_cast<int>(pid));
   return json::object{{"handle", handle->id}, {"pid", pid}};
 }
 
