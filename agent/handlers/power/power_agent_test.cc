@@ -139,6 +139,7 @@ TEST_F(PowerAgentTest, RebootWithoutSystemdUsesSysvShutdown) {
 TEST_F(PowerAgentTest, HaltOnBusyboxShellInitUsesBusyboxForce) {
   FakeProgram("busybox");
   test::WriteFile(root_ / "proc/1/status", "Name:\tinit\nSigCgt:\t0000000000010000\n");
+  test::WriteFile(root_ / "proc/1/cmdline", std::string("/bin/sh\0/init\0", 14));
   ::symlink((root_ / "bin/busybox").c_str(), (root_ / "proc/1/exe").c_str());
   StartAgent();
   CallResult r = Call("halt");
