@@ -56,14 +56,15 @@ class PowerAgentTest : public ::testing::Test {
 
   std::string record() const { return root_ / "record"; }
 
-  // A fake program that appends "<name> <args...>" plus its signal mask and ignored set to
-  // the record file, then runs `tail` (shell text: sleeps, exit codes).
+  // A fake program that appends "<name> <args...>", its signal mask and ignored set, and the
+  // time it started ("T:<ns>") to the record file, then runs `tail` (sleeps, exit codes).
   void FakeProgram(const std::string& name, const std::string& tail = "exit 0") {
     std::string path = root_ / ("bin/" + name);
-    test::WriteFile(path, "#!/bin/sh\n{ printf '%s' \"" + name +
-                              "\"; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n';"
-                              " grep -E '^Sig(Blk|Ign):' /proc/$$/status; } >> '" +
-                              record() + "'\n" + tail + "\n");
+    test::WriteFile(
+        path, "#!/bin/sh\nT=$(date +%s%N)\n{ printf '%s' \"" + name +
+                  "\"; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n';"
+                  " grep -E '^Sig(Blk|Ign):' /proc/$$/status; echo \"T:$T\"; } >> '" +
+                  record() + "'\n" + tail + "\n");
     ::chmod(path.c_str(), 0755);
   }
   void SystemdRunning() {
@@ -99,6 +100,9 @@ TEST_F(PowerAgentTest, ShutdownAnswersFirstThenRunsSystemctlWithCleanSignalState
   CallResult r = Call("shutdown", {{"message", "maintenance"}});
   // The reply is here and the helper has not run yet.
   bool ran_before_reply = Exists(record());
+  int64_t replied_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
   ASSERT_TRUE(r.ok) << r.error_message;
   EXPECT_FALSE(ran_before_reply);
   const auto& result = r.result.as_object();
@@ -122,6 +126,11 @@ TEST_F(PowerAgentTest, ShutdownAnswersFirstThenRunsSystemctlWithCleanSignalState
   uint64_t ignored = std::stoull(rec.substr(ign + 8, 16), nullptr, 16);
   EXPECT_EQ(ignored & 0x7fffffffULL, 0u) << rec;
   EXPECT_EQ(rec.find("shutdown"), std::string::npos) << rec;
+  // It ran at least most of the documented 500 ms margin after the reply reached the host.
+  size_t t = rec.find("T:");
+  ASSERT_NE(t, std::string::npos) << rec;
+  int64_t ran_ns = std::stoll(rec.substr(t + 2));
+  EXPECT_GE(ran_ns - replied_ns, 250'000'000) << rec;
 }
 
 TEST_F(PowerAgentTest, RebootWithoutSystemdUsesSysvShutdown) {
