@@ -165,7 +165,8 @@ std::optional<std::string> AttrAt(const std::string& path) {
   return s;
 }
 
-json::object DescribeDisk(const SystemRoot& sys, const std::string& disk_dir) {
+json::object DescribeDisk(const SystemRoot& sys, const std::string& disk_dir,
+                          DiskAttributeCache* cache) {
   std::string name = Basename(disk_dir);
   json::value size = nullptr;
   if (auto s = AttrAt(disk_dir + "/size")) {
@@ -213,9 +214,14 @@ json::object DescribeDisk(const SystemRoot& sys, const std::string& disk_dir) {
     bus = "virtual";
   else
     bus = "unknown";
-  auto serial = Serial(disk_dir);
-  auto model = AttrAt(disk_dir + "/device/model");
-  auto vendor = AttrAt(disk_dir + "/device/vendor");
+  auto read = [&] {
+    return DiskAttributeCache::Attrs{Serial(disk_dir), AttrAt(disk_dir + "/device/model"),
+                                     AttrAt(disk_dir + "/device/vendor")};
+  };
+  auto attrs = cache ? cache->Get(disk_dir, read) : read();
+  const auto& serial = attrs.serial;
+  const auto& model = attrs.model;
+  const auto& vendor = attrs.vendor;
   json::value scsi_json = nullptr;
   if (scsi) {
     scsi_json = json::object{
@@ -239,7 +245,7 @@ json::object DescribeDisk(const SystemRoot& sys, const std::string& disk_dir) {
 
 // Adds the disk(s) under the sysfs block device directory `dev_dir`.
 void CollectDisks(const SystemRoot& sys, const std::string& dev_dir, int depth,
-                  std::set<std::string>& seen, json::array& out) {
+                  std::set<std::string>& seen, json::array& out, DiskAttributeCache* cache) {
   if (depth > 8) return;
   // A partition's disk is its parent directory.
   std::string disk_dir = dev_dir;
@@ -249,18 +255,34 @@ void CollectDisks(const SystemRoot& sys, const std::string& dev_dir, int depth,
   if (!slaves.empty()) {
     for (const auto& s : slaves) {
       if (auto target = ResolveLink(disk_dir + "/slaves/" + s)) {
-        CollectDisks(sys, *target, depth + 1, seen, out);
+        CollectDisks(sys, *target, depth + 1, seen, out, cache);
       }
     }
     return;
   }
-  if (seen.insert(disk_dir).second) out.push_back(DescribeDisk(sys, disk_dir));
+  if (seen.insert(disk_dir).second) out.push_back(DescribeDisk(sys, disk_dir, cache));
 }
 
 }  // namespace
 
+DiskAttributeCache::Attrs DiskAttributeCache::Get(const std::string& disk_dir,
+                                                  const std::function<Attrs()>& read) {
+  struct stat st;
+  uint64_t ino = ::stat(disk_dir.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_ino) : 0;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(disk_dir);
+    if (it != entries_.end() && ino != 0 && it->second.first == ino) return it->second.second;
+  }
+  Attrs attrs = read();
+  std::lock_guard lock(mu_);
+  if (entries_.size() > 4096) entries_.clear();  // bound: disks come and go over months
+  entries_[disk_dir] = {ino, attrs};
+  return attrs;
+}
+
 json::array DisksOfDevice(const SystemRoot& sys, unsigned major, unsigned minor,
-                          std::string_view source) {
+                          std::string_view source, DiskAttributeCache* cache) {
   json::array out;
   std::optional<std::string> dev_dir;
   if (major != 0) {
@@ -284,7 +306,7 @@ json::array DisksOfDevice(const SystemRoot& sys, unsigned major, unsigned minor,
   }
   if (!dev_dir || !Exists(*dev_dir)) return out;
   std::set<std::string> seen;
-  CollectDisks(sys, *dev_dir, 0, seen, out);
+  CollectDisks(sys, *dev_dir, 0, seen, out, cache);
   return out;
 }
 
@@ -444,7 +466,7 @@ json::object CollectDiskUsage(const SystemRoot& sys, const DiskOptions& options,
         fs["error"] = std::string(std::strerror(r.error));
       }
     }
-    fs["disks"] = DisksOfDevice(sys, m.major, m.minor, m.source);
+    fs["disks"] = DisksOfDevice(sys, m.major, m.minor, m.source, options.cache);
     filesystems.push_back(std::move(fs));
   }
   return json::object{{"filesystems", std::move(filesystems)}};

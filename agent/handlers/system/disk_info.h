@@ -7,7 +7,10 @@
 #include <boost/json/object.hpp>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,10 +36,26 @@ std::string UnescapeOctal(std::string_view s);
 // proc, sysfs, cgroup, tmpfs, overlay... : left out unless "all" is asked for.
 bool IsPseudoFilesystem(std::string_view fstype);
 
+// Serial, model and vendor of disks, kept between calls: reading a virtio disk's serial asks the
+// device (a host round trip, ~0.5 ms). Entries are keyed by the sysfs directory and its inode,
+// so a disk unplugged and replaced under the same name is read afresh. Thread-safe.
+class DiskAttributeCache {
+ public:
+  struct Attrs {
+    std::optional<std::string> serial, model, vendor;
+  };
+  // Returns the cached attributes of `disk_dir`, or reads them with `read` and keeps them.
+  Attrs Get(const std::string& disk_dir, const std::function<Attrs()>& read);
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::pair<uint64_t, Attrs>> entries_;
+};
+
 // The disks a block device lives on (itself, the disk of a partition, or every disk under a
 // device-mapper/md device), described from sysfs: name, size, serial, bus and addresses.
 boost::json::array DisksOfDevice(const SystemRoot& sys, unsigned major, unsigned minor,
-                                 std::string_view source);
+                                 std::string_view source, DiskAttributeCache* cache = nullptr);
 
 // statvfs stand-in: returns 0 or an errno value.
 using StatFn = std::function<int(const std::string& path, struct statvfs* out)>;
@@ -66,7 +85,8 @@ class BoundedStatvfs {
 struct DiskOptions {
   bool all = false;
   std::chrono::milliseconds timeout{2000};
-  StatFn stat;  // empty: the real statvfs
+  StatFn stat;                          // empty: the real statvfs
+  DiskAttributeCache* cache = nullptr;  // null: read every attribute every time
 };
 
 boost::json::object CollectDiskUsage(const SystemRoot& sys, const DiskOptions& options,

@@ -155,6 +155,22 @@ TEST_F(DiskFixture, AnonymousDeviceNumbersResolveThroughTheSourceName) {
   EXPECT_TRUE(DisksOfDevice(sys, 7, 99, "/dev/nothing").empty());
 }
 
+TEST_F(DiskFixture, AttributeCacheKeepsSerialUntilTheDeviceIsReplaced) {
+  DiskAttributeCache cache;
+  const std::string vda = root + "/sys/devices/pci0000:00/0000:00:04.0/virtio2/block/vda";
+  EXPECT_EQ(DisksOfDevice(sys, 254, 0, "/dev/vda", &cache).at(0).at("serial"), "disk-serial-1");
+  kvm::test::WriteFile(vda + "/serial", "changed-in-place");
+  kvm::test::WriteFile(vda + "/size", "2048\n");
+  json::array again = DisksOfDevice(sys, 254, 0, "/dev/vda", &cache);
+  EXPECT_EQ(again.at(0).at("serial"), "disk-serial-1");  // the device did not change
+  EXPECT_EQ(again.at(0).at("size_bytes"), 2048u * 512);  // size is always read afresh
+  // Hot-unplug and a new disk under the same name: a new sysfs directory (new inode).
+  std::filesystem::rename(vda, vda + ".old");
+  Put(root, "/sys/devices/pci0000:00/0000:00:04.0/virtio2/block/vda/serial", "new-disk");
+  EXPECT_EQ(DisksOfDevice(sys, 254, 0, "/dev/vda", &cache).at(0).at("serial"), "new-disk");
+  EXPECT_EQ(DisksOfDevice(sys, 254, 0, "/dev/vda").at(0).at("serial"), "new-disk");
+}
+
 // statvfs stand-in: fixed numbers per path, errors, and one path that hangs until released.
 struct FakeStat {
   std::mutex mu;

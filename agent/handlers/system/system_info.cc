@@ -320,9 +320,13 @@ json::value FindFqdn(const SystemRoot& sys, std::string_view hostname) {
 }
 
 json::object CollectSystemInfo(const SystemRoot& sys) {
+  // The live system answers from syscalls where /proc would cost an open/read/close each
+  // (uname, clocks); a fixture root is read from its files.
+  const bool live = sys.root.empty();
   utsname uts{};
   ::uname(&uts);
   auto from_proc = [&](const char* path, const char* fallback) {
+    if (live) return ValidUtf8(fallback);
     auto v = ReadAttr(sys, path);
     return ValidUtf8(v && !v->empty() ? *v : std::string(fallback));
   };
@@ -331,18 +335,30 @@ json::object CollectSystemInfo(const SystemRoot& sys) {
   if (!machine_id || machine_id->empty()) machine_id = ReadAttr(sys, "/var/lib/dbus/machine-id");
 
   json::value boot_time = nullptr, uptime = nullptr;
-  if (auto stat = ReadText(sys, "/proc/stat", 1 << 20)) {
-    for (auto line : SplitLines(*stat)) {
-      if (line.rfind("btime ", 0) == 0) {
-        if (auto v = ParseU64(Trim(line.substr(6)))) boot_time = static_cast<int64_t>(*v);
-        break;
+  if (live) {
+    // What the kernel prints as btime: wall clock minus time since boot, whole seconds.
+    timespec real{}, boot{};
+    ::clock_gettime(CLOCK_REALTIME, &real);
+    ::clock_gettime(CLOCK_BOOTTIME, &boot);
+    int64_t diff_ns = (static_cast<int64_t>(real.tv_sec) - boot.tv_sec) * 1000000000 +
+                      (static_cast<int64_t>(real.tv_nsec) - boot.tv_nsec);
+    boot_time = diff_ns / 1000000000;
+    uptime =
+        static_cast<double>(boot.tv_sec) + static_cast<double>(boot.tv_nsec / 10000000) / 100.0;
+  } else {
+    if (auto stat = ReadText(sys, "/proc/stat", 1 << 20)) {
+      for (auto line : SplitLines(*stat)) {
+        if (line.rfind("btime ", 0) == 0) {
+          if (auto v = ParseU64(Trim(line.substr(6)))) boot_time = static_cast<int64_t>(*v);
+          break;
+        }
       }
     }
-  }
-  if (auto up = ReadText(sys, "/proc/uptime", 4096)) {
-    auto f = SplitFields(Trim(*up));
-    if (!f.empty()) {
-      if (auto v = ParseDouble(f[0])) uptime = *v;
+    if (auto up = ReadText(sys, "/proc/uptime", 4096)) {
+      auto f = SplitFields(Trim(*up));
+      if (!f.empty()) {
+        if (auto v = ParseDouble(f[0])) uptime = *v;
+      }
     }
   }
   json::object load{{"1m", nullptr},

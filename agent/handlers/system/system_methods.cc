@@ -14,6 +14,7 @@ namespace json = boost::json;
 void RegisterSystemMethods(MethodTable& table) {
   // Tracks statvfs calls stuck on dead mounts across requests (one helper thread per mount).
   auto& statvfs_runner = table.Own(std::make_shared<sysinfo::BoundedStatvfs>());
+  auto& disk_cache = table.Own(std::make_shared<sysinfo::DiskAttributeCache>());
   const sysinfo::SystemRoot live{};
 
   table.Add("get_system_info", RunMode::kWorker,
@@ -35,10 +36,11 @@ void RegisterSystemMethods(MethodTable& table) {
             });
 
   table.Add("get_disk_usage", RunMode::kWorker,
-            [live, &statvfs_runner](const json::object& params, RequestContext&) {
+            [live, &statvfs_runner, &disk_cache](const json::object& params, RequestContext&) {
               Params p(params, {"all", "timeout_ms"});
               sysinfo::DiskOptions options;
               options.all = p.OptionalBool("all").value_or(false);
+              options.cache = &disk_cache;
               // Below the default request timeout (30 s) so the answer names the hung mount.
               options.timeout =
                   std::chrono::milliseconds(p.OptionalInt("timeout_ms", 1, 20000).value_or(2000));
