@@ -42,20 +42,26 @@ using Clock = std::chrono::steady_clock;
   std::exit(2);
 }
 
+// quiet: one attempt, -1 on failure. Otherwise retries for 10 s: qemu-ga's listen backlog is
+// tiny and it refuses connections while it works through the ones queued before.
 int ConnectUnix(const std::string& path, bool quiet = false) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) Die("socket");
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    if (quiet) {
-      ::close(fd);
-      return -1;
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) Die("socket");
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return fd;
+    int err = errno;
+    ::close(fd);
+    if (quiet) return -1;
+    if ((err != ECONNREFUSED && err != EAGAIN) || Clock::now() > deadline) {
+      errno = err;
+      Die(("connect " + path).c_str());
     }
-    Die(("connect " + path).c_str());
+    ::usleep(1000);
   }
-  return fd;
 }
 
 void WriteAll(int fd, std::string_view data) {

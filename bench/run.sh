@@ -40,6 +40,13 @@ agent_cmd=("$agent_bin" --foreground --config "$tmp/config.json" --log-level war
 qga_cmd=(qemu-ga -m unix-listen -t "$tmp/qga-state" -f "$tmp/qga.pid" -l "$tmp/qga.log")
 
 wait_sock() { for _ in $(seq 200); do [[ -S $1 ]] && return 0; sleep 0.05; done; echo "bench: $1 never appeared"; exit 1; }
+static_bin=
+if [[ ${NO_STATIC:-0} != 1 ]]; then
+  cmake -S . -B build-static -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVM_STATIC_AGENT=ON \
+    -DKVM_BUILD_TESTS=OFF >/dev/null
+  ninja -C build-static kvmmanager-agent >/dev/null
+  static_bin=$root/build-static/agent/kvmmanager-agent
+fi
 "${agent_cmd[@]}" --listen "unix:$tmp/agent.sock" 2>"$tmp/agent.err" & agent_pid=$!; pids+=($agent_pid)
 "${qga_cmd[@]}" -p "$tmp/qga.sock" & qga_pid=$!; pids+=($qga_pid)
 "$echo_bin" "$tmp/echo.sock" & echo_pid=$!; pids+=($echo_pid)
@@ -49,12 +56,14 @@ PING='{"jsonrpc":"2.0","method":"ping","id":{id}}'
 QPING='{"execute":"guest-ping","id":{id}}'
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Proportional set size: shared library pages divided among the processes that map them.
+pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
 # Sum of voluntary+involuntary context switches over all threads, and utime+stime ticks.
 wakeups() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s+=$2} END {print s}'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b+0==0 || a=="-" || b=="-") print "-"; else printf "%.2f", a/b}'; }
-rate() { "$lg" rate "$@" | awk '/^rate/ {print $2}'; }
+rate() { { "$lg" rate "$@" || true; } | awk '/^rate/ {print $2}'; }  # failed round: no sample
 
 rows=()
 notes=()
@@ -63,6 +72,13 @@ row() { rows+=("$(printf '| %s | %s | %s | %s | %s |' "$@")"); }
 echo "bench: $rounds rounds x ${secs}s per measurement; agent $(${agent_bin} --version)"
 echo "bench: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 rss_agent_start=$(rss_kb $agent_pid); rss_qga_start=$(rss_kb $qga_pid)
+pss_agent_start=$(pss_kb $agent_pid); pss_qga_start=$(pss_kb $qga_pid)
+if [[ -n $static_bin ]]; then
+  "$static_bin" --foreground --config "$tmp/config.json" --log-level warn \
+    --listen "unix:$tmp/static.sock" & static_pid=$!; pids+=($static_pid)
+  wait_sock "$tmp/static.sock"; sleep 0.2
+  rss_static_start=$(rss_kb $static_pid); pss_static_start=$(pss_kb $static_pid)
+fi
 
 # --- ping throughput, interleaved rounds ---------------------------------------------------
 declare -A r
@@ -132,10 +148,19 @@ row "file read 10 MB, MB/s (48 KiB chunks)" "$ar" "$(median "${qr[@]}")" "$(rati
 # --- memory ----------------------------------------------------------------------------------------
 "$lg" count "$A" "$PING" 100000 1 8 >/dev/null
 "$lg" count "$Q" "$QPING" 100000 1 8 >/dev/null
+[[ -n $static_bin ]] && "$lg" count "$tmp/static.sock" "$PING" 100000 1 8 >/dev/null
 sleep 1
 rss_agent_after=$(rss_kb $agent_pid); rss_qga_after=$(rss_kb $qga_pid)
+pss_agent_after=$(pss_kb $agent_pid); pss_qga_after=$(pss_kb $qga_pid)
 row "idle RSS after start, KiB" "$rss_agent_start" "$rss_qga_start" "$(ratio "$rss_agent_start" "$rss_qga_start")x" "-"
 row "idle RSS after 100,000 pings, KiB" "$rss_agent_after" "$rss_qga_after" "$(ratio "$rss_agent_after" "$rss_qga_after")x" "-"
+row "idle PSS after start, KiB" "$pss_agent_start" "$pss_qga_start" "$(ratio "$pss_agent_start" "$pss_qga_start")x" "-"
+row "idle PSS after 100,000 pings, KiB" "$pss_agent_after" "$pss_qga_after" "$(ratio "$pss_agent_after" "$pss_qga_after")x" "-"
+if [[ -n $static_bin ]]; then
+  rss_static_after=$(rss_kb $static_pid)
+  row "static agent: idle RSS after start, KiB" "$rss_static_start" "$rss_qga_start" "$(ratio "$rss_static_start" "$rss_qga_start")x" "-"
+  row "static agent: idle RSS after 100,000 pings, KiB" "$rss_static_after" "$rss_qga_after" "$(ratio "$rss_static_after" "$rss_qga_after")x" "-"
+fi
 
 # --- idle CPU and wakeups ----------------------------------------------------------------------------
 idle() {  # pid socket connected(0/1) -> "ticks wakeups"
@@ -163,17 +188,22 @@ for ((i = 0; i < rounds; i++)); do
 done
 a=$(median "${sa[@]}") q=$(median "${sq[@]}")
 row "start-up to first answered ping, ms" "$a" "$q" "$(ratio "$a" "$q")x" "-"
+if [[ -n $static_bin ]]; then
+  ss=()
+  for ((i = 0; i < rounds; i++)); do
+    ss+=("$("$lg" startup "$tmp/st-static.sock" "${PING//\{id\}/1}" -- "$static_bin" --foreground --config "$tmp/config.json" --log-level warn --listen "unix:$tmp/st-static.sock" | awk '{print $2}')")
+  done
+  s_=$(median "${ss[@]}")
+  row "static agent: start-up to first answered ping, ms" "$s_" "$q" "$(ratio "$s_" "$q")x" "-"
+fi
 
 # --- binary size and shared-library needs ----------------------------------------------------------
 needed() { readelf -d "$1" 2>/dev/null | awk '/NEEDED/ {gsub(/[\[\]]/, "", $5); printf "%s ", $5}'; }
 qga_path=$(command -v qemu-ga)
 cp "$agent_bin" "$tmp/agent-dyn" && strip "$tmp/agent-dyn"
 row "stripped size, dynamic build, bytes" "$(stat -c %s "$tmp/agent-dyn")" "$(stat -c %s "$qga_path")" "$(ratio "$(stat -c %s "$tmp/agent-dyn")" "$(stat -c %s "$qga_path")")x" "-"
-if [[ ${NO_STATIC:-0} != 1 ]]; then
-  cmake -S . -B build-static -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVM_STATIC_AGENT=ON \
-    -DKVM_BUILD_TESTS=OFF >/dev/null
-  ninja -C build-static kvmmanager-agent >/dev/null
-  st=build-static/agent/kvmmanager-agent
+if [[ -n $static_bin ]]; then
+  st=$static_bin
   row "stripped static release binary, bytes" "$(stat -c %s $st)" "-" "-" "-"
   row "static binary NEEDED" "$(needed $st)none" "-" "-" "-"
 fi
