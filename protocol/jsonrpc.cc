@@ -27,7 +27,10 @@ json::value ParseLine(std::string_view line) {
 
 namespace {
 
+// A number literal past double range (1e999) parses as infinity, which has no JSON spelling:
+// echoing it would make the reply unparseable, so such an id is refused like a bad type.
 bool IsValidIdType(const json::value& id) {
+  if (id.is_double()) return std::isfinite(id.get_double());
   return id.is_string() || id.is_number() || id.is_null();
 }
 
@@ -45,7 +48,7 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
   json::value id = nullptr;
   bool has_id = false;
   if (auto it = object->find("id"); it != object->end()) {
-    if (!IsValidIdType(it->value())) return Invalid(nullptr, "id must be a string, number or null");
+    if (!IsValidIdType(it->value())) return Invalid(nullptr, "id must be a string, a finite number or null");
     id = it->value();
     has_id = true;
   }

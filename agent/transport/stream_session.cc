@@ -29,7 +29,6 @@ void StreamSession::Start() {
 
 void StreamSession::OnEvents(uint32_t events) {
   if (!fd_) return;
-  if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) peer_hung_up_ = true;
   if (events & EPOLLOUT) FlushOutput();
   if (fd_ && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) ReadAvailable();
 }
@@ -61,10 +60,13 @@ void StreamSession::ReadAvailable(bool drain) {
             dispatcher_.HandleOversized(self);
           });
       if (!fd_ || paused_) break;
-      // A short read drained the socket; edge-triggered epoll reports anything newer, so skip
-      // the read that would only say EAGAIN (one syscall less per request).
-      // Unless the peer also hung up: then read on to see the end of stream.
-      if (static_cast<size_t>(n) < sizeof buf && !peer_hung_up_ && !drain) break;
+      // Send this read's replies before reading again: a client waiting for them can send its
+      // next request meanwhile, which the next read then finds without an epoll round trip.
+      FlushOutput();
+      if (!fd_) {
+        in_read_ = false;
+        return;
+      }
       continue;
     }
     if (n == 0) {

@@ -44,7 +44,6 @@ class StreamSession : public ReplySink, public std::enable_shared_from_this<Stre
   bool paused_ = false;      // too many unsent replies: the peer is not reading
   bool in_read_ = false;     // batching reply writes while a read burst is processed
   bool read_scheduled_ = false;
-  bool peer_hung_up_ = false;  // EPOLLRDHUP/HUP seen: read until end of stream
 };
 
 }  // namespace kvm
