@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Proof: a Debian 12 root with the agent .deb installed boots in QEMU (TCG) with systemd as init;
+# udev sees the org.kvmmanager.agent.0 port, systemd starts kvmmanager-agent.service (nobody
+# starts it by hand) and the host gets an answer to ping through the channel. Hot-unplugging the
+# port stops the service (BindsTo=), plugging it back starts it again.
+# Kernel: Debian's linux-image-cloud-amd64 (apt-get download, cached); a 20-line busybox
+# initramfs loads virtio_blk and switches to the ext4 root image (mkfs.ext4 -d).
+source "$(dirname "$0")/lib.sh"
+require_root
+require_tools qemu-system-x86_64 mkfs.ext4 busybox cpio socat apt-get dpkg-deb depmod modprobe
+boot_timeout=${KVM_VM_BOOT_TIMEOUT:-240}
+cache=${KVM_PACKAGING_CACHE:-${HOME:-/root}/.cache/kvmmanager-packaging}
+
+# --- kernel (cached) --------------------------------------------------------------------------
+kpkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -1)
+[[ -n $kpkg ]] || { echo "FAIL: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
+kroot="$cache/$kpkg"
+if [[ ! -d $kroot ]]; then
+  (
+    exec 9>"$cache/.kernel-lock"
+    flock 9
+    [[ -d $kroot ]] && exit 0
+    tmp=$(mktemp -d "$cache/kernel.XXXXXX")
+    (cd "$tmp" && apt-get download -q "$kpkg" >/dev/null)
+    dpkg-deb -x "$tmp"/*.deb "$tmp/root"
+    mv "$tmp/root" "$kroot"
+    rm -rf "$tmp"
+  )
+fi
+kver=${kpkg#linux-image-}
+vmlinuz="$kroot/boot/vmlinuz-$kver"
+
+work=$(mktemp -d /var/tmp/kvm-pkg-vm.XXXXXX)
+root=""
+qemu_pid=""
+cleanup() {
+  if [[ -n $qemu_pid ]] && kill -0 "$qemu_pid" 2>/dev/null; then
+    kill "$qemu_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$qemu_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$qemu_pid" 2>/dev/null || true
+  fi
+  [[ -n $root ]] && remove_root "$root"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# --- root filesystem: fresh Debian 12 + the agent .deb + the kernel's modules ----------------
+root=$(fresh_root)
+cp "$agent_deb" "$root/tmp/agent.deb"
+chroot "$root" dpkg -i /tmp/agent.deb >/dev/null
+rm "$root/tmp/agent.deb"
+mkdir -p "$root/lib/modules"
+cp -a "$kroot/lib/modules/$kver" "$root/lib/modules/"
+depmod -b "$root" "$kver"
+echo kvm-pkg-test > "$root/etc/hostname"
+printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' > "$root/etc/fstab"
+mkfs.ext4 -q -F -L root -d "$root" "$work/root.img" 1536M
+remove_root "$root"
+root=""
+
+# --- initramfs: load virtio_blk, mount /dev/vda, hand over to systemd -------------------------
+ird="$work/initramfs"
+mkdir -p "$ird"/{bin,dev,proc,sys,newroot,mod}
+cp "$(command -v busybox)" "$ird/bin/busybox"
+modules=$(modprobe -d "$kroot" -S "$kver" --show-depends virtio_pci virtio_blk 2>/dev/null |
+          awk '$1 == "insmod" {print $2}' | awk '!seen[$0]++')
+[[ -n $modules ]] || { echo "FAIL: no virtio modules found in $kroot" >&2; exit 1; }
+for m in $modules; do cp "$m" "$ird/mod/"; echo "$(basename "$m")"; done > "$ird/mod/order"
+cat > "$ird/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /mod/order); do insmod /mod/$m; done
+for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done
+mount -t ext4 -o rw /dev/vda /newroot || { echo "initramfs: cannot mount /dev/vda"; poweroff -f; }
+umount /proc /sys /dev
+exec switch_root /newroot /sbin/init
+INIT
+chmod 755 "$ird/init"
+(cd "$ird" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initrd.gz"
+
+# --- boot ---------------------------------------------------------------------------------------
+chan="$work/agent.sock"
+mon="$work/monitor.sock"
+console="$work/console.log"
+port_dev="virtserialport,bus=vser.0,chardev=agent,name=org.kvmmanager.agent.0,id=agentport"
+accel=tcg
+qemu-system-x86_64 -accel "$accel" -m 512 -smp 1 -display none -no-reboot \
+  -kernel "$vmlinuz" -initrd "$work/initrd.gz" \
+  -append "console=ttyS0 root=/dev/vda rw panic=-1 systemd.show_status=1 systemd.journald.forward_to_console=1" \
+  -drive "file=$work/root.img,format=raw,if=virtio" \
+  -device virtio-serial-pci,id=vser \
+  -chardev "socket,id=agent,path=$chan,server=on,wait=off" -device "$port_dev" \
+  -monitor "unix:$mon,server=on,wait=off" -serial "file:$console" &
+qemu_pid=$!
+
+# kvmmanager-ctl from the ctl .deb, run on the host.
+dpkg-deb -x "$ctl_deb" "$work/ctl"
+ctl=("$work/ctl/usr/bin/kvmmanager-ctl" --socket "$chan" --timeout 3)
+monitor() { (echo "$1"; sleep 0.5) | socat - "UNIX-CONNECT:$mon" >/dev/null; }
+wait_for() {  # wait_for SECONDS what command...: polls the command until it succeeds
+  local limit=$1 what=$2 start=$SECONDS
+  shift 2
+  while ((SECONDS - start < limit)); do
+    kill -0 "$qemu_pid" 2>/dev/null || { echo "QEMU exited while waiting for: $what"; return 1; }
+    if "$@" >/dev/null 2>&1; then
+      echo "($what after $((SECONDS - start)) s)"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "timed out after ${limit}s waiting for: $what"
+  return 1
+}
+console_has() { grep -aq "$1" "$console"; }
+
+echo "--- booting $kver (accel $accel), waiting up to ${boot_timeout}s for the agent"
+check "agent started by systemd answers ping over the channel" \
+  wait_for "$boot_timeout" "first ping" "${ctl[@]}" ping
+check "it is the packaged agent ($version)" \
+  bash -c "'${ctl[0]}' --socket '$chan' --json call get_agent_info | grep -q '\"$version\"'"
+check "systemd reported the service started (after READY=1)" \
+  console_has "Started.*KVM Manager guest agent"
+
+echo "--- hot-unplug the port: BindsTo= must stop the service"
+monitor "device_del agentport"
+check "service stopped when the port went" \
+  wait_for 60 "stop on unplug" console_has "Stopped.*KVM Manager guest agent"
+echo "--- plug it back: udev + systemd must start the service again"
+monitor "device_add $port_dev"
+check "agent answers again after replug" wait_for 90 "ping after replug" "${ctl[@]}" ping
+
+if ((failures)); then
+  echo "--- guest console (last 80 lines)"
+  tail -n 80 "$console" | sed 's/\x1b\[[0-9;]*m//g'
+fi
+finish
