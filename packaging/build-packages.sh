@@ -49,6 +49,7 @@ stage_agent() {  # $1 = root, $2 = unit/udev prefix (/lib or /usr/lib)
   install -D -m 0755 "$agent_bin" "$r/usr/sbin/kvmmanager-agent"
   strip --strip-all "$r/usr/sbin/kvmmanager-agent"
   install -D -m 0644 "$files/config.json" "$r/etc/kvmmanager-agent/config.json"
+  install -D -m 0644 "$files/kvmmanager-agent.logrotate" "$r/etc/logrotate.d/kvmmanager-agent"
   install -D -m 0644 "$files/kvmmanager-agent.service" "$r$lib/systemd/system/kvmmanager-agent.service"
   install -D -m 0644 "$files/60-kvmmanager-agent.rules" "$r$lib/udev/rules.d/60-kvmmanager-agent.rules"
   install -d "$r/usr/share/man/man8"
@@ -95,7 +96,7 @@ stage_agent "$r" /lib
 debian_doc "$r" kvmmanager-agent
 install -d "$r/DEBIAN"
 install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$r/DEBIAN/"
-echo /etc/kvmmanager-agent/config.json > "$r/DEBIAN/conffiles"
+printf '%s\n' /etc/kvmmanager-agent/config.json /etc/logrotate.d/kvmmanager-agent > "$r/DEBIAN/conffiles"
 build_deb "$r" kvmmanager-agent <<'CONTROL'
 Section: admin
 Priority: optional

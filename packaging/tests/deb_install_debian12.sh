@@ -16,7 +16,7 @@ echo "--- dpkg -i $(basename "$agent_deb") in a fresh Debian 12 root"
 in_root dpkg -i /tmp/agent.deb
 check "package installed at version $version" \
   test "$(in_root dpkg-query -W -f='${Status} ${Version}' kvmmanager-agent)" = "install ok installed $version"
-for f in /usr/sbin/kvmmanager-agent /etc/kvmmanager-agent/config.json \
+for f in /usr/sbin/kvmmanager-agent /etc/kvmmanager-agent/config.json /etc/logrotate.d/kvmmanager-agent \
          /lib/systemd/system/$unit /lib/udev/rules.d/60-kvmmanager-agent.rules \
          /usr/share/man/man8/kvmmanager-agent.8.gz /usr/share/doc/kvmmanager-agent/copyright \
          /usr/share/doc/kvmmanager-agent/examples/hardening-strict.conf; do

@@ -49,6 +49,25 @@ root=$(fresh_root)
 cp "$agent_deb" "$root/tmp/agent.deb"
 chroot "$root" dpkg -i /tmp/agent.deb >/dev/null
 rm "$root/tmp/agent.deb"
+profile=${KVM_VM_PROFILE:-default}
+if [[ $profile == strict ]]; then
+  mkdir -p "$root/etc/systemd/system/kvmmanager-agent.service.d"
+  cp "$root/usr/share/doc/kvmmanager-agent/examples/hardening-strict.conf" \
+    "$root/etc/systemd/system/kvmmanager-agent.service.d/"
+fi
+# Test-only reporter: once the agent is active, print how systemd sees it on the console.
+cat > "$root/etc/systemd/system/kvm-report.service" <<'UNIT'
+[Unit]
+Description=report kvmmanager-agent state to the console
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+ExecStart=/bin/sh -c 'for i in $(seq 120); do systemctl is-active -q kvmmanager-agent && break; sleep 1; done; systemctl show -p ActiveState -p SubState -p Type -p ProtectSystem -p NoNewPrivileges kvmmanager-agent.service | sed "s/^/kvm-report: /"'
+[Install]
+WantedBy=multi-user.target
+UNIT
+mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+ln -s /etc/systemd/system/kvm-report.service "$root/etc/systemd/system/multi-user.target.wants/"
 mkdir -p "$root/lib/modules"
 cp -a "$kroot/lib/modules/$kver" "$root/lib/modules/"
 depmod -b "$root" "$kver"
@@ -62,8 +81,8 @@ root=""
 ird="$work/initramfs"
 mkdir -p "$ird"/{bin,dev,proc,sys,newroot,mod}
 cp "$(command -v busybox)" "$ird/bin/busybox"
-modules=$(modprobe -d "$kroot" -S "$kver" --show-depends virtio_pci virtio_blk 2>/dev/null |
-          awk '$1 == "insmod" {print $2}' | awk '!seen[$0]++')
+modules=$(for m in virtio_pci virtio_blk; do modprobe -d "$kroot" -S "$kver" --show-depends "$m"; done |
+          awk '$1 == "insmod" && !seen[$2]++ {print $2}')
 [[ -n $modules ]] || { echo "FAIL: no virtio modules found in $kroot" >&2; exit 1; }
 for m in $modules; do cp "$m" "$ird/mod/"; echo "$(basename "$m")"; done > "$ird/mod/order"
 cat > "$ird/init" <<'INIT'
@@ -90,7 +109,7 @@ port_dev="virtserialport,bus=vser.0,chardev=agent,name=org.kvmmanager.agent.0,id
 accel=tcg
 qemu-system-x86_64 -accel "$accel" -m 512 -smp 1 -display none -no-reboot \
   -kernel "$vmlinuz" -initrd "$work/initrd.gz" \
-  -append "console=ttyS0 root=/dev/vda rw panic=-1 systemd.show_status=1 systemd.journald.forward_to_console=1" \
+  -append "console=ttyS0 root=/dev/vda rw panic=-1 systemd.show_status=1 systemd.firstboot=off systemd.journald.forward_to_console=1" \
   -drive "file=$work/root.img,format=raw,if=virtio" \
   -device virtio-serial-pci,id=vser \
   -chardev "socket,id=agent,path=$chan,server=on,wait=off" -device "$port_dev" \
@@ -117,20 +136,26 @@ wait_for() {  # wait_for SECONDS what command...: polls the command until it suc
 }
 console_has() { grep -aq "$1" "$console"; }
 
-echo "--- booting $kver (accel $accel), waiting up to ${boot_timeout}s for the agent"
+echo "--- booting $kver (accel $accel, unit profile $profile), waiting up to ${boot_timeout}s for the agent"
 check "agent started by systemd answers ping over the channel" \
   wait_for "$boot_timeout" "first ping" "${ctl[@]}" ping
 check "it is the packaged agent ($version)" \
   bash -c "'${ctl[0]}' --socket '$chan' --json call get_agent_info | grep -q '\"$version\"'"
 check "systemd reported the service started (after READY=1)" \
   console_has "Started.*KVM Manager guest agent"
+check "systemd sees it active/running, Type=notify" \
+  wait_for 60 "state report" bash -c "grep -aq 'kvm-report: SubState=running' '$console' && grep -aq 'kvm-report: Type=notify' '$console'"
+if [[ $profile == strict ]]; then
+  check "strict profile in effect (ProtectSystem=strict, NoNewPrivileges=yes)" bash -c \
+    "grep -aq 'kvm-report: ProtectSystem=strict' '$console' && grep -aq 'kvm-report: NoNewPrivileges=yes' '$console'"
+fi
 
 echo "--- hot-unplug the port: BindsTo= must stop the service"
-monitor "device_del agentport"
+check "monitor: device_del agentport" monitor "device_del agentport"
 check "service stopped when the port went" \
   wait_for 60 "stop on unplug" console_has "Stopped.*KVM Manager guest agent"
 echo "--- plug it back: udev + systemd must start the service again"
-monitor "device_add $port_dev"
+check "monitor: device_add the port again" monitor "device_add $port_dev"
 check "agent answers again after replug" wait_for 90 "ping after replug" "${ctl[@]}" ping
 
 if ((failures)); then
