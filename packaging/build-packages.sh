@@ -47,7 +47,7 @@ trap 'rm -rf "$work"' EXIT
 stage_agent() {  # $1 = root, $2 = unit/udev prefix (/lib or /usr/lib)
   local r=$1 lib=$2
   install -D -m 0755 "$agent_bin" "$r/usr/sbin/kvmmanager-agent"
-  strip --strip-all "$r/usr/sbin/kvmmanager-agent"
+  strip --strip-all --remove-section=.comment "$r/usr/sbin/kvmmanager-agent"
   install -D -m 0644 "$files/config.json" "$r/etc/kvmmanager-agent/config.json"
   install -D -m 0644 "$files/kvmmanager-agent.logrotate" "$r/etc/logrotate.d/kvmmanager-agent"
   install -D -m 0644 "$files/kvmmanager-agent.service" "$r$lib/systemd/system/kvmmanager-agent.service"
@@ -96,6 +96,7 @@ stage_agent "$r" /lib
 debian_doc "$r" kvmmanager-agent
 install -d "$r/DEBIAN"
 install -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm "$r/DEBIAN/"
+install -D -m 0644 packaging/deb/lintian-overrides "$r/usr/share/lintian/overrides/kvmmanager-agent"
 printf '%s\n' /etc/kvmmanager-agent/config.json /etc/logrotate.d/kvmmanager-agent > "$r/DEBIAN/conffiles"
 build_deb "$r" kvmmanager-agent <<'CONTROL'
 Section: admin
@@ -154,7 +155,7 @@ for spec in kvmmanager-agent kvmmanager-ctl; do
   cp "$top/RPMS/$spec-$version.x86_64.rpm" "$out/"
 done
 
-size=$(stat -c %s "$agent_bin")
+size=$(stat -c %s "$work/deb-agent/usr/sbin/kvmmanager-agent")
 echo "build-packages: version $version; static agent $(numfmt --to=iec-i --suffix=B "$size") ($size bytes, stripped)"
 for f in "kvmmanager-agent_${version}_amd64.deb" "kvmmanager-ctl_${version}_amd64.deb" \
          "kvmmanager-agent-$version.x86_64.rpm" "kvmmanager-ctl-$version.x86_64.rpm"; do

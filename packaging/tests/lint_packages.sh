@@ -5,7 +5,7 @@ source "$(dirname "$0")/lib.sh"
 require_tools lintian rpm
 for deb in "$agent_deb" "$ctl_deb"; do
   echo "--- lintian $(basename "$deb")"
-  out=$(lintian --no-cfg --display-info --tag-display-limit 0 "$deb" 2>&1 || true)
+  out=$(lintian --no-cfg --display-info --show-overrides --tag-display-limit 0 "$deb" 2>&1 || true)
   echo "${out:-(no tags)}"
   check "lintian: no errors on $(basename "$deb")" test -z "$(grep '^E:' <<<"$out" || true)"
 done
