@@ -8,7 +8,8 @@
 source "$(dirname "$0")/lib.sh"
 require_root
 require_tools qemu-system-x86_64 mkfs.ext4 busybox cpio socat apt-get dpkg-deb depmod modprobe
-boot_timeout=${KVM_VM_BOOT_TIMEOUT:-240}
+# Seen: ~60 s to the first ping on an idle 2-core host, ~220 s with 8 builds running.
+boot_timeout=${KVM_VM_BOOT_TIMEOUT:-600}
 cache=${KVM_PACKAGING_CACHE:-${HOME:-/root}/.cache/kvmmanager-packaging}
 
 # --- kernel (cached) --------------------------------------------------------------------------
@@ -21,13 +22,15 @@ if [[ ! -d $kroot ]]; then
     flock 9
     [[ -d $kroot ]] && exit 0
     tmp=$(mktemp -d "$cache/kernel.XXXXXX")
-    (cd "$tmp" && apt-get download -q "$kpkg" >/dev/null)
+    (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "$kpkg" >/dev/null)
     dpkg-deb -x "$tmp"/*.deb "$tmp/root"
     mv "$tmp/root" "$kroot"
     rm -rf "$tmp"
   )
 fi
 kver=${kpkg#linux-image-}
+# The .deb has no modules.dep (its postinst would run depmod).
+[[ -f $kroot/lib/modules/$kver/modules.dep ]] || depmod -b "$kroot" "$kver"
 vmlinuz="$kroot/boot/vmlinuz-$kver"
 
 work=$(mktemp -d /var/tmp/kvm-pkg-vm.XXXXXX)
