@@ -1,6 +1,7 @@
 // What kvmmanager-agent.service relies on, checked on the real binary: Type=notify readiness
 // (READY=1 only once the agent serves), reload and stop notifications, and man pages that
 // document every option and command the programs' --help lists.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -14,8 +15,6 @@
 #include <set>
 #include <string>
 
-#include <gtest/gtest.h>
-
 #include "agent/core/unique_fd.h"
 #include "tests/support/agent_process.h"
 
@@ -27,8 +26,8 @@ using std::chrono::seconds;
 // Plays systemd's notify socket (abstract, like systemd's own when it uses one).
 class NotifySocket {
  public:
-  NotifySocket() : name_("@kvm-notify-test-" + std::to_string(::getpid()) + "-" +
-                         std::to_string(counter_++)) {
+  NotifySocket()
+      : name_("@kvm-notify-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++)) {
     fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -59,8 +58,10 @@ TEST(AgentSystemdNotify, SendsReadyOnlyOnceItServes) {
   test::TempDir dir;
   std::string sock = dir / "late.sock";
   // listen_unix=false: AgentProcess does not wait for the socket, so only READY=1 tells us.
-  test::AgentProcess agent(test::AgentProcess::Options{
-      .extra_args = {"--listen", "unix:" + sock}, .listen_unix = false});
+  test::AgentProcess::Options options;
+  options.extra_args = {"--listen", "unix:" + sock};
+  options.listen_unix = false;
+  test::AgentProcess agent(options);
   ::unsetenv("NOTIFY_SOCKET");
   ASSERT_EQ(notify.Next(), "READY=1") << agent.Stderr();
   struct stat st;

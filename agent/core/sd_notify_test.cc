@@ -1,5 +1,6 @@
 #include "agent/core/sd_notify.h"
 
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -7,8 +8,6 @@
 
 #include <cstring>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "agent/core/unique_fd.h"
 
