@@ -61,6 +61,13 @@ check "binary removed" test ! -e "$root/usr/sbin/kvmmanager-agent"
 check "unit removed" test ! -e "$root/lib/systemd/system/$unit"
 check "enable symlink removed" test ! -L "$root$wants"
 check "config kept after remove" test -f "$root/etc/kvmmanager-agent/config.json"
+echo "--- reinstall after remove: enabled again; an admin's disable survives remove+reinstall"
+in_root dpkg -i /tmp/agent.deb
+check "enabled again after remove+reinstall" test "$(in_root systemctl is-enabled $unit)" = enabled
+in_root systemctl disable $unit 2>/dev/null
+in_root dpkg -r kvmmanager-agent
+in_root dpkg -i /tmp/agent.deb
+check "disabled stays disabled across remove+reinstall" test "$(in_root systemctl is-enabled $unit)" = disabled
 in_root dpkg -P kvmmanager-agent
 check "config gone after purge" test ! -e "$root/etc/kvmmanager-agent"
 

@@ -139,14 +139,21 @@ wait_for() {  # wait_for SECONDS what command...: polls the command until it suc
   return 1
 }
 console_has() { grep -aq "$1" "$console"; }
+# Agent processes that logged "serving" (the journal is forwarded to the console with PIDs).
+agent_starts() {
+  grep -ao 'kvmmanager-agent\[[0-9]*\]: kvmmanager-agent\[info\] serving /dev/virtio-ports' "$console" |
+    sort -u | wc -l
+}
+more_starts_than() { (($(agent_starts) > $1)); }
 
 echo "--- booting $kver (accel $accel, unit profile $profile), waiting up to ${boot_timeout}s for the agent"
 check "agent started by systemd answers ping over the channel" \
   wait_for "$boot_timeout" "first ping" "${ctl[@]}" ping
 check "it is the packaged agent ($version)" \
   bash -c "'${ctl[0]}' --socket '$chan' --json call get_agent_info | grep -q '\"$version\"'"
+# systemd logs "Started" once READY=1 arrived; ping can answer a moment before that.
 check "systemd reported the service started (after READY=1)" \
-  console_has "Started.*KVM Manager guest agent"
+  wait_for 60 "Started in the journal" console_has "Started.*KVM Manager guest agent"
 check "systemd sees it active/running, Type=notify" \
   wait_for 60 "state report" bash -c "grep -aq 'kvm-report: SubState=running' '$console' && grep -aq 'kvm-report: Type=notify' '$console'"
 if [[ $profile == strict ]]; then
@@ -158,9 +165,14 @@ echo "--- hot-unplug the port: BindsTo= must stop the service"
 check "monitor: device_del agentport" monitor "device_del agentport"
 check "service stopped when the port went" \
   wait_for 60 "stop on unplug" console_has "Stopped.*KVM Manager guest agent"
+check "no answer while the port is gone" bash -c "! '${ctl[0]}' --socket '$chan' --timeout 3 ping"
+starts_before=$(agent_starts)
+check "the first agent logged that it serves the port" test "$starts_before" -ge 1
 echo "--- plug it back: udev + systemd must start the service again"
 check "monitor: device_add the port again" monitor "device_add $port_dev"
 check "agent answers again after replug" wait_for 90 "ping after replug" "${ctl[@]}" ping
+check "a new agent process serves (systemd started it again)" \
+  wait_for 30 "second start" more_starts_than "$starts_before"
 
 if ((failures)); then
   echo "--- guest console (last 80 lines)"
