@@ -123,7 +123,7 @@ echo kvmm-testvm >"$stage/etc/hostname"
 cat >"$stage/etc/os-release" <<'EOF'
 PRETTY_NAME="kvmmanager test VM (initramfs)"
 NAME="kvmmanager-testvm"
-ID=kvmm-testvm
+ID=kvmmtestos
 VERSION_ID="1"
 EOF
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
