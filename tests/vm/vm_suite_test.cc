@@ -739,6 +739,9 @@ TEST(RealVm, RebootBringsTheAgentBackBeforeAnyHostConnects) {
   ASSERT_TRUE(CallOk(s.ch, "reboot", json::object{}, &res)) << "no answer to reboot";
   s.ch.Close();
   const auto t0 = Clock::now();
+  ASSERT_TRUE(s.qmp.WaitEvent("VSERPORT_CHANGE", seconds(120),
+                              [](const json::object& e) { return PortOpen(e, false); }))
+      << "the guest never closed the port after reboot was called" << s.vm.Diagnostics();
   // The new boot's agent opens the port while no host is connected...
   ASSERT_TRUE(s.qmp.WaitEvent("VSERPORT_CHANGE", seconds(180),
                               [](const json::object& e) { return PortOpen(e, true); }))
@@ -760,8 +763,8 @@ TEST(RealVm, ShutdownAnswersThenPowersOff) {
   json::value res;
   ASSERT_TRUE(CallOk(s.ch, "shutdown", json::object{}, &res)) << "no answer before power-off";
   const auto answered = Clock::now();
-  auto status = s.vm.WaitExit(seconds(120));
-  ASSERT_TRUE(status.has_value()) << "QEMU still running 120 s after shutdown" << s.vm.Diagnostics();
+  auto status = s.vm.WaitExit(seconds(90));
+  ASSERT_TRUE(status.has_value()) << "QEMU still running 90 s after shutdown" << s.vm.Diagnostics();
   EXPECT_EQ(*status, 0) << "QEMU exit status" << s.vm.Diagnostics();
   Figure("shutdown: answer to QEMU exit (s)", Fmt(MsSince(answered) / 1000));
   EXPECT_NE(s.vm.Console().find("kvmm-init: shutting down"), std::string::npos)
