@@ -530,7 +530,8 @@ TEST(RealVm, FileReadLargeResponseArrivesWhole) {
   ASSERT_TRUE(GuestRun(s.ch, "dd", {"if=/dev/urandom", "of=/tmp/kvmm-vm-200k", "bs=1024", "count=200"},
                        &out));
   ASSERT_TRUE(GuestRun(s.ch, "sha256sum", {"/tmp/kvmm-vm-200k"}, &out));
-  // One call for the whole file: a ~270 KB response line, many times the port's 32 KiB write size.
+  // Asks for 1 MiB per call; the agent caps a reply near max_message_size_kb (64 KiB), still
+  // twice the port's 32 KiB write size, so every reply crosses several short writes.
   ASSERT_TRUE(ReadGuestFile(s.ch, "/tmp/kvmm-vm-200k", 1 << 20, &content));
   EXPECT_EQ(content.size(), 200u * 1024);
   EXPECT_EQ(Sha256(content), out.substr(0, 64)) << "bytes differ from the guest's file";
@@ -562,7 +563,7 @@ TEST(RealVm, MultiMegabyteTransferVerifiedBothWays) {
   std::string out;
   ASSERT_TRUE(GuestRun(s.ch, "sha256sum", {path}, &out));
   EXPECT_EQ(out.substr(0, 64), sha) << "the guest's copy differs";
-  // Guest -> host by 1 MiB reads.
+  // Guest -> host by file_read, as large as the agent serves per call.
   t0 = Clock::now();
   std::string back;
   ASSERT_TRUE(ReadGuestFile(s.ch, path, 1 << 20, &back));
