@@ -324,10 +324,17 @@ bool Vm::Start(const std::string& scripts_dir, const std::string& image_dir,
     *err = "cannot create " + disk;
     return false;
   }
-  std::vector<std::string> argv = {scripts_dir + "/run-vm.sh", "--dir",     image_dir,
-                                   "--sock",                   sock,        "--qmp",
-                                   qmp,                        "--console", console_path,
-                                   "--disk",                   disk};
+  std::vector<std::string> argv = {scripts_dir + "/run-vm.sh",
+                                   "--dir",
+                                   image_dir,
+                                   "--sock",
+                                   sock,
+                                   "--qmp",
+                                   qmp,
+                                   "--console",
+                                   console_path,
+                                   "--disk",
+                                   disk};
   if (!opt.port) argv.push_back("--no-port");
   if (opt.no_reboot) argv.push_back("--no-reboot");
   int logfd = open(log_path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);

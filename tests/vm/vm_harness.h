@@ -1,5 +1,6 @@
-// Host side of the real-VM suite: QEMU processes, the agent channel (NDJSON over QEMU's chardev socket),
-// and QMP. Every blocking call takes a timeout; every child is killed with its process group.
+// Host side of the real-VM suite: QEMU processes, the agent channel (NDJSON over QEMU's chardev
+// socket), and QMP. Every blocking call takes a timeout; every child is killed with its process
+// group.
 #pragma once
 
 #include <sys/types.h>
@@ -33,11 +34,11 @@ CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration t
 class Channel {
  public:
   struct Reply {
-    bool ok = false;           // a response with our id arrived and parsed
-    std::string failure;       // why not, when !ok
-    json::object response;     // the whole response object
+    bool ok = false;                   // a response with our id arrived and parsed
+    std::string failure;               // why not, when !ok
+    json::object response;             // the whole response object
     std::vector<std::string> skipped;  // lines read before ours (other ids, resync errors, junk)
-    double ms = 0;             // send to reply
+    double ms = 0;                     // send to reply
   };
 
   Channel() = default;
@@ -74,8 +75,8 @@ class Qmp {
   // The "return" member, or nullopt with *err set.
   std::optional<json::value> Execute(std::string_view cmd, const json::object& args,
                                      std::string* err);
-  // First event named `name` (seen earlier or arriving before the deadline) for which match() holds;
-  // consumed from the queue.
+  // First event named `name` (seen earlier or arriving before the deadline) for which match()
+  // holds; consumed from the queue.
   template <typename Pred>
   std::optional<json::object> WaitEvent(std::string_view name, Clock::duration timeout, Pred match);
   void DropEvents() { events_.clear(); }
@@ -125,7 +126,8 @@ class Vm {
   std::optional<int> WaitExit(Clock::duration timeout);
   void Kill();
   std::string Console() const;
-  std::string Diagnostics() const;  // tail of the console and of QEMU's own log, for failure messages
+  std::string Diagnostics()
+      const;  // tail of the console and of QEMU's own log, for failure messages
 
   std::string sock, qmp, console_path, log_path, accel;
   Clock::time_point started;

@@ -1,7 +1,7 @@
 // Real-VM end-to-end suite (issue 7): the static kvmmanager-agent runs as PID 1's service inside a
-// QEMU guest and every check talks to it through the real virtio-serial port. One VM serves the tests
-// in order (it is rebooted and finally shut down by the last of them); a second boots without the port
-// to prove the hot-plug path. Tests run in the order written; do not shuffle.
+// QEMU guest and every check talks to it through the real virtio-serial port. One VM serves the
+// tests in order (it is rebooted and finally shut down by the last of them); a second boots without
+// the port to prove the hot-plug path. Tests run in the order written; do not shuffle.
 //
 //   vm_suite_test --agent PATH --ctl PATH --scripts DIR --work DIR [gtest flags]
 
@@ -73,13 +73,20 @@ std::optional<std::string> Unbase64(std::string_view in) {
   int bits = 0;
   for (char c : in) {
     int v;
-    if (c >= 'A' && c <= 'Z') v = c - 'A';
-    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') v = c - '0' + 52;
-    else if (c == '+') v = 62;
-    else if (c == '/') v = 63;
-    else if (c == '=') break;
-    else return std::nullopt;
+    if (c >= 'A' && c <= 'Z')
+      v = c - 'A';
+    else if (c >= 'a' && c <= 'z')
+      v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9')
+      v = c - '0' + 52;
+    else if (c == '+')
+      v = 62;
+    else if (c == '/')
+      v = 63;
+    else if (c == '=')
+      break;
+    else
+      return std::nullopt;
     acc = acc << 6 | v;
     bits += 6;
     if (bits >= 8) {
@@ -121,8 +128,8 @@ std::string RandomBytes(size_t n, unsigned seed) {
     const auto& err = r.response["error"];
     if (err.is_object() && err.as_object().contains("code") &&
         err.as_object().at("code") == -32601) {
-      return ::testing::AssertionFailure() << "method " << method << " not implemented: "
-                                           << Short(err);
+      return ::testing::AssertionFailure()
+             << "method " << method << " not implemented: " << Short(err);
     }
     return ::testing::AssertionFailure() << method << " returned an error: " << Short(err);
   }
@@ -147,9 +154,9 @@ const Image& GetImage() {
     i.dir = g_paths.work + "/image";
     auto t0 = Clock::now();
     // Generous: a fresh machine installs QEMU and downloads the kernel through apt first.
-    auto r = RunCommand({g_paths.scripts + "/build-initramfs.sh", "--agent", g_paths.agent, "--out",
-                         i.dir},
-                        seconds(1200));
+    auto r = RunCommand(
+        {g_paths.scripts + "/build-initramfs.sh", "--agent", g_paths.agent, "--out", i.dir},
+        seconds(1200));
     if (r.status != 0) {
       i.error = "build-initramfs.sh failed (status " + std::to_string(r.status) +
                 (r.timed_out ? ", timed out" : "") + "):\n" + r.output;
@@ -175,13 +182,15 @@ struct SharedVm {
   // A fresh host connection (QEMU serves one client at a time: tests that use socat or the ctl
   // release ours first).
   ::testing::AssertionResult Connect() {
-    if (!vm.running()) return ::testing::AssertionFailure() << "VM is not running" << vm.Diagnostics();
+    if (!vm.running())
+      return ::testing::AssertionFailure() << "VM is not running" << vm.Diagnostics();
     if (ch.connected()) return ::testing::AssertionSuccess();
     if (!ch.Connect(vm.sock, seconds(10)))
       return ::testing::AssertionFailure() << "cannot connect to " << vm.sock;
     // Resync: a bare newline ends any partial line; answers to old ids are dropped by Call.
     auto r = ch.Call("ping", nullptr, seconds(10), true);
-    if (!r.ok) return ::testing::AssertionFailure() << "resync ping: " << r.failure << vm.Diagnostics();
+    if (!r.ok)
+      return ::testing::AssertionFailure() << "resync ping: " << r.failure << vm.Diagnostics();
     return ::testing::AssertionSuccess();
   }
 };
@@ -247,9 +256,9 @@ SharedVm& VmA() {
   return s;
 }
 
-#define REQUIRE_VM_A(s)                         \
-  SharedVm& s = VmA();                          \
-  ASSERT_TRUE(s.ready) << "VM A: " << s.error;  \
+#define REQUIRE_VM_A(s)                        \
+  SharedVm& s = VmA();                         \
+  ASSERT_TRUE(s.ready) << "VM A: " << s.error; \
   ASSERT_TRUE(s.vm.running()) << "VM A is no longer running" << s.vm.Diagnostics()
 
 // ---- tests ----
@@ -275,7 +284,8 @@ TEST(RealVm, SeedSocatPingKeepingWriteSideOpen) {
   s.ch.Close();
   auto r = RunCommand({"bash", "-c",
                        "(echo '{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}'; sleep 1) | "
-                       "socat -t 5 - UNIX-CONNECT:" + s.vm.sock},
+                       "socat -t 5 - UNIX-CONNECT:" +
+                           s.vm.sock},
                       seconds(20));
   ASSERT_EQ(r.status, 0) << "socat failed: " << r.output;
   json::error_code ec;
@@ -295,7 +305,8 @@ TEST(RealVm, SeedSocatPingWithShutNone) {
   s.ch.Close();
   auto r = RunCommand({"bash", "-c",
                        "echo '{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}' | "
-                       "socat -t 2 - UNIX-CONNECT:" + s.vm.sock + ",shut-none"},
+                       "socat -t 2 - UNIX-CONNECT:" +
+                           s.vm.sock + ",shut-none"},
                       seconds(20));
   ASSERT_EQ(r.status, 0) << "socat failed: " << r.output;
   EXPECT_NE(r.output.find("\"pong\":true"), std::string::npos) << "no pong: [" << r.output << "]";
@@ -503,12 +514,11 @@ TEST(RealVm, FileWriteThenReadInTheGuest) {
   out->clear();
   for (int guard = 0; guard < 10000; ++guard) {
     json::value res;
-    auto ok = CallOk(ch, "file_read",
-                     json::object{{"path", path},
-                                  {"offset", out->size()},
-                                  {"length", chunk},
-                                  {"encoding", "base64"}},
-                     &res, seconds(120));
+    auto ok = CallOk(
+        ch, "file_read",
+        json::object{
+            {"path", path}, {"offset", out->size()}, {"length", chunk}, {"encoding", "base64"}},
+        &res, seconds(120));
     if (!ok) return ok;
     const auto* data = FindKey(res, "data");
     const auto* eof = FindKey(res, "eof");
@@ -527,8 +537,8 @@ TEST(RealVm, FileReadLargeResponseArrivesWhole) {
   REQUIRE_VM_A(s);
   ASSERT_TRUE(s.Connect());
   std::string out, content;
-  ASSERT_TRUE(GuestRun(s.ch, "dd", {"if=/dev/urandom", "of=/tmp/kvmm-vm-200k", "bs=1024", "count=200"},
-                       &out));
+  ASSERT_TRUE(GuestRun(s.ch, "dd",
+                       {"if=/dev/urandom", "of=/tmp/kvmm-vm-200k", "bs=1024", "count=200"}, &out));
   ASSERT_TRUE(GuestRun(s.ch, "sha256sum", {"/tmp/kvmm-vm-200k"}, &out));
   // Asks for 1 MiB per call; the agent caps a reply near max_message_size_kb (64 KiB), still
   // twice the port's 32 KiB write size, so every reply crosses several short writes.
@@ -545,7 +555,8 @@ TEST(RealVm, MultiMegabyteTransferVerifiedBothWays) {
   // Host -> guest through an upload session; chunks sized to fit a 64 KiB request line.
   auto t0 = Clock::now();
   json::value res;
-  ASSERT_TRUE(CallOk(s.ch, "file_upload_begin", json::object{{"path", path}, {"size", size}}, &res));
+  ASSERT_TRUE(
+      CallOk(s.ch, "file_upload_begin", json::object{{"path", path}, {"size", size}}, &res));
   const auto* handle = FindKey(res, "handle");
   ASSERT_TRUE(handle) << "no upload handle: " << Short(res);
   const json::value h = *handle;
@@ -885,10 +896,14 @@ int main(int argc, char** argv) {
   using vmtest::g_paths;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--agent") g_paths.agent = v;
-    else if (k == "--ctl") g_paths.ctl = v;
-    else if (k == "--scripts") g_paths.scripts = v;
-    else if (k == "--work") g_paths.work = v;
+    if (k == "--agent")
+      g_paths.agent = v;
+    else if (k == "--ctl")
+      g_paths.ctl = v;
+    else if (k == "--scripts")
+      g_paths.scripts = v;
+    else if (k == "--work")
+      g_paths.work = v;
     else {
       fprintf(stderr, "unknown argument %s\n", k.c_str());
       return 2;
