@@ -75,8 +75,8 @@ class Qmp {
   // The "return" member, or nullopt with *err set.
   std::optional<json::value> Execute(std::string_view cmd, const json::object& args,
                                      std::string* err);
-  // First event named `name` (seen earlier or arriving before the deadline) for which match()
-  // holds; consumed from the queue.
+  // First event named `name` (queued or arriving before the deadline) for which match() holds.
+  // Events are consumed in order: it and every event queued before it are dropped.
   template <typename Pred>
   std::optional<json::object> WaitEvent(std::string_view name, Clock::duration timeout, Pred match);
   void DropEvents() { events_.clear(); }
@@ -97,7 +97,7 @@ std::optional<json::object> Qmp::WaitEvent(std::string_view name, Clock::duratio
       const json::value* ev_name = it->if_contains("event");
       if (ev_name && ev_name->is_string() && ev_name->get_string() == name && match(*it)) {
         json::object ev = *it;
-        events_.erase(it);
+        events_.erase(events_.begin(), it + 1);
         return ev;
       }
     }
