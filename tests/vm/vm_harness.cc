@@ -69,31 +69,23 @@ std::string Tail(const std::string& s, int lines) {
 
 }  // namespace
 
-CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration timeout,
-                         const std::string& input) {
+CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration timeout) {
   CommandResult r;
-  int out[2], in[2];
-  if (pipe2(out, O_CLOEXEC) != 0) return r;
-  if (pipe2(in, O_CLOEXEC) != 0) {
-    close(out[0]);
-    close(out[1]);
+  int out[2];
+  int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (nullfd < 0) return r;
+  if (pipe2(out, O_CLOEXEC) != 0) {
+    close(nullfd);
     return r;
   }
   pid_t pid = fork();
-  if (pid == 0) ExecChild(argv, in[0], out[1]);
+  if (pid == 0) ExecChild(argv, nullfd, out[1]);
   close(out[1]);
-  close(in[0]);
+  close(nullfd);
   if (pid < 0) {
     close(out[0]);
-    close(in[1]);
     return r;
   }
-  // Small inputs only (commands here take a request line); write then close so the child sees EOF.
-  if (!input.empty()) {
-    ssize_t n = write(in[1], input.data(), input.size());
-    (void)n;
-  }
-  close(in[1]);
   const auto deadline = Clock::now() + timeout;
   for (;;) {
     pollfd p{out[0], POLLIN, 0};
@@ -113,7 +105,10 @@ CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration t
   int st = 0;
   // The output pipe closed; give the process a moment to exit, then make sure it is gone.
   for (int i = 0; i < 200; ++i) {
-    if (waitpid(pid, &st, WNOHANG) == pid) return r.status = DecodeStatus(st), r;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      r.status = DecodeStatus(st);
+      return r;
+    }
     std::this_thread::sleep_for(milliseconds(10));
   }
   kill(-pid, SIGKILL);
@@ -316,11 +311,10 @@ bool Vm::Start(const std::string& scripts_dir, const std::string& image_dir,
   const std::string disk = work_dir + "/" + name + ".disk.img";
   for (const auto& p : {sock, qmp, console_path, log_path, disk}) unlink(p.c_str());
   // A 64 MiB sparse disk: the guest formats it, so get_disk_usage has a filesystem only the VM has.
-  if (truncate(disk.c_str(), 0) != 0) {
-    int fd = open(disk.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
-    if (fd >= 0) close(fd);
-  }
-  if (truncate(disk.c_str(), 64 << 20) != 0) {
+  int diskfd = open(disk.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
+  bool disk_ok = diskfd >= 0 && ftruncate(diskfd, 64 << 20) == 0;
+  if (diskfd >= 0) close(diskfd);
+  if (!disk_ok) {
     *err = "cannot create " + disk;
     return false;
   }

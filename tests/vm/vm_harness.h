@@ -26,9 +26,9 @@ struct CommandResult {
   bool timed_out = false;
   std::string output;  // stdout and stderr together
 };
-// Runs argv (stdin from /dev/null or `input`), kills its process group at the timeout.
-CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration timeout,
-                         const std::string& input = {});
+// Runs argv with stdin from /dev/null; kills its whole process group at the timeout (the
+// project's RunProgram kills only the child, and these commands spawn their own children).
+CommandResult RunCommand(const std::vector<std::string>& argv, Clock::duration timeout);
 
 // One connection to the agent through QEMU's chardev socket.
 class Channel {

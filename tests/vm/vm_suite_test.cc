@@ -189,8 +189,10 @@ struct SharedVm {
       return ::testing::AssertionFailure() << "cannot connect to " << vm.sock;
     // Resync: a bare newline ends any partial line; answers to old ids are dropped by Call.
     auto r = ch.Call("ping", nullptr, seconds(10), true);
-    if (!r.ok)
+    if (!r.ok) {
+      ch.Close();  // the next test starts from a fresh connection
       return ::testing::AssertionFailure() << "resync ping: " << r.failure << vm.Diagnostics();
+    }
     return ::testing::AssertionSuccess();
   }
 };
@@ -240,11 +242,14 @@ bool BootAndFirstPing(SharedVm& s, const std::string& name, const VmOptions& opt
   return false;
 }
 
+SharedVm* g_vm_a = nullptr;  // set once VM A was started, so VM B can stop it first
+
 SharedVm& VmA() {
   static SharedVm s;
   static bool tried = false;
   if (!tried) {
     tried = true;
+    g_vm_a = &s;
     double ms = 0;
     s.ready = BootAndFirstPing(s, "vm-a", {}, &ms);
     if (s.ready) {
@@ -675,7 +680,7 @@ TEST(RealVm, ReconnectTwentyTimesIncludingMidRequest) {
                          {"id", id}};
         ASSERT_TRUE(ch.SendRaw(json::serialize(req) + "\n"));
         // Wait until the response has started, then leave with most of it unread.
-        ch.WaitBuffered(4096, Clock::now() + seconds(10));
+        ch.WaitBuffered(4096, Clock::now() + seconds(5));
         break;
       }
     }
@@ -802,6 +807,7 @@ TEST(RealVm, ShutdownAnswersThenPowersOff) {
 class PortAbsentAtStart : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    if (g_vm_a) g_vm_a->vm.Kill();  // normally already powered off; never two guests at once
     vm_ = new SharedVm;
     const Image& img = GetImage();
     if (!img.ok) {
