@@ -195,7 +195,7 @@ bool Channel::Fill(Clock::time_point deadline) {
 }
 
 bool Channel::WaitBuffered(size_t n, Clock::time_point deadline) {
-  while (buf_.size() < n)
+  while (buf_.size() < n && buf_.find('\n') == std::string::npos)
     if (!Fill(deadline)) return false;
   return true;
 }

@@ -53,7 +53,7 @@ class Channel {
   // Next complete line, or nullopt at the deadline or on EOF (then eof() is true).
   std::optional<std::string> ReadLine(Clock::time_point deadline);
   bool eof() const { return eof_; }
-  // Reads until at least n bytes are buffered (complete lines or not); false at the deadline.
+  // Reads until n bytes or one whole line are buffered; false at the deadline or EOF.
   bool WaitBuffered(size_t n, Clock::time_point deadline);
   // Sends one request with a fresh id (after a bare "\n" when resync is set) and reads until the
   // response with that id arrives.
