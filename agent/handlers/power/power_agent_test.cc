@@ -60,11 +60,10 @@ class PowerAgentTest : public ::testing::Test {
   // time it started ("T:<ns>") to the record file, then runs `tail` (sleeps, exit codes).
   void FakeProgram(const std::string& name, const std::string& tail = "exit 0") {
     std::string path = root_ / ("bin/" + name);
-    test::WriteFile(
-        path, "#!/bin/sh\nT=$(date +%s%N)\n{ printf '%s' \"" + name +
-                  "\"; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n';"
-                  " grep -E '^Sig(Blk|Ign):' /proc/$$/status; echo \"T:$T\"; } >> '" +
-                  record() + "'\n" + tail + "\n");
+    test::WriteFile(path, "#!/bin/sh\nT=$(date +%s%N)\n{ printf '%s' \"" + name +
+                              "\"; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n';"
+                              " grep -E '^Sig(Blk|Ign):' /proc/$$/status; echo \"T:$T\"; } >> '" +
+                              record() + "'\n" + tail + "\n");
     ::chmod(path.c_str(), 0755);
   }
   void SystemdRunning() {
@@ -82,6 +81,17 @@ class PowerAgentTest : public ::testing::Test {
     std::string expected = "KVM_AGENT_POWER_TEST_DIR=" + root_.path();
     ASSERT_NE(environ_text.find(expected + '\0'), std::string::npos)
         << "agent not in power test mode; refusing to send power requests";
+    // AgentProcess returns once the socket file exists, which is after bind() but possibly
+    // before listen(): under load (ASan, parallel ctest) the first connect can be refused.
+    auto end = std::chrono::steady_clock::now() + 20s;
+    while (true) {
+      try {
+        if (agent_->Call("ping").ok) break;
+      } catch (const ClientError&) {
+      }
+      ASSERT_LT(std::chrono::steady_clock::now(), end) << "agent never answered ping";
+      std::this_thread::sleep_for(20ms);
+    }
   }
 
   CallResult Call(const std::string& method, const json::object& params = {}) {
