@@ -50,7 +50,8 @@ bool RawClient::Send(std::string_view bytes) {
 size_t RawClient::SendSome(std::string_view bytes) {
   size_t total = 0;
   while (total < bytes.size()) {
-    ssize_t n = ::send(fd_, bytes.data() + total, bytes.size() - total, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n =
+        ::send(fd_, bytes.data() + total, bytes.size() - total, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n <= 0) break;
     total += static_cast<size_t>(n);
   }
