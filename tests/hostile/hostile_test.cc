@@ -5,6 +5,7 @@
 
 #include <boost/json.hpp>
 #include <chrono>
+#include <cstdio>
 #include <set>
 #include <string>
 #include <thread>
@@ -92,7 +93,9 @@ TEST(HostileInput, HundredMegabyteLineIsRefusedWithoutBeingBuffered) {
   ASSERT_TRUE(c.ReadLine(line));  // the same connection resynchronised at the newline
   EXPECT_EQ(ParseJson(line).as_object()["id"], "still-alive");
   rss_peak = std::max(rss_peak, RssKib(agent.pid()));
-  EXPECT_LT(rss_peak - rss_before, 16 * 1024) << "agent RSS grew while skipping a 100 MB line";
+  if (!kSanitizedBuild) {
+    EXPECT_LT(rss_peak - rss_before, 16 * 1024) << "agent RSS grew while skipping a 100 MB line";
+  }
   ExpectStillServing(agent);
 }
 
@@ -355,7 +358,11 @@ TEST(HostileInput, AClientThatReadsNothingBlocksNobodyAndIsBounded) {
   long rss_after = RssKib(agent.pid());
   RecordProperty("hog_bytes_sent", std::to_string(sent));
   RecordProperty("rss_growth_kib", std::to_string(rss_after - rss_before));
-  EXPECT_LT(rss_after - rss_before, 32 * 1024) << "agent RSS grew without bound";
+  if (kSanitizedBuild) {
+    std::printf("note: RSS bound not checked in a sanitizer build (quarantine)\n");
+  } else {
+    EXPECT_LT(rss_after - rss_before, 32 * 1024) << "agent RSS grew without bound";
+  }
 }
 
 TEST(HostileInput, HalfClosedConnectionStillGetsItsRepliesThenCloses) {

@@ -284,8 +284,12 @@ TEST(Soak, MixedRequestsWithRandomDisconnectsKeepRssAndFdsFlat) {
   EXPECT_GE(totals.sent.load(), total);  // a batch may overshoot by two
   EXPECT_GT(totals.verified.load(), total / 2);
   EXPECT_EQ(fds_after, fds_base) << "file descriptors leaked";
-  EXPECT_LT(rss_after - rss_base, 4 * 1024) << "RSS grew during the soak";
-  EXPECT_LT(rss_max - rss_base, 16 * 1024) << "RSS peaked far above the warmed-up size";
+  if (kSanitizedBuild) {
+    std::printf("note: RSS bounds not checked in a sanitizer build (quarantine)\n");
+  } else {
+    EXPECT_LT(rss_after - rss_base, 4 * 1024) << "RSS grew during the soak";
+    EXPECT_LT(rss_max - rss_base, 16 * 1024) << "RSS peaked far above the warmed-up size";
+  }
   // The agent is still healthy.
   CallResult ping = agent.Call("ping");
   EXPECT_TRUE(ping.ok);
