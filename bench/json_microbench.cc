@@ -9,7 +9,6 @@
 #include <simdjson.h>
 
 #include <boost/json.hpp>
-
 #include <string>
 
 #include "protocol/base64.h"
@@ -30,8 +29,9 @@ std::string Payload() {
   return kvm::Base64Encode(data);
 }
 const std::string kB64 = Payload();
-const std::string kWrite = R"({"jsonrpc":"2.0","method":"file_write","params":{"path":"/tmp/kvmmanager/x.bin","data":")" +
-                           kB64 + R"(","offset":0,"append":false},"id":77})";
+const std::string kWrite =
+    R"({"jsonrpc":"2.0","method":"file_write","params":{"path":"/tmp/kvmmanager/x.bin","data":")" +
+    kB64 + R"(","offset":0,"append":false},"id":77})";
 
 // --- parsing ----------------------------------------------------------------------------------
 void BoostParse(benchmark::State& state, const std::string& line) {
@@ -101,7 +101,8 @@ void SimdWriteLine(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kWrite.size()));
 }
 
-// --- serializing a 64 KiB file_read reply -----------------------------------------------------------
+// --- serializing a 64 KiB file_read reply
+// -----------------------------------------------------------
 void BoostSerializeRead(benchmark::State& state) {
   json::value id = 77;
   for (auto _ : state) {

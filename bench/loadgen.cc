@@ -178,7 +178,8 @@ void RunClient(const std::string& socket, const LineMaker& maker, Clock::time_po
           ++got;
           if (!expect.empty() && line.find(expect) == std::string_view::npos) {
             if (!bad.exchange(true)) {
-              std::fprintf(stderr, "unexpected reply: %.*s\n", static_cast<int>(line.size() > 300 ? 300 : line.size()), line.data());
+              std::fprintf(stderr, "unexpected reply: %.*s\n",
+                           static_cast<int>(line.size() > 300 ? 300 : line.size()), line.data());
             }
           }
         })) {
@@ -195,8 +196,8 @@ void RunClient(const std::string& socket, const LineMaker& maker, Clock::time_po
   ::close(fd);
 }
 
-LoadResult Load(const std::string& socket, const std::string& line, double seconds,
-                uint64_t count, int clients, int depth, const std::string& expect) {
+LoadResult Load(const std::string& socket, const std::string& line, double seconds, uint64_t count,
+                int clients, int depth, const std::string& expect) {
   LineMaker maker(line);
   std::atomic<uint64_t> total{0};
   std::atomic<bool> bad{false};
@@ -293,15 +294,18 @@ int QgaExec(const std::string& socket, double seconds) {
   auto start = Clock::now();
   uint64_t done = 0;
   while (std::chrono::duration<double>(Clock::now() - start).count() < seconds) {
-    std::string r = Call(fd, reader, R"({"execute":"guest-exec","arguments":{"path":"true","capture-output":true}})");
+    std::string r =
+        Call(fd, reader,
+             R"({"execute":"guest-exec","arguments":{"path":"true","capture-output":true}})");
     long long pid = NumberAfter(r, "\"pid\"");
     if (pid <= 0) {
       std::fprintf(stderr, "guest-exec failed: %s\n", r.c_str());
       return 1;
     }
     for (;;) {
-      std::string s = Call(fd, reader, R"({"execute":"guest-exec-status","arguments":{"pid":)" +
-                                           std::to_string(pid) + "}}");
+      std::string s = Call(
+          fd, reader,
+          R"({"execute":"guest-exec-status","arguments":{"pid":)" + std::to_string(pid) + "}}");
       if (s.find("\"exited\": true") != std::string::npos) break;
       if (s.find("\"error\"") != std::string::npos) {
         std::fprintf(stderr, "guest-exec-status failed: %s\n", s.c_str());
@@ -322,7 +326,8 @@ std::string Base64(std::string_view in) {
   out.reserve((in.size() + 2) / 3 * 4);
   size_t i = 0;
   for (; i + 2 < in.size(); i += 3) {
-    unsigned v = (unsigned char)in[i] << 16 | (unsigned char)in[i + 1] << 8 | (unsigned char)in[i + 2];
+    unsigned v =
+        (unsigned char)in[i] << 16 | (unsigned char)in[i + 1] << 8 | (unsigned char)in[i + 2];
     out += kB64[v >> 18];
     out += kB64[(v >> 12) & 63];
     out += kB64[(v >> 6) & 63];
@@ -355,8 +360,9 @@ int QgaTransfer(const std::string& socket, const std::string& path, double mb, s
   size_t total = static_cast<size_t>(mb * 1024 * 1024);
   std::string data = Payload(total);
   auto t0 = Clock::now();
-  std::string r = Call(fd, reader, R"({"execute":"guest-file-open","arguments":{"path":")" + path +
-                                       R"(","mode":"w"}})");
+  std::string r =
+      Call(fd, reader,
+           R"({"execute":"guest-file-open","arguments":{"path":")" + path + R"(","mode":"w"}})");
   long long h = NumberAfter(r, "\"return\"");
   if (h <= 0) {
     std::fprintf(stderr, "open failed: %s\n", r.c_str());
@@ -364,23 +370,26 @@ int QgaTransfer(const std::string& socket, const std::string& path, double mb, s
   }
   for (size_t off = 0; off < total; off += chunk) {
     std::string b = Base64(std::string_view(data).substr(off, chunk));
-    r = Call(fd, reader, R"({"execute":"guest-file-write","arguments":{"handle":)" +
-                             std::to_string(h) + R"(,"buf-b64":")" + b + "\"}}");
+    r = Call(fd, reader,
+             R"({"execute":"guest-file-write","arguments":{"handle":)" + std::to_string(h) +
+                 R"(,"buf-b64":")" + b + "\"}}");
     if (r.find("\"error\"") != std::string::npos) {
       std::fprintf(stderr, "write failed: %s\n", r.substr(0, 300).c_str());
       return 1;
     }
   }
-  Call(fd, reader, R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
+  Call(fd, reader,
+       R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
   double tw = std::chrono::duration<double>(Clock::now() - t0).count();
   auto t1 = Clock::now();
-  r = Call(fd, reader, R"({"execute":"guest-file-open","arguments":{"path":")" + path +
-                           R"(","mode":"r"}})");
+  r = Call(fd, reader,
+           R"({"execute":"guest-file-open","arguments":{"path":")" + path + R"(","mode":"r"}})");
   h = NumberAfter(r, "\"return\"");
   size_t got = 0;
   for (;;) {
-    r = Call(fd, reader, R"({"execute":"guest-file-read","arguments":{"handle":)" +
-                             std::to_string(h) + R"(,"count":)" + std::to_string(chunk) + "}}");
+    r = Call(fd, reader,
+             R"({"execute":"guest-file-read","arguments":{"handle":)" + std::to_string(h) +
+                 R"(,"count":)" + std::to_string(chunk) + "}}");
     long long n = NumberAfter(r, "\"count\"");
     if (n < 0) {
       std::fprintf(stderr, "read failed: %s\n", r.substr(0, 300).c_str());
@@ -389,7 +398,8 @@ int QgaTransfer(const std::string& socket, const std::string& path, double mb, s
     got += static_cast<size_t>(n);
     if (r.find("\"eof\": true") != std::string::npos || n == 0) break;
   }
-  Call(fd, reader, R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
+  Call(fd, reader,
+       R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
   double tr = std::chrono::duration<double>(Clock::now() - t1).count();
   ::close(fd);
   if (got != total) {
@@ -438,8 +448,8 @@ int main(int argc, char** argv) {
     return r.bad ? 1 : 0;
   }
   if (cmd == "count" && argc >= 7) {
-    LoadResult r = Load(socket, argv[3], 0, std::strtoull(argv[4], nullptr, 10),
-                        std::atoi(argv[5]), std::atoi(argv[6]), argc > 7 ? argv[7] : "");
+    LoadResult r = Load(socket, argv[3], 0, std::strtoull(argv[4], nullptr, 10), std::atoi(argv[5]),
+                        std::atoi(argv[6]), argc > 7 ? argv[7] : "");
     std::printf("seconds %.3f\nanswered %llu\n", r.seconds,
                 static_cast<unsigned long long>(r.answered));
     return r.bad ? 1 : 0;

@@ -52,7 +52,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string out;
   bool ok = kvm::Base64Decode(input, out);
   auto expected = Reference(input);
-  if (ok != expected.has_value()) Fail(ok ? "accepted invalid base64" : "refused valid base64", input);
+  if (ok != expected.has_value())
+    Fail(ok ? "accepted invalid base64" : "refused valid base64", input);
   if (ok && out != *expected) Fail("decoded bytes differ from the reference", input);
 
   std::string encoded = kvm::Base64Encode(input);

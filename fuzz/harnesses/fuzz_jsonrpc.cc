@@ -2,7 +2,6 @@
 // Checks: the framer cuts the same lines however the bytes are split; every line gets exactly one
 // reply; every reply is one valid JSON-RPC 2.0 response line.
 #include <boost/json.hpp>
-
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -72,13 +71,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::string> whole_lines, chunk_lines;
   int whole_over = 0, chunk_over = 0;
   kvm::LineFramer whole(max_line), chunked(max_line);
-  whole.Feed(stream, [&](std::string_view l) { whole_lines.emplace_back(l); },
-             [&] { whole_lines.emplace_back("\x01oversized"); ++whole_over; });
+  whole.Feed(
+      stream, [&](std::string_view l) { whole_lines.emplace_back(l); },
+      [&] {
+        whole_lines.emplace_back("\x01oversized");
+        ++whole_over;
+      });
   for (size_t i = 0; i < stream.size(); i += step) {
-    chunked.Feed(stream.substr(i, step), [&](std::string_view l) { chunk_lines.emplace_back(l); },
-                 [&] { chunk_lines.emplace_back("\x01oversized"); ++chunk_over; });
+    chunked.Feed(
+        stream.substr(i, step), [&](std::string_view l) { chunk_lines.emplace_back(l); },
+        [&] {
+          chunk_lines.emplace_back("\x01oversized");
+          ++chunk_over;
+        });
   }
-  if (whole_lines != chunk_lines) Fail("framer output depends on read boundaries", std::string(stream));
+  if (whole_lines != chunk_lines)
+    Fail("framer output depends on read boundaries", std::string(stream));
   if (whole.buffered() > max_line + 1) Fail("framer buffers more than the cap", "");
 
   auto sink = std::make_shared<RecordingSink>();

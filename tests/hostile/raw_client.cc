@@ -17,12 +17,21 @@ namespace kvm::test {
 using Clock = std::chrono::steady_clock;
 
 RawClient::RawClient(const std::string& socket_path) {
-  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path.c_str());
-  if (fd_ < 0 || ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    throw std::runtime_error("connect " + socket_path + ": " + std::strerror(errno));
+  // The agent's socket file appears at bind(), a moment before listen(): retry a refusal.
+  auto deadline = Clock::now() + std::chrono::seconds(5);
+  for (;;) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return;
+    int err = errno;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    if (err != ECONNREFUSED || Clock::now() > deadline) {
+      throw std::runtime_error("connect " + socket_path + ": " + std::strerror(err));
+    }
+    ::usleep(2000);
   }
 }
 
@@ -50,7 +59,8 @@ bool RawClient::Send(std::string_view bytes) {
 size_t RawClient::SendSome(std::string_view bytes) {
   size_t total = 0;
   while (total < bytes.size()) {
-    ssize_t n = ::send(fd_, bytes.data() + total, bytes.size() - total, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n =
+        ::send(fd_, bytes.data() + total, bytes.size() - total, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n <= 0) break;
     total += static_cast<size_t>(n);
   }

@@ -2,14 +2,12 @@
 // on a connection that stays gets exactly one correct answer; the agent's RSS and open fd count
 // stay flat. KVM_SOAK_REQUESTS sets the count (default 100,000; the 1,000,000 run is in
 // docs/BENCHMARKS.md).
-#include <sys/socket.h>
-
 #include <gtest/gtest.h>
-
-#include <boost/json.hpp>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
+#include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -50,8 +48,10 @@ struct Totals {
 class Session {
  public:
   Session(const std::string& socket, std::mt19937_64& rng, int client, uint64_t serial, Totals& t)
-      : conn_(socket), rng_(rng), prefix_("c" + std::to_string(client) + "s" +
-                                          std::to_string(serial) + "-"), totals_(t) {}
+      : conn_(socket),
+        rng_(rng),
+        prefix_("c" + std::to_string(client) + "s" + std::to_string(serial) + "-"),
+        totals_(t) {}
 
   // Returns how many requests were sent (fewer than `count` when the session aborts).
   uint64_t Run(uint64_t count, std::optional<uint64_t> abort_after) {
@@ -148,7 +148,8 @@ class Session {
     auto it = id.is_string() ? pending_.find(std::string(id.get_string())) : pending_.end();
     if (it == pending_.end()) return totals_.Fail(prefix_ + ": unknown or duplicate reply " + line);
     if (it->second.code != code) {
-      totals_.Fail(prefix_ + ": expected code " + std::to_string(it->second.code) + ", got " + line);
+      totals_.Fail(prefix_ + ": expected code " + std::to_string(it->second.code) + ", got " +
+                   line);
     }
     pending_.erase(it);
     ++totals_.verified;
@@ -160,8 +161,8 @@ class Session {
     while (!pending_.empty() || expected_null_ > 0 || expected_batches_ > 0) {
       if (!conn_.ReadLine(line, all ? 10s : 1ms)) {
         if (!all) return true;
-        totals_.Fail(prefix_ + ": lost replies: " + std::to_string(pending_.size()) +
-                     " pending, " + std::to_string(expected_null_) + " parse errors");
+        totals_.Fail(prefix_ + ": lost replies: " + std::to_string(pending_.size()) + " pending, " +
+                     std::to_string(expected_null_) + " parse errors");
         return false;
       }
       json::error_code ec;
@@ -221,7 +222,6 @@ void Drive(const AgentProcess& agent, uint64_t total, int clients, Totals& total
         uint64_t sent =
             Session(agent.socket_path(), rng, c, serial++, totals).Run(want, abort_after);
         if (sent < want) budget += want - sent;  // an aborted session's rest goes back
-
       }
     });
   }
@@ -269,13 +269,14 @@ TEST(Soak, MixedRequestsWithRandomDisconnectsKeepRssAndFdsFlat) {
   int fds_after = SettledFdCount(agent.pid(), fds_base);
   long rss_after = RssKib(agent.pid());
 
-  std::printf("soak: %llu requests (%llu verified replies) in %.1f s = %.0f req/s; %llu sessions, "
-              "%llu aborted; RSS %ld -> %ld KiB (max %ld); fds %d -> %d\n",
-              static_cast<unsigned long long>(totals.sent.load()),
-              static_cast<unsigned long long>(totals.verified.load()), seconds,
-              totals.sent / seconds, static_cast<unsigned long long>(totals.sessions.load()),
-              static_cast<unsigned long long>(totals.aborted_sessions.load()), rss_base, rss_after,
-              rss_max, fds_base, fds_after);
+  std::printf(
+      "soak: %llu requests (%llu verified replies) in %.1f s = %.0f req/s; %llu sessions, "
+      "%llu aborted; RSS %ld -> %ld KiB (max %ld); fds %d -> %d\n",
+      static_cast<unsigned long long>(totals.sent.load()),
+      static_cast<unsigned long long>(totals.verified.load()), seconds, totals.sent / seconds,
+      static_cast<unsigned long long>(totals.sessions.load()),
+      static_cast<unsigned long long>(totals.aborted_sessions.load()), rss_base, rss_after, rss_max,
+      fds_base, fds_after);
   RecordProperty("requests", std::to_string(totals.sent.load()));
   RecordProperty("seconds", std::to_string(seconds));
   RecordProperty("rss_kib", std::to_string(rss_base) + "->" + std::to_string(rss_after));
@@ -283,8 +284,12 @@ TEST(Soak, MixedRequestsWithRandomDisconnectsKeepRssAndFdsFlat) {
   EXPECT_GE(totals.sent.load(), total);  // a batch may overshoot by two
   EXPECT_GT(totals.verified.load(), total / 2);
   EXPECT_EQ(fds_after, fds_base) << "file descriptors leaked";
-  EXPECT_LT(rss_after - rss_base, 4 * 1024) << "RSS grew during the soak";
-  EXPECT_LT(rss_max - rss_base, 16 * 1024) << "RSS peaked far above the warmed-up size";
+  if (kSanitizedBuild) {
+    std::printf("note: RSS bounds not checked in a sanitizer build (quarantine)\n");
+  } else {
+    EXPECT_LT(rss_after - rss_base, 4 * 1024) << "RSS grew during the soak";
+    EXPECT_LT(rss_max - rss_base, 16 * 1024) << "RSS peaked far above the warmed-up size";
+  }
   // The agent is still healthy.
   CallResult ping = agent.Call("ping");
   EXPECT_TRUE(ping.ok);
