@@ -522,6 +522,20 @@ TEST(ExecAsync, TimeoutAppliesToHandlesToo) {
   EXPECT_EQ(WaitGone("1000.232"), std::vector<pid_t>{});
 }
 
+TEST(ExecAsync, StoppingTheAgentKillsRunningHandles) {
+  AgentProcess agent;
+  auto start = agent.Call("exec_start", Sh("sleep 1000.2525 & sleep 1000.2526"));
+  ASSERT_TRUE(start.ok);
+  auto until = Clock::now() + std::chrono::seconds(5);
+  while (PidsWithMarker("1000.252").size() < 3 && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(PidsWithMarker("1000.252").size(), 2u);  // sh and its sleeps
+  agent.Signal(SIGTERM);
+  EXPECT_EQ(agent.WaitExit(std::chrono::seconds(10)), 0);
+  EXPECT_EQ(WaitGone("1000.252"), std::vector<pid_t>{});
+}
+
 TEST(ExecAsync, FinishedHandlesExpireAfterTheirRetention) {
   AgentProcess agent;
   json::object params = Cmd("true");
