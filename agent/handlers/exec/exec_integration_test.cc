@@ -443,7 +443,7 @@ TEST(ExecAsync, StreamsOutputAsItArrivesAndReportsTheExit) {
 TEST(ExecAsync, SlowReaderLosesNothing) {
   AgentProcess agent;
   json::object params = Cmd("seq", {"1", "200000"});  // ~1.3 MB
-  params["max_output_bytes"] = 65536;
+  params["max_output_bytes"] = 4096;  // smaller than the pipe: its content outlives the exit
   auto start = agent.Call("exec_start", params);
   ASSERT_TRUE(start.ok);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the buffer fill up
@@ -457,7 +457,7 @@ TEST(ExecAsync, SlowReaderLosesNothing) {
   EXPECT_EQ(last.at("exit_code").as_int64(), 0);
   EXPECT_EQ(last.at("stdout_dropped_bytes").as_int64(), 0);
   EXPECT_EQ(last.at("stdout_total_bytes").as_int64(), static_cast<int64_t>(expected.size()));
-  EXPECT_GT(polls, 10);  // the 64 KiB buffer really paused the command
+  EXPECT_GT(polls, 10);  // the 4 KiB buffer really paused the command
 }
 
 TEST(ExecAsync, SplitUtf8CharactersStayText) {
@@ -520,6 +520,20 @@ TEST(ExecAsync, TimeoutAppliesToHandlesToo) {
   auto last = Drain(agent, start.result.at("handle").as_int64(), &out, &err);
   EXPECT_TRUE(last.at("timed_out").as_bool());
   EXPECT_EQ(WaitGone("1000.232"), std::vector<pid_t>{});
+}
+
+TEST(ExecAsync, StoppingTheAgentKillsRunningHandles) {
+  AgentProcess agent;
+  auto start = agent.Call("exec_start", Sh("sleep 1000.2525 & sleep 1000.2526"));
+  ASSERT_TRUE(start.ok);
+  auto until = Clock::now() + std::chrono::seconds(5);
+  while (PidsWithMarker("1000.252").size() < 3 && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(PidsWithMarker("1000.252").size(), 2u);  // sh and its sleeps
+  agent.Signal(SIGTERM);
+  EXPECT_EQ(agent.WaitExit(std::chrono::seconds(10)), 0);
+  EXPECT_EQ(WaitGone("1000.252"), std::vector<pid_t>{});
 }
 
 TEST(ExecAsync, FinishedHandlesExpireAfterTheirRetention) {

@@ -327,7 +327,7 @@ void Execution::ReadStream(Stream& s, Clock::time_point) {
         s.truncated = true;
         s.fd.reset();
       }
-    } else if (exited_ && s.buffer.size() >= 2 * cap) {
+    } else if (exited_ && s.buffer.size() >= cap + kAfterExitSlack) {
       s.dropped += got;  // reported to the client, never silent
     } else {
       s.buffer.append(buf, got);

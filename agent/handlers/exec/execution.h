@@ -23,6 +23,9 @@ inline constexpr auto kKillGrace = std::chrono::seconds(1);
 // After the main process exits, how long its leftovers may keep the pipes open before the
 // rest of its process group is killed.
 inline constexpr auto kExitGrace = std::chrono::milliseconds(200);
+// exec_start: after the command exited, how far past max_output_bytes a stream's buffer may
+// grow to take in what is left in the pipe (a pipe holds at most 1 MiB by default).
+inline constexpr size_t kAfterExitSlack = 1 << 20;
 
 struct ExecRequest {
   std::string command;  // as the request gave it (argv[0])
