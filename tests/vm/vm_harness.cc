@@ -354,7 +354,6 @@ bool Vm::Start(const std::string& scripts_dir, const std::string& image_dir,
                                    "--disk",
                                    disk};
   if (!opt.port) argv.push_back("--no-port");
-  if (opt.no_reboot) argv.push_back("--no-reboot");
   int logfd = open(log_path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
   int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (logfd < 0 || nullfd < 0) {
