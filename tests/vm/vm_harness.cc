@@ -12,7 +12,9 @@
 #include <atomic>
 #include <boost/json/src.hpp>  // Boost.JSON compiled into this binary; the suite links no project code
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -301,11 +303,33 @@ std::optional<json::value> Qmp::Execute(std::string_view cmd, const json::object
 
 // ---- Vm ----
 
+namespace {
+
+// Unix socket paths must fit sun_path (108 bytes) and a build tree can be deeper than that, so
+// the sockets live in a short private directory, removed at exit.
+void RemoveSocketDir();
+const std::string& SocketDir() {
+  static const std::string dir = [] {
+    char tmpl[] = "/tmp/kvmm-vm.XXXXXX";
+    return std::string(mkdtemp(tmpl) ? tmpl : "/tmp");
+  }();
+  // Registered after `dir` is built, so it runs before `dir` is destroyed.
+  static const bool cleanup = dir != "/tmp" && std::atexit(RemoveSocketDir) == 0;
+  (void)cleanup;
+  return dir;
+}
+void RemoveSocketDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(SocketDir(), ec);
+}
+
+}  // namespace
+
 bool Vm::Start(const std::string& scripts_dir, const std::string& image_dir,
                const std::string& work_dir, const std::string& name, const VmOptions& opt,
                std::string* err) {
-  sock = work_dir + "/" + name + ".agent.sock";
-  qmp = work_dir + "/" + name + ".qmp.sock";
+  sock = SocketDir() + "/" + name + ".agent.sock";
+  qmp = SocketDir() + "/" + name + ".qmp.sock";
   console_path = work_dir + "/" + name + ".console.log";
   log_path = work_dir + "/" + name + ".qemu.log";
   const std::string disk = work_dir + "/" + name + ".disk.img";
@@ -330,7 +354,6 @@ bool Vm::Start(const std::string& scripts_dir, const std::string& image_dir,
                                    "--disk",
                                    disk};
   if (!opt.port) argv.push_back("--no-port");
-  if (opt.no_reboot) argv.push_back("--no-reboot");
   int logfd = open(log_path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
   int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (logfd < 0 || nullfd < 0) {

@@ -80,7 +80,6 @@ class Qmp {
   template <typename Pred>
   std::optional<json::object> WaitEvent(std::string_view name, Clock::duration timeout, Pred match);
   void DropEvents() { events_.clear(); }
-  void Close() { ch_.Close(); }
 
  private:
   bool PumpOne(Clock::time_point deadline);
@@ -106,8 +105,7 @@ std::optional<json::object> Qmp::WaitEvent(std::string_view name, Clock::duratio
 }
 
 struct VmOptions {
-  bool port = true;        // attach the virtserialport at boot (else hot-plug it over QMP)
-  bool no_reboot = false;  // pass -no-reboot
+  bool port = true;  // attach the virtserialport at boot (else hot-plug it over QMP)
 };
 
 // A QEMU started through run-vm.sh in its own process group.
