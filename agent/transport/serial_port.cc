@@ -13,6 +13,8 @@ constexpr size_t kMaxPortWrite = 32 * 1024;  // the port takes at most 32 KiB pe
 constexpr size_t kPauseAbove = 4 << 20;
 constexpr size_t kResumeBelow = 1 << 20;
 constexpr int kReadBudget = 16;
+// How long replies wait for a host after the port reported a hang-up (see HangUpSeen).
+constexpr auto kHangUpGrace = std::chrono::milliseconds(250);
 }  // namespace
 
 class SerialPort::HostSink : public ReplySink {
@@ -96,7 +98,28 @@ void SerialPort::OnEvents(uint32_t events) {
   if (fd_) ReadAvailable();
 }
 
+void SerialPort::HangUpSeen() {
+  // A partial line belongs to whoever sent it; the next host starts clean.
+  framer_.Reset();
+  if (out_.empty() && outstanding_ == 0) {
+    HostLeft();
+    return;
+  }
+  // Replies are pending. The guest kernel can hand over a new host's first request before it
+  // notes that the host connected, so read()==0 right after that request does not prove the
+  // host left. Keep the replies for a short grace: a host that is there takes them (a write
+  // or a read succeeds); if none does, they are dropped as the host's leaving requires.
+  if (hangup_pending_) return;
+  hangup_pending_ = true;
+  auto alive = alive_;
+  uint64_t generation = generation_;
+  loop_.AddTimer(kHangUpGrace, [this, alive, generation] {
+    if (*alive && hangup_pending_ && generation == generation_) HostLeft();
+  });
+}
+
 void SerialPort::HostLeft() {
+  hangup_pending_ = false;
   // Anything half-read or unsent belongs to the host that left; a new host must not see it.
   if (host_seen_ || framer_.buffered() || !out_.empty()) {
     LOG_DEBUG(log_, "host disconnected from %s", path_.c_str());
@@ -126,6 +149,7 @@ void SerialPort::ReadAvailable() {
     ssize_t n = ::read(fd_.get(), buf, sizeof buf);
     if (n > 0) {
       host_seen_ = true;
+      hangup_pending_ = false;  // a host is there after all
       auto sink = sink_;
       framer_.Feed(
           std::string_view(buf, static_cast<size_t>(n)),
@@ -141,7 +165,7 @@ void SerialPort::ReadAvailable() {
       continue;
     }
     if (n == 0) {  // no host has the socket open (it may never have)
-      HostLeft();
+      HangUpSeen();
       break;
     }
     if (errno == EINTR) continue;
@@ -164,10 +188,12 @@ void SerialPort::Send(uint64_t generation, std::string reply) {
 
 void SerialPort::FlushOutput() {
   if (!fd_ || out_.empty()) return;
+  size_t before = out_.pending();
   if (int err = out_.Flush(fd_.get()); err != 0) {
     CloseAndRetry("write error on", err);
     return;
   }
+  if (out_.pending() < before) hangup_pending_ = false;  // a host took the bytes
   if (paused_ && out_.pending() < kResumeBelow) {
     paused_ = false;
     auto alive = alive_;

@@ -36,6 +36,7 @@ class SerialPort {
   void CloseAndRetry(const char* why, int err);
   void OnEvents(uint32_t events);
   void ReadAvailable();
+  void HangUpSeen();
   void HostLeft();
   void Send(uint64_t generation, std::string reply);
   void FlushOutput();
@@ -52,6 +53,7 @@ class SerialPort {
   uint64_t generation_ = 0;
   size_t outstanding_ = 0;
   bool host_seen_ = false;  // data arrived since the last hang-up
+  bool hangup_pending_ = false;  // read()==0 seen with replies pending; see HangUpSeen
   bool stopped_ = false;
   bool paused_ = false;
   bool in_read_ = false;
