@@ -8,6 +8,7 @@
 #include <cstring>
 #include <system_error>
 
+#include "agent/core/sd_notify.h"
 #include "agent/handlers/register_all.h"
 
 namespace kvm {
@@ -15,6 +16,11 @@ namespace {
 // How long a graceful stop waits for in-flight requests before abandoning them.
 constexpr auto kStopGrace = std::chrono::seconds(10);
 constexpr auto kAbandonGrace = std::chrono::seconds(2);
+
+// Tells systemd (Type=notify) about state changes; a no-op outside systemd.
+void Notify(Logger& log, const char* state) {
+  if (std::string err = SdNotify(state); !err.empty()) LOG_WARN(log, "sd_notify: %s", err.c_str());
+}
 }  // namespace
 
 void ApplyLogSettings(const AgentOptions& options, const Config& config, Logger& log) {
@@ -27,6 +33,7 @@ void ApplyLogSettings(const AgentOptions& options, const Config& config, Logger&
 Agent::Agent(AgentOptions options, Config config, Logger& log)
     : options_(std::move(options)), log_(log) {
   RegisterAllMethods(methods_);
+  methods_.RunStartHooks(config, log_);
   dispatcher_ = std::make_unique<Dispatcher>(loop_, methods_, log_,
                                              std::make_shared<const Config>(std::move(config)));
 }
@@ -57,6 +64,7 @@ void Agent::Start() {
                                          static_cast<int>(config.connection_retry_seconds));
     port_->Start();
   }
+  Notify(log_, "READY=1");
 }
 
 int Agent::Run() {
@@ -85,6 +93,7 @@ void Agent::OnSignal() {
 
 void Agent::Reload() {
   LOG_INFO(log_, "SIGHUP: reloading %s", options_.config_path.c_str());
+  Notify(log_, "RELOADING=1");
   try {
     LoadedConfig loaded = LoadConfigFile(options_.config_path);
     for (const auto& warning : loaded.warnings) LOG_WARN(log_, "%s", warning.c_str());
@@ -100,11 +109,13 @@ void Agent::Reload() {
   } catch (const ConfigError& e) {
     LOG_ERROR(log_, "config reload failed, keeping the previous config: %s", e.what());
   }
+  Notify(log_, "READY=1");
 }
 
 void Agent::BeginStop(const char* why) {
   if (stopping_) return;
   stopping_ = true;
+  Notify(log_, "STOPPING=1");
   LOG_INFO(log_, "%s: stopping; %zu requests in flight", why, dispatcher_->in_flight());
   dispatcher_->BeginShutdown();
   for (auto& listener : listeners_) listener->StopAccepting();
