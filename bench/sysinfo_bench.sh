@@ -38,7 +38,8 @@ echo "## System information methods: per-call latency, $iterations sequential ca
 echo "host: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), $(uname -r)"
 printf '%-20s %10s %10s %10s %8s | %-30s %10s %10s %10s %8s | %s\n' \
   "kvmmanager-agent" "median_us" "mean_us" "p90_us" "bytes" "qemu-ga" "median_us" "mean_us" "p90_us" "bytes" "median ratio agent/qga"
-for pair in get_system_info:guest-get-osinfo get_network_info:guest-network-get-interfaces \
+# ping / guest-ping: the round-trip floor of each agent (transport and dispatch only).
+for pair in ping:guest-ping get_system_info:guest-get-osinfo get_network_info:guest-network-get-interfaces \
             get_disk_usage:guest-get-fsinfo; do
   ours=${pair%%:*}
   theirs=${pair##*:}
@@ -48,3 +49,11 @@ for pair in get_system_info:guest-get-osinfo get_network_info:guest-network-get-
   printf '%-20s %10s %10s %10s %8s | %-30s %10s %10s %10s %8s | %s\n' \
     "$ours" "$om" "$omean" "$op" "$ob" "$theirs" "$qm" "$qmean" "$qp" "$qb" "$ratio"
 done
+# get_system_info returns what qemu-ga spreads over several commands; time them back to back.
+qga_set=guest-get-osinfo,guest-get-host-name,guest-get-timezone,guest-get-users,guest-get-vcpus
+read -r om omean op ob < <("$client" "$tmp/agent.sock" jsonrpc "$iterations" get_system_info)
+read -r qm qmean qp qb < <("$client" "$tmp/qga.sock" qga "$iterations" "$qga_set")
+ratio=$(awk -v a="$om" -v b="$qm" 'BEGIN { printf "%.2f", a / b }')
+printf '%-20s %10s %10s %10s %8s | %-30s %10s %10s %10s %8s | %s\n' \
+  get_system_info "$om" "$omean" "$op" "$ob" "5 cmds (same information)" "$qm" "$qmean" "$qp" "$qb" "$ratio"
+echo "qemu-ga 5 cmds: $qga_set"

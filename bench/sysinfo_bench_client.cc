@@ -2,7 +2,9 @@
 // connection and prints per-call latency. Speaks the agent's JSON-RPC or qemu-ga's QMP-style
 // protocol so both agents are measured the same way. Plain POSIX, no dependencies.
 //
-//   sysinfo_bench_client SOCKET jsonrpc|qga ITERATIONS METHOD
+//   sysinfo_bench_client SOCKET jsonrpc|qga ITERATIONS METHOD[,METHOD...]
+// With several comma-separated methods, one iteration calls each in turn and is timed as a
+// whole (the qemu-ga commands needed to gather what one of our methods returns).
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -50,35 +52,45 @@ bool ReadLine(int fd, std::string& pending, std::string& line) {
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr, "usage: %s SOCKET jsonrpc|qga ITERATIONS METHOD\n", argv[0]);
+    std::fprintf(stderr, "usage: %s SOCKET jsonrpc|qga ITERATIONS METHOD[,METHOD...]\n", argv[0]);
     return 2;
   }
   bool qga = std::strcmp(argv[2], "qga") == 0;
   int iterations = std::atoi(argv[3]);
-  std::string method = argv[4];
+  std::vector<std::string> methods;
+  for (std::string list = argv[4]; !list.empty();) {
+    size_t comma = list.find(',');
+    methods.push_back(list.substr(0, comma));
+    list = comma == std::string::npos ? "" : list.substr(comma + 1);
+  }
   int fd = Connect(argv[1]);
   std::string pending, line;
   std::vector<double> micros;
   size_t reply_bytes = 0;
   const int warmup = 10;
+  int id = 0;
   for (int i = 0; i < warmup + iterations; ++i) {
-    std::string req = qga ? "{\"execute\":\"" + method + "\"}\n"
-                          : "{\"jsonrpc\":\"2.0\",\"method\":\"" + method +
-                                "\",\"id\":" + std::to_string(i) + "}\n";
     auto t0 = std::chrono::steady_clock::now();
-    if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) return 3;
-    if (!ReadLine(fd, pending, line)) {
-      std::fprintf(stderr, "connection closed\n");
-      return 3;
+    size_t bytes = 0;
+    for (const auto& method : methods) {
+      std::string req = qga ? "{\"execute\":\"" + method + "\"}\n"
+                            : "{\"jsonrpc\":\"2.0\",\"method\":\"" + method +
+                                  "\",\"id\":" + std::to_string(id++) + "}\n";
+      if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) return 3;
+      if (!ReadLine(fd, pending, line)) {
+        std::fprintf(stderr, "connection closed\n");
+        return 3;
+      }
+      if (line.find(qga ? "\"return\"" : "\"result\"") == std::string::npos) {
+        std::fprintf(stderr, "%s failed: %.300s\n", method.c_str(), line.c_str());
+        return 1;
+      }
+      bytes += line.size();
     }
     auto t1 = std::chrono::steady_clock::now();
-    if (line.find(qga ? "\"return\"" : "\"result\"") == std::string::npos) {
-      std::fprintf(stderr, "%s failed: %.300s\n", method.c_str(), line.c_str());
-      return 1;
-    }
     if (i >= warmup) {
       micros.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-      reply_bytes = line.size();
+      reply_bytes = bytes;
     }
   }
   std::sort(micros.begin(), micros.end());

@@ -428,7 +428,9 @@ json::object CollectDiskUsage(const SystemRoot& sys, const DiskOptions& options,
       }
       return false;
     };
-    bool bind = !devices_seen.insert({m.major, m.minor}).second || m.fs_root != "/";
+    // A second view of a filesystem already listed. Not "fs_root != /": btrfs subvolumes
+    // (Fedora's / is subvol "/root") are the only view of their data.
+    bool bind = !devices_seen.insert({m.major, m.minor}).second;
     json::object fs{
         {"mount_point", ValidUtf8(m.mount_point)},
         {"source", ValidUtf8(m.source)},

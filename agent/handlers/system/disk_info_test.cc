@@ -231,10 +231,11 @@ TEST_F(DiskUsageFixture, UsageBindMountsReadOnlyAndPseudoFilesystems) {
       "32 26 0:40 / /run/user/0 rw - tmpfs tmpfs rw\n"
       "33 26 253:0 / /data rw - ext4 /dev/mapper/vg-root ro\n"
       "34 26 0:41 / /mnt/over rw - tmpfs first rw\n"
-      "35 26 8:2 / /mnt/over rw - xfs /dev/sda2 rw\n");
+      "35 26 8:2 / /mnt/over rw - xfs /dev/sda2 rw\n"
+      "36 26 0:60 /root /srv/subvol rw - btrfs /dev/sdb rw\n");
   json::object r = Collect(false);
   const json::array& fs = r["filesystems"].as_array();
-  ASSERT_EQ(fs.size(), 5u) << json::serialize(r);
+  ASSERT_EQ(fs.size(), 6u) << json::serialize(r);
   const json::object* root_fs = FindMount(r, "/");
   ASSERT_TRUE(root_fs);
   EXPECT_EQ(root_fs->at("total_bytes"), 4096000u);
@@ -257,7 +258,11 @@ TEST_F(DiskUsageFixture, UsageBindMountsReadOnlyAndPseudoFilesystems) {
   ASSERT_TRUE(bind);
   EXPECT_EQ(bind->at("bind"), true);
   EXPECT_EQ(bind->at("fs_root"), "/var/lib/x");
-  // Mounted over: only the top mount is visible at that path.
+  // A subvolume (fs_root not "/") seen once is not a duplicate.
+  EXPECT_EQ(FindMount(r, "/srv/subvol")->at("bind"), false);
+  EXPECT_EQ(FindMount(r, "/srv/subvol")->at("fs_root"), "/root");
+  // Mounted over: only the top mount is visible at that path; xfs on sda2 was listed at /srv.
+  EXPECT_EQ(FindMount(r, "/mnt/over")->at("bind"), true);
   const json::object* over = FindMount(r, "/mnt/over");
   ASSERT_TRUE(over);
   EXPECT_EQ(over->at("fstype"), "xfs");
@@ -265,7 +270,7 @@ TEST_F(DiskUsageFixture, UsageBindMountsReadOnlyAndPseudoFilesystems) {
   EXPECT_FALSE(FindMount(r, "/run/user/0"));
 
   json::object everything = Collect(true);
-  EXPECT_EQ(everything["filesystems"].as_array().size(), 7u);
+  EXPECT_EQ(everything["filesystems"].as_array().size(), 8u);
   ASSERT_TRUE(FindMount(everything, "/proc"));
   EXPECT_TRUE(FindMount(everything, "/proc")->at("disks").as_array().empty());
 }

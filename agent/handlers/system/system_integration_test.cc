@@ -284,6 +284,54 @@ TEST(NetworkInfoLive, FilterByNameAndExcludeLoopback) {
   for (const auto& i : no_lo["interfaces"].as_array()) EXPECT_EQ(i.at("loopback"), false);
 }
 
+TEST(SystemCtl, InfoNetDfPrintTablesAndRawJson) {
+  AgentProcess agent;
+  CallRetry(agent, "ping");
+  auto ctl = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {KVM_CTL_BINARY, "--socket", agent.socket_path()});
+    return RunProgram(args);
+  };
+  RunResult info = ctl({"info"});
+  EXPECT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find("Hostname:     " + Chomp(Tool({"hostname"}))), std::string::npos)
+      << info.out;
+  EXPECT_NE(info.out.find(Chomp(Tool({"uname", "-r"}))), std::string::npos);
+  RunResult info_json = ctl({"info", "--json"});
+  EXPECT_EQ(ParseJson(info_json.out).at("kernel").at("release"), J(Chomp(Tool({"uname", "-r"}))));
+
+  RunResult net = ctl({"net"});
+  EXPECT_EQ(net.exit_code, 0) << net.err;
+  json::value ip_addr = ParseJson(Tool({"ip", "-j", "addr"}));
+  for (const auto& i : ip_addr.as_array()) {
+    EXPECT_NE(net.out.find(std::string(i.at("ifname").as_string())), std::string::npos);
+    for (const auto& a : i.at("addr_info").as_array()) {
+      std::string cidr = std::string(a.at("local").as_string()) + "/" +
+                         std::to_string(a.at("prefixlen").as_int64());
+      EXPECT_NE(net.out.find(cidr), std::string::npos) << cidr << "\n" << net.out;
+    }
+  }
+  RunResult net_lo = ctl({"--json", "net", "-i", "lo"});
+  EXPECT_EQ(ParseJson(net_lo.out).at("interfaces").as_array().size(), 1u);
+  RunResult missing = ctl({"net", "-i", "no-such-if0"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("not_found"), std::string::npos);
+
+  RunResult df = ctl({"df"});
+  EXPECT_EQ(df.exit_code, 0) << df.err;
+  EXPECT_EQ(df.out.rfind("FILESYSTEM", 0), 0u) << df.out;
+  RunResult df_json = ctl({"df", "--json"});
+  json::value parsed = ParseJson(df_json.out);
+  bool has_root = false;
+  for (const auto& f : parsed.at("filesystems").as_array()) {
+    has_root = has_root || f.at("mount_point") == "/";
+    EXPECT_NE(df.out.find(std::string(f.at("mount_point").as_string())), std::string::npos);
+  }
+  EXPECT_TRUE(has_root);
+  RunResult df_all = ctl({"df", "-a"});
+  EXPECT_NE(df_all.out.find(" /proc"), std::string::npos);
+  EXPECT_EQ(ctl({"df", "--mount-timeout-ms", "0"}).exit_code, 2);
+}
+
 // One row of `df -B1 --output=size,used,avail,itotal,iused,iavail,fstype,target PATH`.
 struct DfRow {
   uint64_t size, used, avail, itotal, iused, iavail;
