@@ -111,7 +111,8 @@ console="$work/console.log"
 port_dev="virtserialport,bus=vser.0,chardev=agent,name=org.kvmmanager.agent.0,id=agentport"
 accel=tcg
 # -nodefaults: no CD-ROM, NIC or VGA whose drivers udev would load (slow under TCG).
-qemu-system-x86_64 -accel "$accel" -m 512 -smp 1 -nodefaults -display none -no-reboot \
+# timeout: QEMU ends on its own even if this script is killed before its EXIT trap runs.
+timeout -k 10 $((boot_timeout + 300)) qemu-system-x86_64 -accel "$accel" -m 512 -smp 1 -nodefaults -display none -no-reboot \
   -kernel "$vmlinuz" -initrd "$work/initrd.gz" \
   -append "console=ttyS0 root=/dev/vda rw panic=-1 modprobe.blacklist=kvm,kvm_amd,kvm_intel systemd.show_status=1 systemd.firstboot=off systemd.journald.forward_to_console=1" \
   -drive "file=$work/root.img,format=raw,if=virtio" \
