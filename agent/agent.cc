@@ -33,6 +33,7 @@ void ApplyLogSettings(const AgentOptions& options, const Config& config, Logger&
 Agent::Agent(AgentOptions options, Config config, Logger& log)
     : options_(std::move(options)), log_(log) {
   RegisterAllMethods(methods_);
+  methods_.RunStartHooks(config, log_);
   dispatcher_ = std::make_unique<Dispatcher>(loop_, methods_, log_,
                                              std::make_shared<const Config>(std::move(config)));
 }

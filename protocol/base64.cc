@@ -21,8 +21,11 @@ constexpr auto kDecode = MakeDecodeTable();
 
 void Base64Append(std::string& out, std::string_view bytes) {
   size_t start = out.size();
-  out.resize(start + (bytes.size() + 2) / 3 * 4);
-  char* dst = out.data() + start;
+  out.resize(start + Base64EncodedSize(bytes.size()));
+  Base64EncodeTo(out.data() + start, bytes);
+}
+
+void Base64EncodeTo(char* dst, std::string_view bytes) {
   const auto* src = reinterpret_cast<const uint8_t*>(bytes.data());
   size_t n = bytes.size();
   size_t i = 0;

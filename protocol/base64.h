@@ -8,6 +8,9 @@ namespace kvm {
 
 // Appends the encoding of `bytes` to `out`.
 void Base64Append(std::string& out, std::string_view bytes);
+// Writes the encoding of `bytes` to dst, which must hold Base64EncodedSize(bytes.size()) chars.
+void Base64EncodeTo(char* dst, std::string_view bytes);
+constexpr size_t Base64EncodedSize(size_t n) { return (n + 2) / 3 * 4; }
 std::string Base64Encode(std::string_view bytes);
 
 // Strict decoding: length a multiple of 4, '=' only as final padding, no whitespace.

@@ -3,8 +3,9 @@
 #include <boost/json/parser.hpp>
 #include <boost/json/serialize.hpp>
 
-#include <charconv>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 namespace kvm::jsonrpc {
 namespace json = boost::json;
@@ -26,7 +27,10 @@ json::value ParseLine(std::string_view line) {
 
 namespace {
 
+// A number literal past double range (1e999) parses as infinity, which has no JSON spelling:
+// echoing it would make the reply unparseable, so such an id is refused like a bad type.
 bool IsValidIdType(const json::value& id) {
+  if (id.is_double()) return std::isfinite(id.get_double());
   return id.is_string() || id.is_number() || id.is_null();
 }
 
@@ -44,7 +48,7 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
   json::value id = nullptr;
   bool has_id = false;
   if (auto it = object->find("id"); it != object->end()) {
-    if (!IsValidIdType(it->value())) return Invalid(nullptr, "id must be a string, number or null");
+    if (!IsValidIdType(it->value())) return Invalid(nullptr, "id must be a string, a finite number or null");
     id = it->value();
     has_id = true;
   }
@@ -79,14 +83,17 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
 }
 
 void AppendId(std::string& out, const json::value& id) {
-  if (id.is_double()) {
+  if (id.is_double() && std::isfinite(id.get_double())) {
+    // Shortest %g form that reads back as the same double. (std::to_chars would do this too,
+    // but pulls ~110 KB of tables into the static agent.)
     double d = id.get_double();
-    char buf[32];
-    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d);
-    if (ec == std::errc() && std::isfinite(d)) {
-      out.append(buf, end);
-      return;
+    char buf[40];
+    for (int precision = 1; precision <= 17; ++precision) {
+      std::snprintf(buf, sizeof buf, "%.*g", precision, d);
+      if (std::strtod(buf, nullptr) == d) break;
     }
+    out += buf;
+    return;
   }
   out += json::serialize(id);
 }

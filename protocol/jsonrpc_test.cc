@@ -50,6 +50,13 @@ TEST(JsonRpcValidate, RejectsMalformedRequestsKeepingAValidId) {
   }
   auto bad_id = ValidateRequest(json::parse(R"({"jsonrpc":"2.0","method":"m","id":{"a":1}})"));
   EXPECT_TRUE(std::get<InvalidRequest>(bad_id).id.is_null());
+  // Found by tests/hostile: 1e999 parses as infinity, which would be echoed as bare Infinity.
+  for (const char* huge : {"1e999", "-1e999"}) {
+    auto inf_id = ValidateRequest(
+        ParseLine(std::string(R"({"jsonrpc":"2.0","method":"m","id":)") + huge + "}"));
+    ASSERT_TRUE(std::holds_alternative<InvalidRequest>(inf_id)) << huge;
+    EXPECT_TRUE(std::get<InvalidRequest>(inf_id).id.is_null());
+  }
   auto kept = ValidateRequest(json::parse(R"({"jsonrpc":"2.0","method":7,"id":42})"));
   EXPECT_EQ(std::get<InvalidRequest>(kept).id, 42);
 }

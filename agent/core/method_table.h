@@ -66,6 +66,14 @@ class MethodTable {
   const MethodSpec* Find(std::string_view name) const;
   std::vector<std::string> Names() const;  // sorted
 
+  // Work a module does once when the agent starts, with the startup config (e.g. removing
+  // temp files a killed agent left behind). Run by the Agent before it serves requests.
+  using StartHook = std::function<void(const Config& config, Logger& log)>;
+  void AddStartHook(StartHook hook) { start_hooks_.push_back(std::move(hook)); }
+  void RunStartHooks(const Config& config, Logger& log) const {
+    for (const auto& hook : start_hooks_) hook(config, log);
+  }
+
   // Keeps a module's long-lived state (exec sessions, upload sessions...) alive as long as
   // the table, so handlers can capture plain references to it.
   template <class T>
@@ -78,6 +86,7 @@ class MethodTable {
  private:
   std::map<std::string, MethodSpec, std::less<>> methods_;
   std::vector<std::shared_ptr<void>> owned_;
+  std::vector<StartHook> start_hooks_;
 };
 
 }  // namespace kvm

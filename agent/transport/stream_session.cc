@@ -33,7 +33,7 @@ void StreamSession::OnEvents(uint32_t events) {
   if (fd_ && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) ReadAvailable();
 }
 
-void StreamSession::ReadAvailable() {
+void StreamSession::ReadAvailable(bool drain) {
   read_scheduled_ = false;
   if (!fd_ || input_done_ || paused_) return;
   framer_.set_max_line(dispatcher_.config()->max_message_bytes());
@@ -42,7 +42,7 @@ void StreamSession::ReadAvailable() {
   in_read_ = true;
   int budget = kReadBudget;
   for (;;) {
-    if (budget-- == 0) {  // more may be waiting; edge-triggered, so come back ourselves
+    if (budget-- == 0 && !drain) {  // more may be waiting; edge-triggered, so come back ourselves
       read_scheduled_ = true;
       loop_.Post([self] { self->ReadAvailable(); });
       break;
@@ -60,6 +60,13 @@ void StreamSession::ReadAvailable() {
             dispatcher_.HandleOversized(self);
           });
       if (!fd_ || paused_) break;
+      // Send this read's replies before reading again: a client waiting for them can send its
+      // next request meanwhile, which the next read then finds without an epoll round trip.
+      FlushOutput();
+      if (!fd_) {
+        in_read_ = false;
+        return;
+      }
       continue;
     }
     if (n == 0) {
@@ -109,6 +116,9 @@ void StreamSession::FlushOutput() {
 }
 
 void StreamSession::StopReading() {
+  // Requests the client already sent are read and answered (with shutting_down, by then),
+  // so a stop never leaves a request unanswered.
+  if (!input_done_) ReadAvailable(/*drain=*/true);
   input_done_ = true;
   MaybeClose();
 }

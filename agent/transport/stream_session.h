@@ -27,7 +27,7 @@ class StreamSession : public ReplySink, public std::enable_shared_from_this<Stre
 
  private:
   void OnEvents(uint32_t events);
-  void ReadAvailable();
+  void ReadAvailable(bool drain = false);
   void FlushOutput();
   void MaybeClose();
 

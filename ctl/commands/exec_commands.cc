@@ -1,8 +1,225 @@
-// Placeholder until this group's issue lands.
+// exec (run a command in the guest, streaming its output), ps and kill.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/json.hpp>
+#include <charconv>
+#include <cstdio>
+#include <string>
+#include <vector>
+
 #include "ctl/ctl.h"
+#include "ctl/json_print.h"
+#include "protocol/base64.h"
 
 namespace kvm::ctl {
+namespace json = boost::json;
+namespace {
 
-void AddExecCommands(CLI::App&, Options&) {}
+std::atomic<bool> g_interrupted{false};
+
+void OnInterrupt(int) { g_interrupted = true; }
+
+void WriteAll(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n <= 0) return;  // local stdout closed: nothing sensible left to do with the bytes
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+// Writes one stream's chunk of an exec_status result, decoding base64 when it says so.
+void Emit(const json::object& status, const char* stream, int fd) {
+  auto* value = status.if_contains(stream);
+  if (!value || !value->is_string() || value->get_string().empty()) return;
+  std::string encoding_key = std::string(stream) + "_encoding";
+  auto* encoding = status.if_contains(encoding_key);
+  if (encoding && encoding->is_string() && encoding->get_string() == "base64") {
+    std::string bytes;
+    if (Base64Decode(value->get_string(), bytes)) WriteAll(fd, bytes);
+    return;
+  }
+  WriteAll(fd, value->get_string());
+}
+
+int64_t IntOr(const json::object& o, const char* key, int64_t fallback) {
+  auto* v = o.if_contains(key);
+  return v && v->is_int64() ? v->get_int64() : fallback;
+}
+
+struct ExecArgs {
+  std::vector<std::string> command;
+  std::vector<std::string> env;
+  std::string cwd;
+  int64_t timeout = 0;
+  bool send_stdin = false;
+};
+
+void RunExec(Options& options, const ExecArgs& args) {
+  json::object params{{"command", args.command[0]}};
+  json::array argv;
+  for (size_t i = 1; i < args.command.size(); ++i) argv.emplace_back(args.command[i]);
+  params["args"] = std::move(argv);
+  if (!args.env.empty()) {
+    json::object env;
+    for (const auto& kv : args.env) {
+      size_t eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        std::fprintf(stderr, "kvmmanager-ctl: --env wants KEY=VALUE, got \"%s\"\n", kv.c_str());
+        options.exit_code = kExitUsage;
+        return;
+      }
+      env[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    params["env"] = std::move(env);
+  }
+  if (!args.cwd.empty()) params["cwd"] = args.cwd;
+  if (args.timeout > 0) params["timeout_seconds"] = args.timeout;
+  if (args.send_stdin) {
+    std::string input;
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::read(0, buf, sizeof buf)) > 0) input.append(buf, static_cast<size_t>(n));
+    params["input"] = Base64Encode(input);
+  }
+
+  auto client = Connect(options);
+  CallResult started = CallOrPrint(*client, "exec_start", params);
+  if (!started.ok) {
+    options.exit_code = kExitRpcError;
+    return;
+  }
+  int64_t handle = started.result.at("handle").as_int64();
+  // Ctrl-C asks the guest command to stop instead of orphaning it.
+  struct sigaction sa {};
+  sa.sa_handler = OnInterrupt;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  int64_t wait_ms = std::min<int64_t>(1000, static_cast<int64_t>(options.timeout_seconds * 500));
+  bool kill_sent = false;
+  for (;;) {
+    if (g_interrupted && !kill_sent) {
+      CallOrPrint(*client, "exec_kill", {{"handle", handle}, {"signal", "TERM"}});
+      kill_sent = true;
+    }
+    CallResult status =
+        CallOrPrint(*client, "exec_status", {{"handle", handle}, {"wait_ms", wait_ms}});
+    if (!status.ok) {
+      options.exit_code = kExitRpcError;
+      return;
+    }
+    const json::object& s = status.result.as_object();
+    Emit(s, "stdout", 1);
+    Emit(s, "stderr", 2);
+    if (!s.at("exited").as_bool()) continue;
+    for (const char* stream : {"stdout", "stderr"}) {
+      int64_t dropped = IntOr(s, (std::string(stream) + "_dropped_bytes").c_str(), 0);
+      if (dropped > 0) {
+        std::fprintf(stderr, "kvmmanager-ctl: %lld bytes of %s were dropped by the agent\n",
+                     static_cast<long long>(dropped), stream);
+      }
+    }
+    if (auto* t = s.if_contains("timed_out"); t && t->is_bool() && t->get_bool()) {
+      std::fprintf(stderr, "kvmmanager-ctl: the command timed out in the guest\n");
+    }
+    int64_t signal = IntOr(s, "signal", 0);
+    options.exit_code =
+        signal > 0 ? static_cast<int>(128 + signal) : static_cast<int>(IntOr(s, "exit_code", 1));
+    return;
+  }
+}
+
+std::string FormatCpu(int64_t ms) {
+  char buf[32];
+  int64_t s = ms / 1000;
+  std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(s / 60),
+                static_cast<long long>(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+void AddExecCommands(CLI::App& app, Options& options) {
+  auto args = std::make_shared<ExecArgs>();
+  auto* exec = app.add_subcommand(
+      "exec",
+      "run a command in the guest (no shell) and stream its output; exits with the command's "
+      "exit code (128+N if a signal N killed it). Use -- before the command");
+  exec->add_option("command", args->command, "program (name or path) and its arguments")
+      ->required();
+  exec->add_option("-e,--env", args->env,
+                   "KEY=VALUE added to the command's environment (repeatable)")
+      ->allow_extra_args(false);
+  exec->add_option("-C,--cwd", args->cwd, "working directory in the guest (absolute)");
+  exec->add_option("--command-timeout", args->timeout,
+                   "seconds before the guest kills the command (default and cap: the agent's "
+                   "max_command_timeout_seconds)")
+      ->check(CLI::PositiveNumber);
+  exec->add_flag("-i,--stdin", args->send_stdin, "send local stdin as the command's input");
+  exec->callback([&options, args] { RunExec(options, *args); });
+
+  auto* ps = app.add_subcommand("ps", "list the guest's processes");
+  ps->callback([&options] {
+    auto client = Connect(options);
+    CallResult r = CallOrPrint(*client, "process_list");
+    if (!r.ok) {
+      options.exit_code = kExitRpcError;
+      return;
+    }
+    if (options.json) {
+      std::printf("%s\n", json::serialize(r.result).c_str());
+      return;
+    }
+    std::printf("%7s %7s %-10s %s %9s %8s  %s\n", "PID", "PPID", "USER", "S", "RSS_KB", "TIME",
+                "COMMAND");
+    for (const auto& item : r.result.at("processes").as_array()) {
+      const auto& p = item.as_object();
+      std::string cmd;
+      for (const auto& a : p.at("cmdline").as_array()) {
+        if (!cmd.empty()) cmd += ' ';
+        cmd += a.as_string();
+      }
+      if (cmd.empty()) cmd = "[" + std::string(p.at("name").as_string()) + "]";
+      std::string user = p.at("user").is_string() ? std::string(p.at("user").as_string()) : "?";
+      std::printf("%7lld %7lld %-10s %s %9lld %8s  %s\n",
+                  static_cast<long long>(p.at("pid").as_int64()),
+                  static_cast<long long>(p.at("ppid").as_int64()), user.c_str(),
+                  std::string(p.at("state").as_string()).c_str(),
+                  static_cast<long long>(p.at("rss_bytes").as_int64() / 1024),
+                  FormatCpu(p.at("cpu_time_ms").to_number<int64_t>()).c_str(), cmd.c_str());
+    }
+  });
+
+  auto* kill = app.add_subcommand("kill", "send a signal to a guest process (see docs/exec.md)");
+  auto pid = std::make_shared<int64_t>(0);
+  auto signal = std::make_shared<std::string>("TERM");
+  kill->add_option("pid", *pid, "process id in the guest")->required();
+  kill->add_option("-s,--signal", *signal, "signal name or number")->capture_default_str();
+  kill->callback([&options, pid, signal] {
+    auto client = Connect(options);
+    json::object params{{"pid", *pid}};
+    int64_t number = 0;
+    auto [end, ec] = std::from_chars(signal->data(), signal->data() + signal->size(), number);
+    if (ec == std::errc() && end == signal->data() + signal->size()) {
+      params["signal"] = number;
+    } else {
+      params["signal"] = *signal;
+    }
+    CallResult r = CallOrPrint(*client, "process_kill", params);
+    if (!r.ok) {
+      options.exit_code = kExitRpcError;
+      return;
+    }
+    if (options.json) {
+      std::printf("%s\n", json::serialize(r.result).c_str());
+    } else {
+      std::printf(
+          "sent %s to %lld (%s)\n", std::string(r.result.at("signal_name").as_string()).c_str(),
+          static_cast<long long>(*pid), std::string(r.result.at("name").as_string()).c_str());
+    }
+  });
+}
 
 }  // namespace kvm::ctl

@@ -1,8 +1,284 @@
-// Placeholder until this group's issue lands.
+// cp, cat, ls, stat, rm, mkdir: files in the guest, within the agent's allowed paths.
+// A remote path is written with a leading ':' (cp needs it to tell the direction).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
 #include "ctl/ctl.h"
+#include "ctl/file_transfer.h"
+#include "ctl/json_print.h"
 
 namespace kvm::ctl {
+namespace json = boost::json;
+namespace {
 
-void AddFileCommands(CLI::App&, Options&) {}
+bool IsRemote(const std::string& s) { return !s.empty() && s[0] == ':'; }
+std::string StripColon(const std::string& s) { return IsRemote(s) ? s.substr(1) : s; }
+
+std::string BaseName(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// A progress line on stderr, only when it is a terminal.
+transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
+  if (!enabled || options.json || !::isatty(STDERR_FILENO)) return nullptr;
+  auto start =
+      std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
+  auto last = std::make_shared<std::chrono::steady_clock::time_point>();
+  return [start, last](uint64_t done, uint64_t total) {
+    auto now = std::chrono::steady_clock::now();
+    if (done < total && now - *last < std::chrono::milliseconds(100)) return;
+    *last = now;
+    double secs = std::chrono::duration<double>(now - *start).count();
+    double pct = total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0;
+    int bar = static_cast<int>(pct / 5);
+    std::fprintf(stderr, "\r[%.*s%*s] %5.1f%% %.1f/%.1f MB %.1f MB/s", bar, "####################",
+                 20 - bar, "", pct, static_cast<double>(done) / 1e6,
+                 static_cast<double>(total) / 1e6,
+                 secs > 0 ? static_cast<double>(done) / 1e6 / secs : 0.0);
+    if (done >= total) std::fprintf(stderr, "\n");
+  };
+}
+
+// Runs a transfer step; maps failures to ctl exit codes.
+template <class Fn>
+void RunTransfer(Options& options, Fn&& fn) {
+  try {
+    fn();
+  } catch (const transfer::TransferError& e) {
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    if (e.result.error_code != 0) PrintRpcError(e.result);
+    options.exit_code = kExitRpcError;
+  } catch (const ClientError&) {
+    throw;
+  } catch (const std::runtime_error& e) {
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    options.exit_code = kExitRpcError;
+  }
+}
+
+void CopyToGuest(Options& options, const std::string& local, const std::string& remote_in,
+                 const transfer::Options& topt) {
+  int fd = ::open(local.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    std::fprintf(stderr, "kvmmanager-ctl: cannot open %s: %s\n", local.c_str(),
+                 std::strerror(errno));
+    options.exit_code = kExitUsage;
+    return;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    std::fprintf(stderr, "kvmmanager-ctl: %s is not a regular file\n", local.c_str());
+    ::close(fd);
+    options.exit_code = kExitUsage;
+    return;
+  }
+  std::string remote = remote_in;
+  if (!remote.empty() && remote.back() == '/') remote += BaseName(local);
+  auto client = Connect(options);
+  RunTransfer(options, [&] {
+    transfer::Outcome out =
+        transfer::Upload(*client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
+    if (options.json) {
+      std::printf("%s\n",
+                  json::serialize(
+                      json::object{{"path", remote}, {"size", out.size}, {"sha256", out.sha256}})
+                      .c_str());
+    } else if (!topt.progress) {
+      std::printf("%s -> :%s  %llu bytes  sha256 %s\n", local.c_str(), remote.c_str(),
+                  static_cast<unsigned long long>(out.size), out.sha256.c_str());
+    }
+  });
+  ::close(fd);
+}
+
+void CopyFromGuest(Options& options, const std::string& remote, std::string local,
+                   const transfer::Options& topt) {
+  struct stat st;
+  if (local == "." || (::stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
+    local += "/" + BaseName(remote);
+  }
+  // Into a temp next to the target, renamed only once the sha256 matched.
+  std::string temp = local + ".kvmctl-part";
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", temp.c_str(),
+                 std::strerror(errno));
+    options.exit_code = kExitUsage;
+    return;
+  }
+  auto client = Connect(options);
+  bool ok = false;
+  RunTransfer(options, [&] {
+    transfer::Outcome out = transfer::Download(*client, remote, fd, topt);
+    if (::fsync(fd) != 0 || ::rename(temp.c_str(), local.c_str()) != 0) {
+      throw std::runtime_error("cannot finish " + local + ": " + std::strerror(errno));
+    }
+    ok = true;
+    if (options.json) {
+      std::printf(
+          "%s\n",
+          json::serialize(json::object{{"path", local}, {"size", out.size}, {"sha256", out.sha256}})
+              .c_str());
+    } else if (!topt.progress) {
+      std::printf(":%s -> %s  %llu bytes  sha256 %s\n", remote.c_str(), local.c_str(),
+                  static_cast<unsigned long long>(out.size), out.sha256.c_str());
+    }
+  });
+  ::close(fd);
+  if (!ok) ::unlink(temp.c_str());
+}
+
+std::string FormatTime(int64_t t) {
+  time_t tt = static_cast<time_t>(t);
+  struct tm tm;
+  char buf[32];
+  if (!::localtime_r(&tt, &tm) || !std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm))
+    return "-";
+  return buf;
+}
+
+const json::value* Field(const json::value& v, std::string_view key) {
+  return v.is_object() ? v.get_object().if_contains(key) : nullptr;
+}
+
+std::string Text(const json::value* v) {
+  if (!v) return "-";
+  if (v->is_string()) return std::string(v->get_string());
+  return json::serialize(*v);
+}
+
+}  // namespace
+
+void AddFileCommands(CLI::App& app, Options& options) {
+  // cp
+  auto* cp = app.add_subcommand(
+      "cp",
+      "copy a file to (cp LOCAL :REMOTE) or from (cp :REMOTE LOCAL) the guest, in chunks, "
+      "verified by sha256");
+  auto src = std::make_shared<std::string>();
+  auto dst = std::make_shared<std::string>();
+  auto no_clobber = std::make_shared<bool>(false);
+  auto perms = std::make_shared<std::string>();
+  auto no_progress = std::make_shared<bool>(false);
+  cp->add_option("source", *src, "LOCAL file or :REMOTE path")->required();
+  cp->add_option("destination", *dst, ":REMOTE path (a trailing / keeps the name) or LOCAL path")
+      ->required();
+  cp->add_flag("-n,--no-clobber", *no_clobber, "fail if the remote file exists (uploads)");
+  cp->add_option("-m,--mode", *perms, "permissions of the uploaded file, e.g. 0644");
+  cp->add_flag("-q,--quiet", *no_progress, "no progress bar");
+  cp->callback([&options, src, dst, no_clobber, perms, no_progress] {
+    if (IsRemote(*src) == IsRemote(*dst)) {
+      std::fprintf(stderr,
+                   "kvmmanager-ctl: exactly one of source and destination must be :REMOTE\n");
+      options.exit_code = kExitUsage;
+      return;
+    }
+    transfer::Options topt;
+    topt.progress = MakeProgress(options, !*no_progress);
+    if (*no_clobber) topt.mode = "create_new";
+    if (!perms->empty()) topt.permissions = *perms;
+    if (IsRemote(*dst)) {
+      CopyToGuest(options, *src, StripColon(*dst), topt);
+    } else {
+      CopyFromGuest(options, StripColon(*src), *dst, topt);
+    }
+  });
+
+  // cat
+  auto* cat = app.add_subcommand("cat", "print a guest file to stdout");
+  auto cat_path = std::make_shared<std::string>();
+  cat->add_option("path", *cat_path, ":REMOTE path (the ':' is optional)")->required();
+  cat->callback([&options, cat_path] {
+    auto client = Connect(options);
+    RunTransfer(options, [&] {
+      transfer::Stream(*client, StripColon(*cat_path), STDOUT_FILENO, transfer::Options{});
+    });
+  });
+
+  // ls
+  auto* ls = app.add_subcommand("ls", "list a guest directory");
+  auto ls_path = std::make_shared<std::string>();
+  ls->add_option("path", *ls_path, ":REMOTE directory")->required();
+  ls->callback([&options, ls_path] {
+    auto client = Connect(options);
+    json::array all;
+    uint64_t offset = 0;
+    for (;;) {
+      CallResult r =
+          CallOrPrint(*client, "file_list", {{"path", StripColon(*ls_path)}, {"offset", offset}});
+      if (!r.ok) {
+        options.exit_code = kExitRpcError;
+        return;
+      }
+      if (const json::value* e = Field(r.result, "entries"); e && e->is_array()) {
+        for (const auto& entry : e->get_array()) all.push_back(entry);
+      }
+      const json::value* next = Field(r.result, "next_offset");
+      if (!next || !next->is_number()) break;
+      offset = next->to_number<uint64_t>();
+    }
+    if (options.json) {
+      std::printf("%s\n", json::serialize(all).c_str());
+      return;
+    }
+    for (const auto& entry : all) {
+      const json::value* mtime = Field(entry, "mtime");
+      std::printf("%-10s %5s %12s  %s  %s\n", Text(Field(entry, "type")).c_str(),
+                  Text(Field(entry, "mode")).c_str(), Text(Field(entry, "size")).c_str(),
+                  mtime && mtime->is_int64() ? FormatTime(mtime->get_int64()).c_str() : "-",
+                  Text(Field(entry, "name")).c_str());
+    }
+  });
+
+  // stat
+  auto* stat_cmd = app.add_subcommand("stat", "show a guest file's metadata");
+  auto stat_path = std::make_shared<std::string>();
+  auto with_sha = std::make_shared<bool>(false);
+  stat_cmd->add_option("path", *stat_path, ":REMOTE path")->required();
+  stat_cmd->add_flag("--sha256", *with_sha, "also compute the file's sha256 in the guest");
+  stat_cmd->callback([&options, stat_path, with_sha] {
+    auto client = Connect(options);
+    json::object params{{"path", StripColon(*stat_path)}};
+    if (*with_sha) params["sha256"] = true;
+    CallResult r = CallOrPrint(*client, "file_stat", params);
+    if (!r.ok) {
+      options.exit_code = kExitRpcError;
+      return;
+    }
+    std::printf("%s\n",
+                options.json ? json::serialize(r.result).c_str() : PrettyJson(r.result).c_str());
+  });
+
+  // rm
+  auto* rm = app.add_subcommand("rm", "delete a guest file (or empty directory)");
+  auto rm_path = std::make_shared<std::string>();
+  rm->add_option("path", *rm_path, ":REMOTE path")->required();
+  rm->callback([&options, rm_path] {
+    auto client = Connect(options);
+    CallResult r = CallOrPrint(*client, "file_delete", {{"path", StripColon(*rm_path)}});
+    if (!r.ok) options.exit_code = kExitRpcError;
+  });
+
+  // mkdir
+  auto* mkdir = app.add_subcommand("mkdir", "create a guest directory");
+  auto mk_path = std::make_shared<std::string>();
+  auto parents = std::make_shared<bool>(false);
+  mkdir->add_option("path", *mk_path, ":REMOTE path")->required();
+  mkdir->add_flag("-p,--parents", *parents, "create missing parents; no error if it exists");
+  mkdir->callback([&options, mk_path, parents] {
+    auto client = Connect(options);
+    CallResult r =
+        CallOrPrint(*client, "file_mkdir", {{"path", StripColon(*mk_path)}, {"parents", *parents}});
+    if (!r.ok) options.exit_code = kExitRpcError;
+  });
+}
 
 }  // namespace kvm::ctl

@@ -1,1 +1,144 @@
-#include "tests/support/agent_process.h"
+// kvmmanager-ctl against the real agent, and against fake servers for its failure paths.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "tests/integration/test_util.h"
+
+namespace kvm::test {
+namespace {
+namespace json = boost::json;
+
+RunResult Ctl(std::vector<std::string> args, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+  args.insert(args.begin(), KVM_CTL_BINARY);
+  return RunProgram(args, "", timeout);
+}
+
+TEST(Ctl, PingAndCallPrintResultsAndExitZero) {
+  AgentProcess agent;
+  RunResult ping = Ctl({"--socket", agent.socket_path(), "ping"});
+  EXPECT_EQ(ping.exit_code, 0) << ping.err;
+  EXPECT_NE(ping.out.find("pong"), std::string::npos);
+  RunResult call = Ctl({"--socket", agent.socket_path(), "call", "get_agent_info"});
+  EXPECT_EQ(call.exit_code, 0) << call.err;
+  EXPECT_EQ(ParseJson(call.out).at("name"), "kvmmanager-agent");
+  RunResult json_out = Ctl({"--socket", agent.socket_path(), "--json", "call", "ping", "{}"});
+  EXPECT_EQ(json_out.exit_code, 0);
+  EXPECT_EQ(ParseJson(json_out.out).at("pong"), true);
+}
+
+TEST(Ctl, SocketFromEnvironment) {
+  AgentProcess agent;
+  ::setenv("KVMMANAGER_SOCKET", agent.socket_path().c_str(), 1);
+  RunResult ping = Ctl({"ping"});
+  ::unsetenv("KVMMANAGER_SOCKET");
+  EXPECT_EQ(ping.exit_code, 0) << ping.err;
+}
+
+TEST(Ctl, AgentErrorIsPrintedWithCodeKindAndDataAndExitsOne) {
+  AgentProcess agent;
+  RunResult r = Ctl({"--socket", agent.socket_path(), "call", "no_such_method"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("-32601"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("method_not_found"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("\"method\":\"no_such_method\""), std::string::npos) << r.err;
+  RunResult p = Ctl({"--socket", agent.socket_path(), "call", "ping", R"({"bogus":1})"});
+  EXPECT_EQ(p.exit_code, 1);
+  EXPECT_NE(p.err.find("-32602"), std::string::npos) << p.err;
+}
+
+TEST(Ctl, BadUsageExitsTwo) {
+  EXPECT_EQ(Ctl({}).exit_code, 2);
+  EXPECT_EQ(Ctl({"frobnicate"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"--socket", "/x", "call"}).exit_code, 2);
+  RunResult bad_json = Ctl({"--socket", "/x", "call", "ping", "{not json"});
+  EXPECT_EQ(bad_json.exit_code, 2);
+  EXPECT_NE(bad_json.err.find("params must be a JSON object"), std::string::npos);
+  EXPECT_EQ(Ctl({"--socket", "/x", "call", "ping", "[1]"}).exit_code, 2);
+}
+
+TEST(Ctl, NoAgentExitsThreeWithReason) {
+  TempDir dir;
+  RunResult r = Ctl({"--socket", dir / "absent.sock", "ping"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("cannot connect"), std::string::npos) << r.err;
+  ::unsetenv("KVMMANAGER_SOCKET");
+  RunResult none = Ctl({"ping"});
+  EXPECT_EQ(none.exit_code, 3);
+  EXPECT_NE(none.err.find("--socket"), std::string::npos) << none.err;
+}
+
+// A one-connection fake agent: sends `script` lines after reading one request line.
+class FakeServer {
+ public:
+  explicit FakeServer(std::function<void(int fd, const std::string& request)> behaviour) {
+    path_ = dir_ / "fake.sock";
+    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, path_.c_str());
+    ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    ::listen(listen_fd_, 1);
+    thread_ = std::thread([this, behaviour] {
+      int fd = ::accept(listen_fd_, nullptr, nullptr);
+      std::string got;
+      char c;
+      // Skip the client's leading resync newline, then read the request line.
+      while (::read(fd, &c, 1) == 1) {
+        if (c == '\n') {
+          if (got.empty()) continue;
+          break;
+        }
+        got += c;
+      }
+      behaviour(fd, got);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      ::close(fd);
+    });
+  }
+  ~FakeServer() {
+    thread_.join();
+    ::close(listen_fd_);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  TempDir dir_;
+  std::string path_;
+  int listen_fd_;
+  std::thread thread_;
+};
+
+void Send(int fd, const std::string& text) {
+  [[maybe_unused]] ssize_t n = ::write(fd, text.data(), text.size());
+}
+
+TEST(Ctl, SkipsStaleLinesAndMatchesItsOwnId) {
+  FakeServer server([](int fd, const std::string& request) {
+    auto id = json::serialize(json::parse(request).at("id"));
+    Send(fd, "garbage from a previous client\n");
+    Send(fd, R"({"jsonrpc":"2.0","result":{"pong":false},"id":12345})" "\n");
+    Send(fd, R"({"jsonrpc":"2.0","result":{"pong":true,"timestamp":1},"id":)" + id + "}\n");
+  });
+  RunResult r = Ctl({"--socket", server.path(), "--json", "call", "ping"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(ParseJson(r.out).at("pong"), true);
+}
+
+TEST(Ctl, TimeoutExitsThree) {
+  FakeServer server([](int, const std::string&) {});
+  auto start = std::chrono::steady_clock::now();
+  RunResult r = Ctl({"--socket", server.path(), "--timeout", "0.5", "ping"});
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("timed out"), std::string::npos) << r.err;
+  EXPECT_LT(took, std::chrono::seconds(10));
+}
+
+}  // namespace
+}  // namespace kvm::test

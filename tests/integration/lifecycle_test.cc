@@ -1,1 +1,196 @@
-#include "tests/support/agent_process.h"
+// Start-up, configuration, signals and daemon mode of the real agent binary.
+#include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "tests/integration/test_util.h"
+
+namespace kvm::test {
+namespace {
+namespace json = boost::json;
+
+RunResult RunAgent(std::vector<std::string> args) {
+  args.insert(args.begin(), KVM_AGENT_BINARY);
+  return RunProgram(args, "", std::chrono::seconds(20));
+}
+
+TEST(AgentFlags, VersionHelpAndUsageErrors) {
+  RunResult v = RunAgent({"--version"});
+  EXPECT_EQ(v.exit_code, 0);
+  EXPECT_EQ(v.out.rfind("kvmmanager-agent ", 0), 0u) << v.out;
+  RunResult h = RunAgent({"--help"});
+  EXPECT_EQ(h.exit_code, 0);
+  for (const char* flag : {"--foreground", "--log-level", "--device", "--config", "--listen",
+                           "--check-config", "--version", "--help"}) {
+    EXPECT_NE(h.out.find(flag), std::string::npos) << flag;
+  }
+  RunResult bad = RunAgent({"--frobnicate"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--frobnicate"), std::string::npos) << bad.err;
+  RunResult level = RunAgent({"--log-level", "loud", "--check-config"});
+  EXPECT_EQ(level.exit_code, 2);
+  EXPECT_NE(level.err.find("--log-level"), std::string::npos) << level.err;
+  RunResult missing = RunAgent({"--config"});
+  EXPECT_EQ(missing.exit_code, 2);
+}
+
+TEST(AgentConfig, CheckConfigPrintsEffectiveConfigOrNamesTheBadKey) {
+  TempDir dir;
+  WriteFile(dir / "good.json", R"({"max_concurrent_requests": 4, "extra_key": 1})");
+  RunResult good = RunAgent({"--check-config", "--config", dir / "good.json"});
+  EXPECT_EQ(good.exit_code, 0) << good.err;
+  auto printed = ParseJson(good.out);
+  EXPECT_EQ(printed.at("max_concurrent_requests"), 4);
+  EXPECT_EQ(printed.at("channel_name"), "org.kvmmanager.agent.0");
+  EXPECT_NE(good.err.find("extra_key"), std::string::npos) << "unknown key not warned: " << good.err;
+
+  WriteFile(dir / "bad.json", R"({"security": {"max_file_size_mb": "ten"}})");
+  RunResult bad = RunAgent({"--check-config", "--config", dir / "bad.json"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("security.max_file_size_mb"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("integer"), std::string::npos) << bad.err;
+
+  RunResult absent = RunAgent({"--check-config", "--config", dir / "absent.json"});
+  EXPECT_EQ(absent.exit_code, 0);
+  EXPECT_EQ(ParseJson(absent.out).at("max_message_size_kb"), 64);
+}
+
+TEST(AgentConfig, InvalidConfigStopsStartUpWithExitCode2) {
+  TempDir dir;
+  for (const char* text : {"{", "[]", R"({"max_message_size_kb": -1})",
+                           R"({"security": {"allowed_write_paths": "/tmp"}})"}) {
+    WriteFile(dir / "c.json", text);
+    RunResult r = RunAgent({"--foreground", "--config", dir / "c.json", "--listen",
+                            "unix:" + (dir / "s.sock")});
+    EXPECT_EQ(r.exit_code, 2) << text;
+    EXPECT_NE(r.err.find("invalid config"), std::string::npos) << r.err;
+  }
+}
+
+TEST(AgentConfig, MissingConfigFileMeansDefaultsAndIsLogged) {
+  AgentProcess::Options options;
+  options.extra_args = {"--config", "/nonexistent/kvm.json"};  // the last --config wins
+  AgentProcess agent(options);
+  CallResult r = agent.Call("get_agent_info");
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.result.at("limits").at("max_command_timeout_seconds"), 300);
+  EXPECT_NE(agent.Stderr().find("not found; using built-in defaults"), std::string::npos);
+}
+
+TEST(AgentConfig, LogFileReceivesLogLines) {
+  AgentProcess probe;
+  json::object config = json::parse(probe.DefaultTestConfig()).as_object();
+  TempDir dir;
+  config["log_file"] = dir / "agent.log";
+  AgentProcess::Options options;
+  options.config_json = json::serialize(config);
+  AgentProcess agent(options);
+  ASSERT_TRUE(agent.Call("ping").ok);
+  EXPECT_NE(ReadFileText(dir / "agent.log").find("listening on unix:"), std::string::npos);
+}
+
+TEST(AgentSignals, SigtermStopsGracefullyAndRemovesTheSocket) {
+  AgentProcess agent;
+  ASSERT_TRUE(agent.Call("ping").ok);
+  agent.Signal(SIGTERM);
+  auto status = agent.WaitExit(std::chrono::seconds(15));
+  ASSERT_TRUE(status.has_value()) << "agent did not exit after SIGTERM";
+  EXPECT_EQ(*status, 0);
+  EXPECT_FALSE(std::filesystem::exists(agent.socket_path()));
+  EXPECT_NE(agent.Stderr().find("SIGTERM: stopping"), std::string::npos);
+}
+
+TEST(AgentSignals, SigtermAnswersRequestsAlreadyReceived) {
+  AgentProcess agent;
+  auto client = agent.Connect();
+  std::string burst;
+  for (int i = 0; i < 2000; ++i) burst += Request("ping", std::to_string(i)) + "\n";
+  client->SendLine(burst);
+  agent.Signal(SIGTERM);
+  // Everything sent before the stop is answered (pong or shutting_down); nothing is lost.
+  int answered = 0;
+  try {
+    for (;;) {
+      auto reply = ParseJson(client->ReadLine());
+      int64_t code = ErrorCodeOf(reply);
+      EXPECT_TRUE(code == 0 || code == -32009) << json::serialize(reply);
+      ++answered;
+    }
+  } catch (const ClientError&) {
+  }
+  EXPECT_EQ(answered, 2000);
+  ASSERT_TRUE(agent.WaitExit(std::chrono::seconds(15)).has_value());
+}
+
+TEST(AgentSignals, SighupReloadsConfigAndKeepsOldOneIfInvalid) {
+  AgentProcess agent;
+  json::object config = json::parse(agent.DefaultTestConfig()).as_object();
+  config["max_message_size_kb"] = 1;
+  WriteFile(agent.config_path(), json::serialize(config));
+  agent.Signal(SIGHUP);
+  bool reloaded = false;
+  for (int i = 0; i < 200 && !reloaded; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    CallResult r = agent.Call("get_agent_info");
+    reloaded = r.ok && r.result.at("limits").at("max_message_size_kb") == 1;
+  }
+  ASSERT_TRUE(reloaded) << agent.Stderr();
+  auto reply = ParseJson(agent.RoundTrip(Request("ping", "1", R"({"x":")" + std::string(2000, 'a') + "\"}")));
+  EXPECT_EQ(ErrorCodeOf(reply), -32002);
+
+  WriteFile(agent.config_path(), R"({"max_message_size_kb": "big"})");
+  agent.Signal(SIGHUP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CallResult r = agent.Call("get_agent_info");
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(r.result.at("limits").at("max_message_size_kb"), 1);
+  EXPECT_NE(agent.Stderr().find("config reload failed"), std::string::npos);
+}
+
+// Finds the pid of a process whose command line contains `needle`.
+pid_t FindProcess(const std::string& needle) {
+  DIR* proc = ::opendir("/proc");
+  pid_t found = -1;
+  while (dirent* entry = ::readdir(proc)) {
+    pid_t pid = std::atoi(entry->d_name);
+    if (pid <= 0) continue;
+    std::string cmdline = ReadFileText("/proc/" + std::string(entry->d_name) + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.find(needle) != std::string::npos && cmdline.find(KVM_AGENT_BINARY) == 0) found = pid;
+  }
+  ::closedir(proc);
+  return found;
+}
+
+TEST(AgentDaemon, DaemonizesAndReturnsOnlyWhenServing) {
+  TempDir dir;
+  std::string sock = dir / "daemon.sock";
+  RunResult r = RunAgent({"--config", "/nonexistent", "--listen", "unix:" + sock});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // The launcher has returned: the socket must already be served.
+  auto client = std::make_unique<AgentClient>(sock, std::chrono::seconds(10));
+  EXPECT_TRUE(client->Call("ping").ok);
+  pid_t pid = FindProcess(sock);
+  ASSERT_GT(pid, 0);
+  std::string stat = ReadFileText("/proc/" + std::to_string(pid) + "/stat");
+  // Field 5 (ppid) is no longer us, and it runs in its own session.
+  EXPECT_NE(stat.find(") S ") != std::string::npos || stat.find(") R ") != std::string::npos, false);
+  ::kill(pid, SIGTERM);
+  for (int i = 0; i < 500 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_NE(::kill(pid, 0), 0) << "daemon did not stop";
+}
+
+TEST(AgentDaemon, StartUpFailureIsReportedByTheLauncher) {
+  RunResult r = RunAgent({"--config", "/nonexistent", "--listen", "unix:/nonexistent-dir/x.sock"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("bind unix:/nonexistent-dir/x.sock"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace kvm::test

@@ -1,1 +1,229 @@
-#include "tests/support/agent_process.h"
+// Transports through the real agent: many clients, disconnects, slow readers, the serial
+// device path (on a pseudo-terminal), and vsock.
+#include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include "tests/integration/test_util.h"
+
+namespace kvm::test {
+namespace {
+namespace json = boost::json;
+
+long RssKb(pid_t pid) {
+  std::string status = ReadFileText("/proc/" + std::to_string(pid) + "/status");
+  auto pos = status.find("VmRSS:");
+  return pos == std::string::npos ? -1 : std::stol(status.substr(pos + 6));
+}
+
+TEST(Transport, TwoHundredConcurrentClientsAllGetTheirOwnAnswers) {
+  AgentProcess agent;
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 200; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        auto client = agent.Connect();
+        for (int i = 0; i < 20; ++i) {
+          std::string id = "\"c" + std::to_string(t) + "-" + std::to_string(i) + "\"";
+          client->SendLine(Request("ping", id));
+          auto reply = json::parse(client->ReadLine());
+          if (json::serialize(reply.at("id")) == id && reply.at("result").at("pong") == true) ++good;
+        }
+      } catch (const std::exception&) {
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good.load(), 200 * 20);
+}
+
+TEST(Transport, PipelinedRequestsOnOneConnectionAreAllAnswered) {
+  AgentProcess agent;
+  auto client = agent.Connect();
+  std::string burst;
+  for (int i = 0; i < 5000; ++i) burst += Request("ping", std::to_string(i)) + "\n";
+  client->SendLine(burst);
+  std::vector<bool> seen(5000);
+  for (int i = 0; i < 5000; ++i) {
+    auto reply = ParseJson(client->ReadLine());
+    seen.at(reply.at("id").as_int64()) = true;
+  }
+  EXPECT_EQ(std::count(seen.begin(), seen.end(), true), 5000);
+}
+
+TEST(Transport, ClientDisconnectingMidRequestDoesNotDisturbOthers) {
+  AgentProcess agent;
+  for (int i = 0; i < 50; ++i) {
+    auto client = agent.Connect();
+    client->SendLine(Request("get_agent_info", "1") + "\n" + Request("ping", "2") + "\n{\"jsonrpc\"");
+    // dropped without reading: replies have nowhere to go, the partial line is discarded
+  }
+  CallResult r = agent.Call("ping");
+  EXPECT_TRUE(r.ok);
+}
+
+TEST(Transport, HalfClosedClientStillGetsItsReplies) {
+  AgentProcess agent;
+  RunResult r = RunProgram({"socat", "-", "UNIX-CONNECT:" + agent.socket_path()},
+                           Request("ping", "1") + "\n" + Request("get_agent_info", "2") + "\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"id\":1}"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"id\":2}"), std::string::npos) << r.out;
+}
+
+TEST(Transport, ClientThatNeverReadsIsThrottledAndOthersAreServed) {
+  AgentProcess agent;
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, agent.socket_path().c_str());
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ::fcntl(fd, F_SETFL, O_NONBLOCK);
+  long rss_before = RssKb(agent.pid());
+  // Push get_agent_info requests (big replies) without ever reading, until the agent stops
+  // taking them: nothing accepted for 1 s in a row (or give up after 30 s).
+  std::string line = Request("get_agent_info", "1") + "\n";
+  std::string chunk;
+  for (int i = 0; i < 200; ++i) chunk += line;
+  size_t sent = 0;
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  auto last_progress = std::chrono::steady_clock::now();
+  bool stalled = false;
+  while (std::chrono::steady_clock::now() < give_up) {
+    ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      last_progress = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - last_progress > std::chrono::seconds(1)) {
+      stalled = true;
+      break;
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    CallResult r = agent.Call("ping");  // another client is answered throughout
+    ASSERT_TRUE(r.ok);
+  }
+  EXPECT_TRUE(stalled) << "the agent kept reading a client that reads nothing (" << sent
+                       << " bytes taken)";
+  long rss_after = RssKb(agent.pid());
+  EXPECT_LT(rss_after - rss_before, 64 * 1024) << "agent RSS grew from " << rss_before << " kB to "
+                                              << rss_after << " kB";
+  ::close(fd);
+  EXPECT_TRUE(agent.Call("ping").ok);
+}
+
+// A pseudo-terminal stands in for the virtio-serial port: a character device the agent opens
+// by path. (Hang-up semantics of the real port are proven by the real-VM suite.)
+class PtyPort {
+ public:
+  PtyPort() {
+    char name[128];
+    if (::openpty(&master_, &slave_, name, nullptr, nullptr) != 0) throw std::runtime_error("openpty");
+    termios raw;
+    ::tcgetattr(slave_, &raw);
+    ::cfmakeraw(&raw);
+    ::tcsetattr(slave_, TCSANOW, &raw);
+    path_ = name;
+  }
+  ~PtyPort() {
+    ::close(master_);
+    ::close(slave_);
+  }
+  const std::string& path() const { return path_; }
+  void Write(const std::string& text) { ASSERT_EQ(::write(master_, text.data(), text.size()), (ssize_t)text.size()); }
+  std::string ReadLine(int timeout_ms = 10000) {
+    std::string line;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd pfd{master_, POLLIN, 0};
+      if (::poll(&pfd, 1, 50) <= 0) continue;
+      char c;
+      if (::read(master_, &c, 1) != 1) continue;
+      if (c == '\n') return line;
+      line += c;
+    }
+    return "<timeout>" + line;
+  }
+
+ private:
+  int master_ = -1, slave_ = -1;
+  std::string path_;
+};
+
+TEST(SerialDevice, ServesRequestsOnACharacterDevice) {
+  PtyPort port;
+  AgentProcess::Options options;
+  options.listen_unix = false;
+  options.extra_args = {"--device", port.path()};
+  AgentProcess agent(options);
+  port.Write(Request("ping", "1") + "\n");
+  auto reply = ParseJson(port.ReadLine());
+  EXPECT_EQ(reply.at("id"), 1);
+  EXPECT_EQ(reply.at("result").at("pong"), true);
+  port.Write("\n" + Request("get_agent_info", "\"two\"") + "\r\n");
+  EXPECT_EQ(ParseJson(port.ReadLine()).at("id"), "two");
+}
+
+TEST(SerialDevice, MissingDeviceIsRetriedAndLoggedOnce) {
+  PtyPort port;
+  TempDir links;
+  std::string link = links / "org.kvmmanager.agent.0";
+  AgentProcess::Options options;
+  options.listen_unix = false;
+  AgentProcess probe;
+  json::object config = json::parse(probe.DefaultTestConfig()).as_object();
+  config["connection_retry_seconds"] = 1;
+  options.config_json = json::serialize(config);
+  options.extra_args = {"--device", link};
+  AgentProcess agent(options);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3500));  // ~3 failed retries
+  std::filesystem::create_symlink(port.path(), link);
+  port.Write(Request("ping", "1") + "\n");
+  auto reply = ParseJson(port.ReadLine(5000));
+  EXPECT_EQ(reply.at("id"), 1);
+  std::string log = agent.Stderr();
+  size_t first = log.find("cannot open " + link);
+  ASSERT_NE(first, std::string::npos) << log;
+  EXPECT_EQ(log.find("cannot open " + link, first + 1), std::string::npos)
+      << "the missing device was logged more than once:\n" << log;
+  EXPECT_NE(log.find("serving " + link), std::string::npos) << log;
+}
+
+TEST(Vsock, ListenerBindsOrFailsWithAClearError) {
+  // This machine has no vsock transport for loopback connections, so only binding is checked
+  // here; serving over vsock uses the same session code as unix sockets.
+  AgentProcess::Options options;
+  options.listen_unix = false;
+  options.extra_args = {"--listen", "vsock:45678"};
+  AgentProcess agent(options);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::string log = agent.Stderr();
+  bool listening = log.find("listening on vsock:45678") != std::string::npos;
+  bool clear_failure = log.find("bind vsock:45678") != std::string::npos ||
+                       log.find("socket vsock:45678") != std::string::npos;
+  EXPECT_TRUE(listening || clear_failure) << log;
+}
+
+TEST(Vsock, BadListenAddressIsAUsageError) {
+  for (const char* bad : {"vsock:", "vsock:abc", "vsock:99999999999", "tcp:1234", "unix:"}) {
+    RunResult r = RunProgram({KVM_AGENT_BINARY, "--foreground", "--config", "/nonexistent",
+                              "--listen", bad});
+    EXPECT_EQ(r.exit_code, 2) << bad;
+    EXPECT_NE(r.err.find("--listen"), std::string::npos) << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace kvm::test

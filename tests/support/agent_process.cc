@@ -181,8 +181,12 @@ void AgentProcess::Start(Options options) {
   if (!options.listen_unix) return;
   auto deadline = Clock::now() + std::chrono::seconds(20);
   while (Clock::now() < deadline) {
-    struct stat st;
-    if (::stat(socket_path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) return;
+    // Connectable, not merely present: the file exists between bind() and listen().
+    try {
+      AgentClient probe(socket_path_, std::chrono::seconds(1));
+      return;
+    } catch (const ClientError&) {
+    }
     int status;
     if (::waitpid(pid_, &status, WNOHANG) == pid_) {
       exited_ = true;

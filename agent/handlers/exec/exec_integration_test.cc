@@ -1,0 +1,564 @@
+// exec_command and exec_start/status/kill/list through the real agent binary.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <thread>
+
+#include "agent/handlers/exec/exec_test_util.h"
+
+namespace kvm::exec {
+namespace {
+
+using namespace testing;
+using AgentProcess = testing::ReadyAgent;
+using Clock = std::chrono::steady_clock;
+
+json::object Cmd(std::string command, std::vector<std::string> args = {}) {
+  json::array a;
+  for (auto& s : args) a.emplace_back(s);
+  return json::object{{"command", std::move(command)}, {"args", std::move(a)}};
+}
+
+json::object Sh(const std::string& script) { return Cmd("sh", {"-c", script}); }
+
+// The result object (a copy: the CallResult is usually a temporary).
+json::object Ok(const CallResult& r) {
+  EXPECT_TRUE(r.ok) << r.error_code << " " << r.error_message << " "
+                    << json::serialize(r.error_data);
+  return r.ok ? r.result.as_object() : json::object{};
+}
+
+class ExecCommand : public ::testing::Test {
+ protected:
+  AgentProcess agent;
+};
+
+TEST_F(ExecCommand, ReturnsExitCodeAndBothStreams) {
+  auto r = agent.Call("exec_command", Sh("echo out; echo err >&2; exit 3"));
+  const auto& o = Ok(r);
+  EXPECT_EQ(o.at("exit_code").as_int64(), 3);
+  EXPECT_TRUE(o.at("signal").is_null());
+  EXPECT_FALSE(o.at("timed_out").as_bool());
+  EXPECT_EQ(o.at("stdout").as_string(), "out\n");
+  EXPECT_EQ(o.at("stderr").as_string(), "err\n");
+  EXPECT_EQ(o.at("stdout_encoding").as_string(), "utf-8");
+  EXPECT_FALSE(o.at("stdout_truncated").as_bool());
+  EXPECT_FALSE(o.at("stderr_truncated").as_bool());
+  EXPECT_GE(o.at("duration_ms").as_int64(), 0);
+}
+
+TEST_F(ExecCommand, ReportsTheSignalThatKilledTheCommand) {
+  const auto& o = Ok(agent.Call("exec_command", Sh("kill -USR1 $$")));
+  EXPECT_TRUE(o.at("exit_code").is_null());
+  EXPECT_EQ(o.at("signal").as_int64(), SIGUSR1);
+  EXPECT_EQ(o.at("signal_name").as_string(), "SIGUSR1");
+}
+
+TEST_F(ExecCommand, ChildStartsWithEmptySignalMaskAndNoIgnoredSignals) {
+  // The agent blocks SIGTERM/INT/HUP and ignores SIGPIPE; none of that may leak.
+  const auto& o =
+      Ok(agent.Call("exec_command", Cmd("grep", {"-E", "^Sig(Blk|Ign)", "/proc/self/status"})));
+  EXPECT_EQ(o.at("stdout").as_string(), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+}
+
+TEST_F(ExecCommand, RunsInItsOwnProcessGroup) {
+  const auto& o = Ok(agent.Call("exec_command", Sh("ps -o pgid= -p $$; echo $$")));
+  std::string out(o.at("stdout").as_string());
+  auto nl = out.find('\n');
+  ASSERT_NE(nl, std::string::npos);
+  EXPECT_EQ(std::atoi(out.c_str()), std::atoi(out.c_str() + nl + 1)) << out;
+}
+
+TEST_F(ExecCommand, ArgumentsAreLiteralNeverShellExpanded) {
+  std::vector<std::string> args{"$HOME", "; rm -rf /tmp/x", "`id`", "*", "a b", "$(id)", "|"};
+  const auto& o = Ok(agent.Call("exec_command", Cmd("printf", [&] {
+                                  std::vector<std::string> a{"[%s]"};
+                                  a.insert(a.end(), args.begin(), args.end());
+                                  return a;
+                                }())));
+  EXPECT_EQ(o.at("stdout").as_string(), "[$HOME][; rm -rf /tmp/x][`id`][*][a b][$(id)][|]");
+}
+
+TEST_F(ExecCommand, EnvironmentIsMinimalPlusTheRequestsEnv) {
+  ::setenv("KVMTEST_AGENT_SECRET", "leak", 1);
+  AgentProcess leaky;  // started with the variable in its own environment
+  ::unsetenv("KVMTEST_AGENT_SECRET");
+  json::object params = Cmd("env");
+  params["env"] = json::object{{"FOO", "bar baz"}, {"LANG", "C"}};
+  const auto& o = Ok(leaky.Call("exec_command", params));
+  std::string out(o.at("stdout").as_string());
+  EXPECT_NE(out.find("FOO=bar baz\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("LANG=C\n"), std::string::npos) << out;
+  EXPECT_NE(out.find("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("HOME="), std::string::npos) << out;
+  EXPECT_EQ(out.find("KVMTEST_AGENT_SECRET"), std::string::npos) << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 4) << out;
+}
+
+TEST_F(ExecCommand, BadEnvIsRefused) {
+  for (json::value env :
+       {json::value(json::object{{"A=B", "x"}}), json::value(json::object{{"", "x"}}),
+        json::value(json::object{{"A", 1}}), json::value(json::array{"A=1"}),
+        json::value(json::object{{"A", std::string("x\0y", 3)}})}) {
+    json::object params = Cmd("true");
+    params["env"] = env;
+    auto r = agent.Call("exec_command", params);
+    EXPECT_FALSE(r.ok) << json::serialize(env);
+    EXPECT_EQ(r.error_code, -32602) << json::serialize(env);
+  }
+}
+
+TEST_F(ExecCommand, RunsInTheRequestedDirectory) {
+  json::object params = Cmd("pwd");
+  params["cwd"] = agent.sandbox();
+  const auto& o = Ok(agent.Call("exec_command", params));
+  char real[PATH_MAX];
+  ASSERT_TRUE(::realpath(agent.sandbox().c_str(), real));
+  EXPECT_EQ(o.at("stdout").as_string(), std::string(real) + "\n");
+
+  params["cwd"] = agent.sandbox() + "/missing";
+  auto missing = agent.Call("exec_command", params);
+  EXPECT_EQ(missing.error_code, -32001);
+  params["cwd"] = "relative/dir";
+  EXPECT_EQ(agent.Call("exec_command", params).error_code, -32602);
+  params["cwd"] = "/etc/hostname";
+  EXPECT_EQ(agent.Call("exec_command", params).error_code, -32602);
+}
+
+TEST_F(ExecCommand, StdinIsFedFromInputOrClosed) {
+  json::object params = Cmd("cat");
+  params["input"] = Base64Encode(std::string("hello\0world\xff", 12));
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_EQ(o.at("stdout_encoding").as_string(), "base64");
+  EXPECT_EQ(Text(o, "stdout"), std::string("hello\0world\xff", 12));
+
+  // Without input, a command reading stdin sees EOF at once instead of hanging.
+  auto start = Clock::now();
+  const auto& closed = Ok(agent.Call("exec_command", Cmd("cat")));
+  EXPECT_EQ(closed.at("exit_code").as_int64(), 0);
+  EXPECT_EQ(closed.at("stdout").as_string(), "");
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+
+  params["input"] = "not base64!";
+  EXPECT_EQ(agent.Call("exec_command", params).error_code, -32602);
+}
+
+TEST_F(ExecCommand, LargeInputIsStreamedWhileOutputIsRead) {
+  // 40 KiB in, echoed back: needs stdin writes and stdout reads to interleave.
+  std::string input(40000, 'x');
+  for (size_t i = 0; i < input.size(); i += 100) input[i] = '\n';
+  json::object params = Cmd("cat");
+  params["input"] = Base64Encode(input);
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_EQ(o.at("stdout").as_string(), input);
+}
+
+TEST_F(ExecCommand, BinaryOutputComesAsBase64) {
+  const auto& o = Ok(agent.Call("exec_command", Cmd("printf", {"\\377\\000\\376"})));
+  EXPECT_EQ(o.at("stdout_encoding").as_string(), "base64");
+  EXPECT_EQ(Text(o, "stdout"), std::string("\xff\0\xfe", 3));
+}
+
+TEST_F(ExecCommand, UnknownCommandsAndBadParamsAreClearErrors) {
+  auto r = agent.Call("exec_command", Cmd("no-such-command-kvmtest"));
+  EXPECT_EQ(r.error_code, -32001);
+  EXPECT_EQ(agent.Call("exec_command", json::object{}).error_code, -32602);
+  EXPECT_EQ(
+      agent.Call("exec_command", json::object{{"command", "true"}, {"shell", true}}).error_code,
+      -32602);
+  EXPECT_EQ(agent.Call("exec_command", json::object{{"command", "true"}, {"args", "x"}}).error_code,
+            -32602);
+  EXPECT_EQ(agent.Call("exec_command", json::object{{"command", "true"}, {"args", json::array{1}}})
+                .error_code,
+            -32602);
+  EXPECT_EQ(agent.Call("exec_command", json::object{{"command", "true"}, {"timeout_seconds", 0}})
+                .error_code,
+            -32602);
+  EXPECT_EQ(
+      agent.Call("exec_command", json::object{{"command", "true"}, {"max_output_bytes", 1 << 30}})
+          .error_code,
+      -32602);
+  test::WriteFile(agent.sandbox() + "/data", "not a program\n");
+  ::chmod((agent.sandbox() + "/data").c_str(), 0644);
+  EXPECT_EQ(agent.Call("exec_command", Cmd(agent.sandbox() + "/data")).error_code, -32005);
+  EXPECT_EQ(agent.Call("exec_command", Cmd("echo", {std::string("a\0b", 3)})).error_code, -32602);
+  // The agent is still fine.
+  EXPECT_EQ(Ok(agent.Call("exec_command", Cmd("true"))).at("exit_code").as_int64(), 0);
+}
+
+TEST_F(ExecCommand, RequestEnvPathNeverChangesWhatANameMeans) {
+  std::string evil = agent.sandbox() + "/evil";
+  ASSERT_EQ(::mkdir(evil.c_str(), 0755), 0);
+  test::WriteFile(evil + "/ls", "#!/bin/sh\necho pwned\n");
+  ::chmod((evil + "/ls").c_str(), 0755);
+  json::object params = Cmd("ls", {"-d", "/"});
+  params["env"] = json::object{{"PATH", evil}};
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_EQ(o.at("stdout").as_string(), "/\n");
+}
+
+// --- whitelist -----------------------------------------------------------------------------
+
+class Whitelist : public ::testing::Test {
+ protected:
+  AgentProcess agent{WithConfig({}, {{"command_whitelist", json::array{"ls", "/bin/echo"}}})};
+
+  void ExpectRefused(json::object params, const std::string& why) {
+    auto r = agent.Call("exec_command", params);
+    EXPECT_FALSE(r.ok) << why;
+    EXPECT_EQ(r.error_code, -32000) << why << ": " << r.error_message;
+    EXPECT_EQ(Policy(r), "command_whitelist") << why;
+    EXPECT_EQ(Kind(r), "permission_denied") << why;
+  }
+};
+
+TEST_F(Whitelist, AllowedNamesAndTheirPathsRun) {
+  EXPECT_EQ(Ok(agent.Call("exec_command", Cmd("ls", {"-d", "/"}))).at("stdout").as_string(), "/\n");
+  EXPECT_EQ(Ok(agent.Call("exec_command", Cmd("echo", {"hi"}))).at("stdout").as_string(), "hi\n");
+  char real[PATH_MAX];
+  ASSERT_TRUE(::realpath("/bin/ls", real));
+  EXPECT_TRUE(agent.Call("exec_command", Cmd(real, {"-d", "/"})).ok);
+}
+
+TEST_F(Whitelist, EveryBypassAttemptIsRefused) {
+  ExpectRefused(Cmd("sh", {"-c", "id"}), "sh");
+  std::string evil = agent.sandbox() + "/evil";
+  ASSERT_EQ(::mkdir(evil.c_str(), 0755), 0);
+  test::WriteFile(evil + "/ls", "#!/bin/sh\necho pwned\n");
+  ::chmod((evil + "/ls").c_str(), 0755);
+  ExpectRefused(Cmd(evil + "/ls"), "/tmp/evil/ls");
+  json::object dot = Cmd("./ls");
+  dot["cwd"] = evil;
+  ExpectRefused(dot, "./ls");
+  json::object up = Cmd("../bin/sh", {"-c", "id"});
+  up["cwd"] = "/usr/lib";
+  ExpectRefused(up, "../bin/sh");
+  std::string links = agent.sandbox() + "/links";
+  ASSERT_EQ(::mkdir(links.c_str(), 0755), 0);
+  ASSERT_EQ(::symlink("/bin/sh", (links + "/ls").c_str()), 0);
+  ExpectRefused(Cmd(links + "/ls", {"-c", "id"}), "symlink named ls");
+  ExpectRefused(Cmd(std::string("ls\0x", 4)), "ls\\0x");
+  ExpectRefused(Cmd(std::string("ls\0", 3)), "ls\\0");
+  // The request's PATH cannot redirect an allowed name either: the real ls runs.
+  json::object path = Cmd("ls", {"-d", "/"});
+  path["env"] = json::object{{"PATH", evil}};
+  EXPECT_EQ(Ok(agent.Call("exec_command", path)).at("stdout").as_string(), "/\n");
+  // Same rules for exec_start.
+  auto r = agent.Call("exec_start", Cmd("sh", {"-c", "id"}));
+  EXPECT_EQ(r.error_code, -32000);
+  EXPECT_EQ(Policy(r), "command_whitelist");
+}
+
+// --- timeouts, process trees, zombies ------------------------------------------------------
+
+TEST(ExecTimeout, KillsTheWholeTreeIncludingDetachedAndSetsidGrandchildren) {
+  AgentProcess agent;
+  json::object params =
+      Sh("sleep 1000.4141 & setsid sleep 1000.4142 & (sleep 1000.4143 &) ; sleep 1000.4144");
+  params["timeout_seconds"] = 1;
+  auto start = Clock::now();
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_TRUE(o.at("timed_out").as_bool());
+  EXPECT_EQ(o.at("signal").as_int64(), SIGTERM);
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(6));
+  EXPECT_EQ(WaitGone("1000.414"), std::vector<pid_t>{});
+  EXPECT_EQ(ZombieChildrenOf(agent.pid()), std::vector<pid_t>{});
+}
+
+TEST(ExecTimeout, CommandIgnoringSigtermIsKilledAfterTheGrace) {
+  AgentProcess agent;
+  json::object params = Sh("trap '' TERM; sleep 1000.5151 & wait; sleep 1000.5152");
+  params["timeout_seconds"] = 1;
+  auto start = Clock::now();
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_TRUE(o.at("timed_out").as_bool());
+  EXPECT_EQ(o.at("signal").as_int64(), SIGKILL);
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(6));
+  EXPECT_EQ(WaitGone("1000.515"), std::vector<pid_t>{});
+  EXPECT_EQ(ZombieChildrenOf(agent.pid()), std::vector<pid_t>{});
+}
+
+TEST(ExecTimeout, BackgroundLeftoversDieWhenTheCommandExits) {
+  AgentProcess agent;
+  auto start = Clock::now();
+  const auto& o = Ok(agent.Call("exec_command", Sh("sleep 1000.6161 & echo started")));
+  EXPECT_EQ(o.at("exit_code").as_int64(), 0);
+  EXPECT_EQ(o.at("stdout").as_string(), "started\n");
+  EXPECT_FALSE(o.at("timed_out").as_bool());
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(WaitGone("1000.6161"), std::vector<pid_t>{});
+  EXPECT_EQ(ZombieChildrenOf(agent.pid()), std::vector<pid_t>{});
+}
+
+TEST(ExecTimeout, TimeoutIsCappedByMaxCommandTimeout) {
+  AgentProcess agent(WithConfig({}, {{"max_command_timeout_seconds", 1}}));
+  json::object params = Cmd("sleep", {"1000.7171"});
+  params["timeout_seconds"] = 3600;
+  auto start = Clock::now();
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_TRUE(o.at("timed_out").as_bool());
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(4));
+}
+
+TEST(ExecTimeout, LongCommandOutlivesTheRequestTimeout) {
+  // request_timeout_seconds 1, command takes 2.5 s: the method extends its own deadline.
+  AgentProcess agent(WithConfig({{"request_timeout_seconds", 1}}));
+  json::object params = Sh("sleep 2.5; echo done");
+  params["timeout_seconds"] = 10;
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_EQ(o.at("stdout").as_string(), "done\n");
+  EXPECT_FALSE(o.at("timed_out").as_bool());
+}
+
+TEST(ExecTimeout, StoppingTheAgentKillsRunningCommands) {
+  AgentProcess agent;
+  std::thread caller([&] {
+    json::object params = Cmd("sleep", {"1000.8181"});
+    params["timeout_seconds"] = 60;
+    try {
+      agent.Call("exec_command", params);
+    } catch (const ClientError&) {
+    }
+  });
+  auto until = Clock::now() + std::chrono::seconds(5);
+  while (PidsWithMarker("1000.8181").empty() && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_FALSE(PidsWithMarker("1000.8181").empty());
+  // Abandoned after the stop grace (10 s): the handler must kill its command and return.
+  agent.Signal(SIGTERM);
+  auto status = agent.WaitExit(std::chrono::seconds(20));
+  caller.join();
+  EXPECT_EQ(status, 0);
+  EXPECT_EQ(WaitGone("1000.8181"), std::vector<pid_t>{});
+}
+
+// --- output floods -------------------------------------------------------------------------
+
+TEST(ExecOutput, FloodIsCutOffAtTheCapWithBoundedAgentMemory) {
+  AgentProcess agent;
+  // Warm up so the baseline includes the allocator's steady state.
+  Ok(agent.Call("exec_command", Cmd("true")));
+  int64_t before = StatusKb(agent.pid(), "VmRSS");
+  for (int i = 0; i < 3; ++i) {
+    auto start = Clock::now();
+    const auto& o = Ok(agent.Call("exec_command", Sh("yes kvmflood4711 & yes kvmflood4711 >&2")));
+    EXPECT_TRUE(o.at("stdout_truncated").as_bool());
+    EXPECT_TRUE(o.at("stderr_truncated").as_bool());
+    EXPECT_EQ(o.at("stdout").as_string().size(), 1u << 20);
+    EXPECT_EQ(o.at("stderr").as_string().size(), 1u << 20);
+    EXPECT_FALSE(o.at("timed_out").as_bool());
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  }
+  json::object small = Cmd("yes", {"kvmflood4711"});
+  small["max_output_bytes"] = 1000;
+  const auto& o = Ok(agent.Call("exec_command", small));
+  EXPECT_EQ(o.at("stdout").as_string().size(), 1000u);
+  EXPECT_TRUE(o.at("stdout_truncated").as_bool());
+  EXPECT_EQ(o.at("signal").as_int64(), SIGPIPE);
+  int64_t after = StatusKb(agent.pid(), "VmRSS");
+  EXPECT_LT(after - before, 48 * 1024) << "before " << before << " kB, after " << after << " kB";
+  EXPECT_EQ(WaitGone("kvmflood4711"), std::vector<pid_t>{});
+}
+
+TEST(ExecOutput, OutputExactlyAtTheCapIsNotTruncated) {
+  AgentProcess agent;
+  json::object params = Cmd("head", {"-c", "5000", "/dev/zero"});
+  params["max_output_bytes"] = 5000;
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_FALSE(o.at("stdout_truncated").as_bool());
+  EXPECT_EQ(Text(o, "stdout").size(), 5000u);
+  EXPECT_EQ(o.at("exit_code").as_int64(), 0);
+}
+
+// --- concurrency ---------------------------------------------------------------------------
+
+TEST(ExecConcurrency, FiftyCommandsRunAtOnce) {
+  AgentProcess agent(WithConfig({{"max_concurrent_requests", 60}}));
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  auto start = Clock::now();
+  for (int i = 0; i < 50; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = agent.Call("exec_command", Cmd("sh", {"-c", "sleep 1; echo $0", std::to_string(i)}));
+      if (r.ok && r.result.at("stdout").as_string() == std::to_string(i) + "\n" &&
+          r.result.at("exit_code").as_int64() == 0) {
+        ++good;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good, 50);
+  // Run in parallel, not one after another.
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(15));
+  EXPECT_EQ(ZombieChildrenOf(agent.pid()), std::vector<pid_t>{});
+}
+
+// --- asynchronous handles ------------------------------------------------------------------
+
+// Polls a handle to completion; returns the last status with all output concatenated.
+json::object Drain(const AgentProcess& agent, int64_t handle, std::string* out, std::string* err,
+                   int* polls = nullptr) {
+  auto client = agent.Connect();
+  for (int i = 0; i < 10000; ++i) {
+    auto r = client->Call("exec_status", {{"handle", handle}, {"wait_ms", 1000}});
+    EXPECT_TRUE(r.ok) << r.error_message;
+    if (!r.ok) return {};
+    const auto& o = r.result.as_object();
+    *out += Text(o, "stdout");
+    *err += Text(o, "stderr");
+    if (polls) ++*polls;
+    if (o.at("exited").as_bool()) return o;
+  }
+  ADD_FAILURE() << "never exited";
+  return {};
+}
+
+TEST(ExecAsync, StreamsOutputAsItArrivesAndReportsTheExit) {
+  AgentProcess agent;
+  auto start = agent.Call("exec_start", Sh("echo one; sleep 0.5; echo two >&2; exit 4"));
+  ASSERT_TRUE(start.ok) << start.error_message;
+  int64_t handle = start.result.at("handle").as_int64();
+  EXPECT_GT(start.result.at("pid").as_int64(), 0);
+  // The first line is available before the command ends.
+  auto first = agent.Call("exec_status", {{"handle", handle}, {"wait_ms", 3000}});
+  ASSERT_TRUE(first.ok);
+  EXPECT_EQ(first.result.at("stdout").as_string(), "one\n");
+  EXPECT_FALSE(first.result.at("exited").as_bool());
+  EXPECT_TRUE(first.result.at("exit_code").is_null());
+  std::string out, err;
+  auto last = Drain(agent, handle, &out, &err);
+  EXPECT_EQ(out, "");
+  EXPECT_EQ(err, "two\n");
+  EXPECT_EQ(last.at("exit_code").as_int64(), 4);
+  EXPECT_EQ(last.at("stdout_dropped_bytes").as_int64(), 0);
+}
+
+TEST(ExecAsync, SlowReaderLosesNothing) {
+  AgentProcess agent;
+  json::object params = Cmd("seq", {"1", "200000"});  // ~1.3 MB
+  params["max_output_bytes"] = 65536;
+  auto start = agent.Call("exec_start", params);
+  ASSERT_TRUE(start.ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the buffer fill up
+  std::string out, err;
+  int polls = 0;
+  auto last = Drain(agent, start.result.at("handle").as_int64(), &out, &err, &polls);
+  std::string expected;
+  for (int i = 1; i <= 200000; ++i) expected += std::to_string(i) + "\n";
+  EXPECT_EQ(out.size(), expected.size());
+  EXPECT_TRUE(out == expected);
+  EXPECT_EQ(last.at("exit_code").as_int64(), 0);
+  EXPECT_EQ(last.at("stdout_dropped_bytes").as_int64(), 0);
+  EXPECT_EQ(last.at("stdout_total_bytes").as_int64(), static_cast<int64_t>(expected.size()));
+  EXPECT_GT(polls, 10);  // the 64 KiB buffer really paused the command
+}
+
+TEST(ExecAsync, SplitUtf8CharactersStayText) {
+  AgentProcess agent;
+  // Euro signs written one byte at a time with pauses, so reads split the characters.
+  auto start = agent.Call("exec_start", Sh("for i in 1 2 3; do printf '\\342'; sleep 0.1; "
+                                           "printf '\\202'; sleep 0.1; printf '\\254'; done"));
+  ASSERT_TRUE(start.ok);
+  auto client = agent.Connect();
+  std::string out;
+  for (int i = 0; i < 100; ++i) {
+    auto r =
+        client->Call("exec_status", {{"handle", start.result.at("handle")}, {"wait_ms", 1000}});
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.result.at("stdout_encoding").as_string(), "utf-8");
+    out += r.result.at("stdout").as_string();
+    if (r.result.at("exited").as_bool()) break;
+  }
+  EXPECT_EQ(out, "\xE2\x82\xAC\xE2\x82\xAC\xE2\x82\xAC");
+}
+
+TEST(ExecAsync, KillSignalsTheTreeAndListShowsHandles) {
+  AgentProcess agent;
+  auto start = agent.Call("exec_start", Sh("sleep 1000.9191 & sleep 1000.9192; echo never"));
+  ASSERT_TRUE(start.ok);
+  int64_t handle = start.result.at("handle").as_int64();
+  auto list = agent.Call("exec_list");
+  ASSERT_TRUE(list.ok);
+  const auto& handles = list.result.at("handles").as_array();
+  ASSERT_EQ(handles.size(), 1u);
+  EXPECT_EQ(handles[0].at("handle").as_int64(), handle);
+  EXPECT_TRUE(handles[0].at("running").as_bool());
+  EXPECT_EQ(handles[0].at("command").as_string(), "sh");
+
+  auto kill = agent.Call("exec_kill", {{"handle", handle}, {"signal", "KILL"}});
+  ASSERT_TRUE(kill.ok) << kill.error_message;
+  EXPECT_EQ(kill.result.at("signal").as_int64(), SIGKILL);
+  std::string out, err;
+  auto last = Drain(agent, handle, &out, &err);
+  EXPECT_EQ(last.at("signal").as_int64(), SIGKILL);
+  EXPECT_EQ(out, "");
+  EXPECT_EQ(WaitGone("1000.919"), std::vector<pid_t>{});
+  EXPECT_EQ(ZombieChildrenOf(agent.pid()), std::vector<pid_t>{});
+
+  EXPECT_EQ(agent.Call("exec_kill", {{"handle", handle}}).error_code, -32008);
+  EXPECT_EQ(agent.Call("exec_kill", {{"handle", 999999}}).error_code, -32001);
+  EXPECT_EQ(agent.Call("exec_kill", {{"handle", handle}, {"signal", "NOPE"}}).error_code, -32602);
+  EXPECT_EQ(agent.Call("exec_status", {{"handle", 999999}}).error_code, -32001);
+  auto after = agent.Call("exec_list");
+  EXPECT_FALSE(after.result.at("handles").as_array()[0].at("running").as_bool());
+}
+
+TEST(ExecAsync, TimeoutAppliesToHandlesToo) {
+  AgentProcess agent;
+  json::object params = Sh("sleep 1000.2323 & sleep 1000.2324");
+  params["timeout_seconds"] = 1;
+  auto start = agent.Call("exec_start", params);
+  ASSERT_TRUE(start.ok);
+  std::string out, err;
+  auto last = Drain(agent, start.result.at("handle").as_int64(), &out, &err);
+  EXPECT_TRUE(last.at("timed_out").as_bool());
+  EXPECT_EQ(WaitGone("1000.232"), std::vector<pid_t>{});
+}
+
+TEST(ExecAsync, FinishedHandlesExpireAfterTheirRetention) {
+  AgentProcess agent;
+  json::object params = Cmd("true");
+  params["retain_seconds"] = 1;
+  auto start = agent.Call("exec_start", params);
+  ASSERT_TRUE(start.ok);
+  int64_t handle = start.result.at("handle").as_int64();
+  std::string out, err;
+  Drain(agent, handle, &out, &err);
+  EXPECT_TRUE(agent.Call("exec_status", {{"handle", handle}}).ok);  // retained after exit
+  std::this_thread::sleep_for(std::chrono::milliseconds(1600));
+  auto gone = agent.Call("exec_status", {{"handle", handle}});
+  EXPECT_EQ(gone.error_code, -32001);
+  EXPECT_TRUE(agent.Call("exec_list").result.at("handles").as_array().empty());
+}
+
+TEST(ExecAsync, OnlyTheNewestFinishedHandlesAreKept) {
+  AgentProcess agent;
+  std::vector<int64_t> handles;
+  for (int i = 0; i < 70; ++i) {
+    auto r = agent.Call("exec_start", Cmd("true"));
+    ASSERT_TRUE(r.ok) << r.error_message;
+    handles.push_back(r.result.at("handle").as_int64());
+    // Let each one finish so the order of finishing follows the order of starting.
+    std::string out, err;
+    Drain(agent, handles.back(), &out, &err);
+  }
+  EXPECT_EQ(agent.Call("exec_status", {{"handle", handles.front()}}).error_code, -32001);
+  EXPECT_TRUE(agent.Call("exec_status", {{"handle", handles.back()}}).ok);
+  // The monitor of the last one may take a moment to mark it finished.
+  size_t listed = 0;
+  for (int i = 0; i < 100 && listed != 64; ++i) {
+    listed = agent.Call("exec_list").result.at("handles").as_array().size();
+    if (listed != 64) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(listed, 64u);
+}
+
+}  // namespace
+}  // namespace kvm::exec

@@ -1,0 +1,207 @@
+#include "agent/handlers/exec/exec_state.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+
+#include "agent/core/file_util.h"
+#include "agent/handlers/exec/proc_util.h"
+#include "protocol/errors.h"
+
+namespace kvm::exec {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kReaperPeriod = std::chrono::seconds(2);
+
+int64_t NowNs() { return Clock::now().time_since_epoch().count(); }
+
+// Direct children of this process, from /proc/self/task/*/children (each thread's list).
+std::vector<pid_t> ListChildren() {
+  std::vector<pid_t> out;
+  DIR* dir = ::opendir("/proc/self/task");
+  if (!dir) return out;
+  while (dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    auto text = ReadSmallFile(std::string("/proc/self/task/") + entry->d_name + "/children");
+    if (!text) continue;
+    const char* p = text->data();
+    const char* end = p + text->size();
+    while (p < end) {
+      pid_t pid;
+      auto [next, ec] = std::from_chars(p, end, pid);
+      if (ec == std::errc()) out.push_back(pid);
+      p = next + 1;
+    }
+  }
+  ::closedir(dir);
+  return out;
+}
+
+}  // namespace
+
+ExecState::ExecState() {
+  // Orphans of a command (`sh -c 'sleep 1000 &'`) are re-parented to the agent instead of
+  // init, so they stay findable, killable and are reaped here.
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  reaper_ = std::thread([this] { ReaperLoop(); });
+}
+
+ExecState::~ExecState() {
+  {
+    std::lock_guard lock(reaper_mutex_);
+    stopping_ = true;
+  }
+  reaper_cv_.notify_all();
+  reaper_.join();
+  std::map<uint64_t, std::shared_ptr<AsyncHandle>> handles;
+  {
+    std::lock_guard lock(mutex_);
+    handles.swap(handles_);
+  }
+  for (auto& [id, h] : handles) h->stop = true;
+  for (auto& [id, h] : handles) {
+    if (h->monitor.joinable()) h->monitor.join();
+  }
+}
+
+void ExecState::AddChild(pid_t pid) {
+  std::lock_guard lock(mutex_);
+  children_.insert(pid);
+}
+
+void ExecState::RemoveChild(pid_t pid) {
+  std::lock_guard lock(mutex_);
+  children_.erase(pid);
+}
+
+std::shared_ptr<AsyncHandle> ExecState::Adopt(std::unique_ptr<Execution> exec, std::string command,
+                                              std::vector<std::string> args,
+                                              std::chrono::seconds retain) {
+  auto h = std::make_shared<AsyncHandle>();
+  h->command = std::move(command);
+  h->args = std::move(args);
+  h->started = Clock::now();
+  h->retain = retain;
+  h->exec = std::move(exec);
+  std::lock_guard lock(mutex_);
+  Expire();
+  size_t running = 0;
+  for (const auto& [id, other] : handles_) running += other->finished_at_ns == 0;
+  if (running >= kMaxRunningHandles) {
+    // The execution is destroyed here, which kills it: nothing runs unaccounted for.
+    throw RpcError(ErrorCode::kBusy,
+                   "Too many running exec_start handles (" + std::to_string(running) + ")",
+                   {{"limit", kMaxRunningHandles}});
+  }
+  h->id = next_id_++;
+  children_.insert(h->exec->pid());
+  AsyncHandle* raw = h.get();
+  h->monitor = std::thread([this, raw] {
+    bool killed = false;
+    while (!raw->exec->Pump(std::chrono::milliseconds(250))) {
+      if (raw->stop && !killed) {
+        raw->exec->Kill(SIGKILL);
+        killed = true;
+      }
+    }
+    RemoveChild(raw->exec->pid());
+    // Last: once this is set, Expire() may join and free the handle.
+    raw->finished_at_ns = NowNs();
+  });
+  handles_.emplace(h->id, h);
+  return h;
+}
+
+void ExecState::Expire() {
+  int64_t now = NowNs();
+  std::vector<std::pair<int64_t, uint64_t>> finished;  // (finished_at, id)
+  for (auto it = handles_.begin(); it != handles_.end();) {
+    int64_t done = it->second->finished_at_ns;
+    if (done != 0 &&
+        now - done >
+            std::chrono::duration_cast<std::chrono::nanoseconds>(it->second->retain).count()) {
+      it->second->monitor.join();
+      it = handles_.erase(it);
+      continue;
+    }
+    if (done != 0) finished.emplace_back(done, it->first);
+    ++it;
+  }
+  if (finished.size() > kMaxFinishedHandles) {
+    std::sort(finished.begin(), finished.end());
+    for (size_t i = 0; i < finished.size() - kMaxFinishedHandles; ++i) {
+      auto it = handles_.find(finished[i].second);
+      it->second->monitor.join();
+      handles_.erase(it);
+    }
+  }
+}
+
+std::shared_ptr<AsyncHandle> ExecState::Find(uint64_t id) {
+  std::lock_guard lock(mutex_);
+  Expire();
+  auto it = handles_.find(id);
+  if (it == handles_.end()) {
+    throw RpcError(ErrorCode::kNotFound,
+                   "No exec handle " + std::to_string(id) + " (unknown, or expired)",
+                   {{"handle", id}});
+  }
+  return it->second;
+}
+
+std::vector<std::shared_ptr<AsyncHandle>> ExecState::List() {
+  std::lock_guard lock(mutex_);
+  Expire();
+  std::vector<std::shared_ptr<AsyncHandle>> out;
+  for (const auto& [id, h] : handles_) out.push_back(h);
+  return out;
+}
+
+size_t ExecState::running() const {
+  std::lock_guard lock(mutex_);
+  size_t n = 0;
+  for (const auto& [id, h] : handles_) n += h->finished_at_ns == 0;
+  return n;
+}
+
+void ExecState::ReaperLoop() {
+  std::unique_lock lock(reaper_mutex_);
+  while (!reaper_cv_.wait_for(lock, kReaperPeriod, [this] { return stopping_; })) {
+    lock.unlock();
+    ReapOrphans();
+    {
+      std::lock_guard state_lock(mutex_);
+      Expire();
+    }
+    lock.lock();
+  }
+}
+
+void ExecState::ReapOrphans() {
+  // A zombie child nobody registered is an orphan the agent inherited as subreaper. Reaped
+  // only when seen twice in a row, so a child another module spawned and is about to wait
+  // for is never taken from it.
+  std::set<pid_t> seen;
+  for (pid_t pid : ListChildren()) {
+    {
+      std::lock_guard lock(mutex_);
+      if (children_.count(pid)) continue;
+    }
+    auto st = ReadProcStat(pid);
+    if (!st || st->state != 'Z') continue;
+    if (zombie_seen_.count(pid)) {
+      ::waitpid(pid, nullptr, WNOHANG);
+    } else {
+      seen.insert(pid);
+    }
+  }
+  zombie_seen_.swap(seen);
+}
+
+}  // namespace kvm::exec

@@ -1,0 +1,75 @@
+// Long-lived state of the exec module: asynchronous handles, the children it has spawned,
+// and the reaper for orphans that the agent inherits as child subreaper.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/handlers/exec/execution.h"
+
+namespace kvm::exec {
+
+// Bounds for exec_start handles.
+inline constexpr size_t kMaxRunningHandles = 64;
+inline constexpr size_t kMaxFinishedHandles = 64;
+inline constexpr int64_t kDefaultRetainSeconds = 300;
+inline constexpr int64_t kMaxRetainSeconds = 3600;
+
+struct AsyncHandle {
+  using Clock = std::chrono::steady_clock;
+  uint64_t id = 0;
+  std::string command;
+  std::vector<std::string> args;
+  std::unique_ptr<Execution> exec;
+  std::thread monitor;
+  Clock::time_point started;
+  std::chrono::seconds retain{kDefaultRetainSeconds};
+  std::atomic<int64_t> finished_at_ns{0};  // steady clock; 0 while running
+  std::atomic<bool> stop{false};
+};
+
+class ExecState {
+ public:
+  ExecState();
+  ~ExecState();  // kills every running command
+
+  // Children being waited for by someone: the orphan reaper leaves them alone.
+  void AddChild(pid_t pid);
+  void RemoveChild(pid_t pid);
+
+  // Takes ownership of a started execution; throws busy past kMaxRunningHandles.
+  std::shared_ptr<AsyncHandle> Adopt(std::unique_ptr<Execution> exec, std::string command,
+                                     std::vector<std::string> args, std::chrono::seconds retain);
+  // Throws not_found for unknown or expired handles.
+  std::shared_ptr<AsyncHandle> Find(uint64_t id);
+  std::vector<std::shared_ptr<AsyncHandle>> List();
+  size_t running() const;
+
+ private:
+  void Expire();  // under mutex_
+  void ReaperLoop();
+  void ReapOrphans();
+
+  mutable std::mutex mutex_;
+  std::map<uint64_t, std::shared_ptr<AsyncHandle>> handles_;
+  uint64_t next_id_ = 1;
+  std::set<pid_t> children_;
+  std::set<pid_t> zombie_seen_;  // reaper thread only
+
+  std::mutex reaper_mutex_;
+  std::condition_variable reaper_cv_;
+  bool stopping_ = false;
+  std::thread reaper_;
+};
+
+}  // namespace kvm::exec

@@ -1,0 +1,234 @@
+#include "agent/handlers/files/file_io.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "protocol/errors.h"
+
+namespace kvm::files {
+
+void ThrowIo(int err, std::string_view what, std::string_view path) {
+  throw RpcError(ErrorCode::kIoError,
+                 std::string(what) + " failed for " + std::string(path.substr(0, 256)) + ": " +
+                     std::strerror(err),
+                 {{"errno", err}, {"detail", std::strerror(err)}, {"path", path}});
+}
+
+std::string RandomHex() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof bytes) {
+    ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw RpcError(ErrorCode::kInternalError, "getrandom failed");
+    }
+    got += static_cast<size_t>(n);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : bytes) {
+    out += kHex[b >> 4];
+    out += kHex[b & 15];
+  }
+  return out;
+}
+
+PendingFile::PendingFile(int dirfd, mode_t mode, std::string_view path_for_errors)
+    : path_(path_for_errors) {
+  dir_.reset(::fcntl(dirfd, F_DUPFD_CLOEXEC, 0));
+  if (!dir_) ThrowIo(errno, "dup", path_);
+  fd_.reset(::openat(dir_.get(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, mode));
+  if (fd_) return;
+  // No O_TMPFILE on this filesystem: a named temp, swept at the next start if we die.
+  for (int attempt = 0; attempt < 8 && !fd_; ++attempt) {
+    temp_name_ = std::string(kTempPrefix) + RandomHex();
+    fd_.reset(::openat(dir_.get(), temp_name_.c_str(),
+                       O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC, mode));
+    if (!fd_ && errno != EEXIST) ThrowIo(errno, "create temp file", path_);
+  }
+  if (!fd_) ThrowIo(EEXIST, "create temp file", path_);
+}
+
+PendingFile::~PendingFile() {
+  if (!committed_ && !temp_name_.empty()) ::unlinkat(dir_.get(), temp_name_.c_str(), 0);
+}
+
+void PendingFile::LinkAs(const std::string& target) {
+  if (::linkat(fd_.get(), "", dir_.get(), target.c_str(), AT_EMPTY_PATH) == 0) return;
+  int err = errno;
+  if (err == ENOENT || err == EPERM) {
+    // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the /proc route does not.
+    char proc[64];
+    std::snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd_.get());
+    if (::linkat(AT_FDCWD, proc, dir_.get(), target.c_str(), AT_SYMLINK_FOLLOW) == 0) return;
+    err = errno;
+  }
+  if (err == EEXIST) {
+    throw RpcError(ErrorCode::kAlreadyExists, "File already exists: " + path_, {{"path", path_}});
+  }
+  ThrowIo(err, "link", path_);
+}
+
+void PendingFile::Commit(const std::string& name, bool replace) {
+  if (::fsync(fd_.get()) != 0) ThrowIo(errno, "fsync", path_);
+  if (anonymous()) {
+    if (!replace) {
+      LinkAs(name);
+    } else {
+      // Give it a name in the same directory, then rename over the target atomically.
+      temp_name_ = std::string(kTempPrefix) + RandomHex();
+      LinkAs(temp_name_);
+      if (::renameat(dir_.get(), temp_name_.c_str(), dir_.get(), name.c_str()) != 0) {
+        ThrowIo(errno, "rename", path_);  // the destructor unlinks the named temp
+      }
+      temp_name_.clear();
+    }
+  } else if (replace) {
+    if (::renameat(dir_.get(), temp_name_.c_str(), dir_.get(), name.c_str()) != 0) {
+      ThrowIo(errno, "rename", path_);
+    }
+    temp_name_.clear();
+  } else {
+    if (::linkat(dir_.get(), temp_name_.c_str(), dir_.get(), name.c_str(), 0) != 0) {
+      if (errno == EEXIST) {
+        throw RpcError(ErrorCode::kAlreadyExists, "File already exists: " + path_,
+                       {{"path", path_}});
+      }
+      ThrowIo(errno, "link", path_);
+    }
+    ::unlinkat(dir_.get(), temp_name_.c_str(), 0);
+    temp_name_.clear();
+  }
+  committed_ = true;
+  if (::fsync(dir_.get()) != 0) ThrowIo(errno, "fsync of the directory", path_);
+}
+
+void WriteAll(int fd, const char* data, size_t size, uint64_t offset, std::string_view path) {
+  while (size > 0) {
+    ssize_t n = ::pwrite(fd, data, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      ThrowIo(errno, "write", path);
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+}
+
+size_t ReadAt(int fd, char* data, size_t size, uint64_t offset, std::string_view path) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread(fd, data + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      ThrowIo(errno, "read", path);
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+namespace {
+
+void SweepDir(int dirfd, int depth, int max_depth, size_t& budget, size_t& removed, Logger& log,
+              const std::string& where) {
+  int fd = ::openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  DIR* dir = ::fdopendir(fd);
+  if (!dir) {
+    ::close(fd);
+    return;
+  }
+  std::vector<std::string> subdirs;
+  while (budget > 0) {
+    errno = 0;
+    dirent* ent = ::readdir(dir);
+    if (!ent) break;
+    --budget;
+    std::string_view name = ent->d_name;
+    if (name == "." || name == "..") continue;
+    if (name.substr(0, kTempPrefix.size()) == kTempPrefix) {
+      struct stat st;
+      if (::fstatat(fd, ent->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+          ::unlinkat(fd, ent->d_name, 0) == 0) {
+        ++removed;
+        LOG_INFO(log, "removed stray temp file %s/%s", where.c_str(), ent->d_name);
+      }
+      continue;
+    }
+    if (ent->d_type == DT_DIR && depth < max_depth) subdirs.emplace_back(name);
+  }
+  for (const auto& sub : subdirs) {
+    if (budget == 0) break;
+    int subfd = ::openat(fd, sub.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (subfd < 0) continue;
+    SweepDir(subfd, depth + 1, max_depth, budget, removed, log, where + "/" + sub);
+    ::close(subfd);
+  }
+  ::closedir(dir);
+}
+
+}  // namespace
+
+size_t SweepStrayTemps(const std::vector<SweepRoot>& roots, size_t max_entries, Logger& log) {
+  size_t removed = 0;
+  size_t budget = max_entries;
+  for (const auto& root : roots) {
+    int fd = ::open(root.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) continue;
+    SweepDir(fd, 0, root.recursive ? 16 : 0, budget, removed, log, root.dir);
+    ::close(fd);
+  }
+  if (budget == 0) LOG_WARN(log, "temp-file sweep stopped after %zu entries", max_entries);
+  return removed;
+}
+
+size_t ValidUtf8Prefix(std::string_view data, bool* truncated) {
+  const auto* s = reinterpret_cast<const unsigned char*>(data.data());
+  size_t n = data.size();
+  size_t i = 0;
+  *truncated = false;
+  while (i < n) {
+    unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // no overlongs
+      if (c == 0xED) hi = 0x9F;  // no surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;  // <= U+10FFFF
+    } else {
+      return i;
+    }
+    for (size_t k = 1; k < len; ++k) {
+      if (i + k >= n) {
+        *truncated = true;
+        return i;
+      }
+      unsigned char b = s[i + k];
+      if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return i;
+    }
+    i += len;
+  }
+  return i;
+}
+
+}  // namespace kvm::files

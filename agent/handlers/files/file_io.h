@@ -1,0 +1,70 @@
+// Building blocks of the file methods: atomic replacement, temp-file sweep, UTF-8 checks.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/core/logger.h"
+#include "agent/core/unique_fd.h"
+
+namespace kvm::files {
+
+// Named temp files start with this; the startup sweep removes leftovers with this prefix.
+inline constexpr std::string_view kTempPrefix = ".kvmmanager-tmp.";
+
+// A file being written in a directory that takes its final name only when complete, so a
+// crash at any moment leaves the old content (or nothing) at the final name. Uses an
+// anonymous O_TMPFILE where the filesystem supports it (nothing to clean up after a crash),
+// else a named temp with kTempPrefix.
+class PendingFile {
+ public:
+  PendingFile(int dirfd, mode_t mode, std::string_view path_for_errors);
+  ~PendingFile();
+  PendingFile(const PendingFile&) = delete;
+  PendingFile& operator=(const PendingFile&) = delete;
+
+  int fd() const { return fd_.get(); }
+  bool anonymous() const { return temp_name_.empty(); }
+
+  // fsync, then rename over `name` (replace) or link as `name` only if it does not exist
+  // (create_new: -32007 otherwise), then fsync the directory.
+  void Commit(const std::string& name, bool replace);
+
+ private:
+  void LinkAs(const std::string& target);  // anonymous only
+
+  UniqueFd dir_;
+  UniqueFd fd_;
+  std::string temp_name_;
+  std::string path_;
+  bool committed_ = false;
+};
+
+// Writes all of `data` at `offset` (pwrite loop); throws io_error.
+void WriteAll(int fd, const char* data, size_t size, uint64_t offset, std::string_view path);
+// Reads up to `size` bytes at `offset`; returns how many were read (short only at EOF).
+size_t ReadAt(int fd, char* data, size_t size, uint64_t offset, std::string_view path);
+
+[[noreturn]] void ThrowIo(int err, std::string_view what, std::string_view path);
+
+// Removes stray kTempPrefix files in the given directories (recursively where asked, no
+// symlinks followed, at most `max_entries` directory entries looked at). Returns the count.
+struct SweepRoot {
+  std::string dir;
+  bool recursive = true;
+};
+size_t SweepStrayTemps(const std::vector<SweepRoot>& roots, size_t max_entries, Logger& log);
+
+// Length of the longest prefix of `data` that is valid UTF-8. *truncated is set when the rest
+// is only an incomplete (but so far valid) sequence at the very end.
+size_t ValidUtf8Prefix(std::string_view data, bool* truncated);
+
+// 16 random bytes as hex (handles, temp names).
+std::string RandomHex();
+
+}  // namespace kvm::files

@@ -1,0 +1,698 @@
+// File methods through the real agent binary: every escape attempt, crash safety, uploads,
+// concurrency and kvmmanager-ctl's file commands.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "agent/handlers/files/sha256.h"
+#include "protocol/base64.h"
+#include "tests/support/agent_process.h"
+
+namespace kvm::test {
+namespace {
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+constexpr int64_t kDenied = -32000;
+
+std::string Policy(const CallResult& r) {
+  if (!r.error_data.is_object()) return "";
+  const json::value* p = r.error_data.get_object().if_contains("policy");
+  return p && p->is_string() ? std::string(p->get_string()) : "";
+}
+
+std::string Str(const json::value& v, std::string_view key) {
+  return std::string(v.at(key).as_string());
+}
+
+std::string RandomBytes(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+std::string ConfigJson(const std::vector<std::string>& read, const std::vector<std::string>& write,
+                       int max_mb = 10) {
+  json::array r, w;
+  for (auto& p : read) r.push_back(json::value(p));
+  for (auto& p : write) w.push_back(json::value(p));
+  json::object security{{"allowed_read_paths", r},
+                        {"allowed_write_paths", w},
+                        {"command_whitelist", nullptr},
+                        {"max_file_size_mb", max_mb},
+                        {"max_command_timeout_seconds", 60}};
+  json::object config{{"log_level", "debug"},          {"log_file", nullptr},
+                      {"max_message_size_kb", 64},     {"request_timeout_seconds", 30},
+                      {"max_concurrent_requests", 10}, {"security", security}};
+  return json::serialize(config);
+}
+
+std::vector<std::string> TempNames(const std::string& dir) {
+  std::vector<std::string> out;
+  for (auto& e : fs::recursive_directory_iterator(dir)) {
+    std::string name = e.path().filename().string();
+    if (name.rfind(".kvmmanager-tmp.", 0) == 0) out.push_back(e.path().string());
+  }
+  return out;
+}
+
+// A box with sandbox/ (allowed), outside/ and sandboxfoo/ (not allowed), and an agent whose
+// read paths are sandbox, /proc and /dev/null, write path sandbox.
+class FilesFixture {
+ public:
+  explicit FilesFixture(const std::string& resolver, int max_mb = 10) {
+    if (resolver.empty()) {
+      ::unsetenv("KVMMANAGER_PATH_RESOLVER");
+    } else {
+      ::setenv("KVMMANAGER_PATH_RESOLVER", resolver.c_str(), 1);
+    }
+    fs::create_directories(sandbox());
+    fs::create_directories(outside());
+    fs::create_directories(box_ / "sandboxfoo");
+    WriteFile(outside() + "/secret", "outside secret");
+    WriteFile(box_ / "sandboxfoo/secret", "prefix secret");
+    AgentProcess::Options options;
+    options.config_json = ConfigJson({sandbox(), "/proc", "/dev/null"}, {sandbox()}, max_mb);
+    agent_ = std::make_unique<AgentProcess>(options);
+  }
+  std::string sandbox() const { return box_ / "sandbox"; }
+  std::string outside() const { return box_ / "outside"; }
+  std::string box(const std::string& name) const { return box_ / name; }
+  AgentProcess& agent() { return *agent_; }
+  CallResult Call(const std::string& m, const json::object& p) { return agent_->Call(m, p); }
+  CallResult Read(const std::string& path) { return Call("file_read", {{"path", path}}); }
+  CallResult Write(const std::string& path, const std::string& bytes,
+                   const std::string& mode = "overwrite") {
+    return Call("file_write", {{"path", path}, {"data", Base64Encode(bytes)}, {"mode", mode}});
+  }
+
+ private:
+  TempDir box_;
+  std::unique_ptr<AgentProcess> agent_;
+};
+
+// ---------------------------------------------------------------- escapes, both resolvers
+
+class FileEscapeTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { f_ = std::make_unique<FilesFixture>(GetParam()); }
+  void ExpectDenied(const CallResult& r, const std::string& policy, const std::string& what) {
+    EXPECT_FALSE(r.ok) << what;
+    EXPECT_EQ(r.error_code, kDenied) << what << ": " << r.error_message;
+    EXPECT_EQ(Policy(r), policy) << what << ": " << r.error_message;
+  }
+  std::unique_ptr<FilesFixture> f_;
+};
+
+TEST_P(FileEscapeTest, AgentUsesTheRequestedResolver) {
+  std::string log = f_->agent().Stderr();
+  EXPECT_NE(log.find(GetParam() == "walk" ? "an O_NOFOLLOW walk" : "openat2"), std::string::npos)
+      << log;
+}
+
+TEST_P(FileEscapeTest, PrefixSiblingOfAnAllowedDirectoryIsRefused) {
+  std::string sib = f_->box("sandboxfoo");
+  ExpectDenied(f_->Read(sib + "/secret"), "allowed_read_paths", "read");
+  ExpectDenied(f_->Write(sib + "/new", "x"), "allowed_write_paths", "write");
+  EXPECT_FALSE(fs::exists(sib + "/new"));
+}
+
+TEST_P(FileEscapeTest, DotDotChainsAreRefused) {
+  std::string sb = f_->sandbox();
+  fs::create_directories(sb + "/a/b");
+  for (std::string p : {sb + "/../outside/secret", sb + "/a/../../outside/secret",
+                        sb + "/a/b/../../../../../../etc/passwd", sb + "/a/.."}) {
+    ExpectDenied(f_->Read(p), "allowed_read_paths", p);
+    ExpectDenied(f_->Call("file_stat", {{"path", p}}), "allowed_read_paths", p);
+    ExpectDenied(f_->Write(p, "pwned"), "allowed_write_paths", p);
+    ExpectDenied(f_->Call("file_delete", {{"path", p}}), "allowed_write_paths", p);
+  }
+  EXPECT_EQ(ReadFileText(f_->outside() + "/secret"), "outside secret");
+}
+
+TEST_P(FileEscapeTest, SymlinkInAnIntermediateDirectoryIsRefused) {
+  std::string link = f_->sandbox() + "/link";
+  fs::create_directory_symlink(f_->outside(), link);
+  ExpectDenied(f_->Read(link + "/secret"), "allowed_read_paths", "read");
+  ExpectDenied(f_->Call("file_list", {{"path", link}}), "allowed_read_paths", "list");
+  ExpectDenied(f_->Write(link + "/new", "x"), "allowed_write_paths", "write");
+  ExpectDenied(f_->Write(link + "/secret", "x", "append"), "allowed_write_paths", "append");
+  ExpectDenied(f_->Call("file_upload_begin", {{"path", link + "/up"}}), "allowed_write_paths",
+               "upload");
+  ExpectDenied(f_->Call("file_mkdir", {{"path", link + "/d"}}), "allowed_write_paths", "mkdir");
+  ExpectDenied(f_->Call("file_delete", {{"path", link + "/secret"}}), "allowed_write_paths",
+               "delete");
+  EXPECT_EQ(ReadFileText(f_->outside() + "/secret"), "outside secret");
+  EXPECT_FALSE(fs::exists(f_->outside() + "/new"));
+  EXPECT_FALSE(fs::exists(f_->outside() + "/d"));
+}
+
+TEST_P(FileEscapeTest, FinalSymlinkIsNeverFollowed) {
+  std::string last = f_->sandbox() + "/last";
+  fs::create_symlink(f_->outside() + "/secret", last);
+  ExpectDenied(f_->Read(last), "allowed_read_paths", "read");
+  ExpectDenied(f_->Write(last, "x"), "allowed_write_paths", "overwrite");
+  ExpectDenied(f_->Write(last, "x", "append"), "allowed_write_paths", "append");
+  ExpectDenied(f_->Call("file_stat", {{"path", last}, {"sha256", true}}), "regular_files_only",
+               "sha256");
+  CallResult st = f_->Call("file_stat", {{"path", last}});
+  ASSERT_TRUE(st.ok) << st.error_message;
+  EXPECT_EQ(Str(st.result, "type"), "symlink");
+  EXPECT_EQ(ReadFileText(f_->outside() + "/secret"), "outside secret");
+}
+
+TEST_P(FileEscapeTest, MagicLinksUnderAllowedProcAreRefused) {
+  std::string pid = std::to_string(f_->agent().pid());
+  std::string secret = f_->outside() + "/secret";
+  for (const std::string& p : std::vector<std::string>{
+           "/proc/self/root" + secret, "/proc/" + pid + "/root" + secret,
+           "/proc/thread-self/root" + secret, "/proc/" + pid + "/cwd/etc/hostname",
+           "/proc/" + pid + "/fd/0", "/proc/self/exe"}) {
+    ExpectDenied(f_->Read(p), "allowed_read_paths", p);
+  }
+}
+
+TEST_P(FileEscapeTest, NulBytesAndRelativePathsAreRefused) {
+  ExpectDenied(f_->Read(f_->sandbox() + std::string("/a\0/../../outside/secret", 24)),
+               "allowed_read_paths", "nul");
+  ExpectDenied(f_->Read("sandbox/secret"), "allowed_read_paths", "relative");
+  ExpectDenied(f_->Read(""), "allowed_read_paths", "empty");
+}
+
+TEST_P(FileEscapeTest, RefusalDoesNotRevealWhetherAPathExists) {
+  std::string there = f_->outside() + "/secret";
+  std::string absent = f_->outside() + "/absent";
+  CallResult a = f_->Read(there), b = f_->Read(absent);
+  ASSERT_FALSE(a.ok);
+  ASSERT_FALSE(b.ok);
+  EXPECT_EQ(a.error_code, b.error_code);
+  std::string ma = a.error_message, mb = b.error_message;
+  ma.replace(ma.find(there), there.size(), "P");
+  mb.replace(mb.find(absent), absent.size(), "P");
+  EXPECT_EQ(ma, mb);
+  json::object da = a.error_data.as_object(), db = b.error_data.as_object();
+  da.erase("path");
+  db.erase("path");
+  EXPECT_EQ(json::serialize(da), json::serialize(db));
+}
+
+TEST_P(FileEscapeTest, FifoIsRefusedWithoutBlocking) {
+  std::string fifo = f_->sandbox() + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  auto start = std::chrono::steady_clock::now();
+  ExpectDenied(f_->Read(fifo), "regular_files_only", "read");
+  ExpectDenied(f_->Write(fifo, "x", "append"), "regular_files_only", "append");
+  ExpectDenied(f_->Write(fifo, "x"), "regular_files_only", "overwrite");
+  ExpectDenied(f_->Call("file_stat", {{"path", fifo}, {"sha256", true}}), "regular_files_only",
+               "sha256");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  struct stat st;
+  ASSERT_EQ(::lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+}
+
+TEST_P(FileEscapeTest, DevicesAreRefused) {
+  ExpectDenied(f_->Read("/dev/null"), "regular_files_only", "entry /dev/null");
+  std::string dev = f_->sandbox() + "/null";
+  ASSERT_EQ(::mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 3)), 0) << "tests run as root";
+  ExpectDenied(f_->Read(dev), "regular_files_only", "read");
+  ExpectDenied(f_->Write(dev, "x", "append"), "regular_files_only", "append");
+}
+
+TEST_P(FileEscapeTest, HardLinkToAnOutsideFileIsNeitherReadNorAppended) {
+  std::string hl = f_->sandbox() + "/hardlink";
+  ASSERT_EQ(::link((f_->outside() + "/secret").c_str(), hl.c_str()), 0);
+  ExpectDenied(f_->Read(hl), "no_hard_links", "read");
+  ExpectDenied(f_->Write(hl, "more", "append"), "no_hard_links", "append");
+  ExpectDenied(f_->Call("file_stat", {{"path", hl}, {"sha256", true}}), "no_hard_links", "sha256");
+  // An overwrite replaces the name in the sandbox; the other name keeps its content.
+  CallResult w = f_->Write(hl, "new");
+  ASSERT_TRUE(w.ok) << w.error_message;
+  EXPECT_EQ(ReadFileText(hl), "new");
+  EXPECT_EQ(ReadFileText(f_->outside() + "/secret"), "outside secret");
+}
+
+TEST_P(FileEscapeTest, DirectorySwappedForSymlinkInALoopWhileWritingNeverEscapes) {
+  std::string race = f_->sandbox() + "/race";
+  std::string link = f_->sandbox() + "/race-link";
+  fs::create_directories(race);
+  fs::create_directory_symlink(f_->outside(), link);
+  std::atomic<bool> stop{false};
+  std::atomic<int> swaps{0};
+  std::thread flipper([&] {
+    while (!stop) {
+      if (::renameat2(AT_FDCWD, race.c_str(), AT_FDCWD, link.c_str(), RENAME_EXCHANGE) == 0) {
+        ++swaps;
+      }
+    }
+  });
+  auto client = f_->agent().Connect();
+  int written = 0, refused = 0;
+  for (int i = 0; i < 400; ++i) {
+    CallResult r =
+        client->Call("file_write", {{"path", race + "/f"}, {"data", Base64Encode("pwned")}});
+    if (r.ok) {
+      ++written;
+    } else {
+      EXPECT_EQ(r.error_code, kDenied) << r.error_message;
+      ++refused;
+    }
+    CallResult a =
+        client->Call("file_write",
+                     {{"path", race + "/secret"}, {"data", Base64Encode("x")}, {"mode", "append"}});
+    if (!a.ok) {
+      EXPECT_TRUE(a.error_code == kDenied || a.error_code == -32001) << a.error_message;
+    }
+    CallResult rd = client->Call("file_read", {{"path", race + "/secret"}});
+    if (rd.ok) {
+      EXPECT_NE(Str(rd.result, "data"), Base64Encode("outside secret"));
+    }
+  }
+  stop = true;
+  flipper.join();
+  EXPECT_GT(swaps.load(), 100);
+  EXPECT_GT(refused, 0) << "the race was never met";
+  EXPECT_FALSE(fs::exists(f_->outside() + "/f"));
+  EXPECT_EQ(ReadFileText(f_->outside() + "/secret"), "outside secret");
+  RecordProperty("written_inside", written);
+}
+
+INSTANTIATE_TEST_SUITE_P(Resolvers, FileEscapeTest, ::testing::Values("openat2", "walk"),
+                         [](const auto& info) { return info.param; });
+
+// ---------------------------------------------------------------- behaviour
+
+class FileMethodsTest : public ::testing::Test {
+ protected:
+  FilesFixture f_{""};
+  std::string sb_ = f_.sandbox();
+};
+
+TEST_F(FileMethodsTest, WriteThenReadRoundTripsEveryByteValue) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) bytes += static_cast<char>(i);
+  CallResult w = f_.Write(sb_ + "/bin", bytes);
+  ASSERT_TRUE(w.ok) << w.error_message;
+  EXPECT_EQ(w.result.at("bytes_written").to_number<uint64_t>(), 256u);
+  EXPECT_EQ(ReadFileText(sb_ + "/bin"), bytes);
+  CallResult r = f_.Read(sb_ + "/bin");
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(Str(r.result, "data"), Base64Encode(bytes));
+  EXPECT_EQ(r.result.at("size").to_number<uint64_t>(), 256u);
+  EXPECT_TRUE(r.result.at("eof").as_bool());
+}
+
+TEST_F(FileMethodsTest, ReadHonoursOffsetAndLength) {
+  WriteFile(sb_ + "/f", "0123456789");
+  CallResult r = f_.Call("file_read", {{"path", sb_ + "/f"}, {"offset", 3}, {"length", 4}});
+  ASSERT_TRUE(r.ok);
+  EXPECT_EQ(Str(r.result, "data"), Base64Encode("3456"));
+  EXPECT_FALSE(r.result.at("eof").as_bool());
+  r = f_.Call("file_read", {{"path", sb_ + "/f"}, {"offset", 8}, {"length", 100}});
+  EXPECT_EQ(Str(r.result, "data"), Base64Encode("89"));
+  EXPECT_TRUE(r.result.at("eof").as_bool());
+  r = f_.Call("file_read", {{"path", sb_ + "/f"}, {"offset", 50}});
+  EXPECT_EQ(Str(r.result, "data"), "");
+  EXPECT_TRUE(r.result.at("eof").as_bool());
+}
+
+TEST_F(FileMethodsTest, ReadReplyFitsInOneMessage) {
+  std::string big = RandomBytes(200000, 1);
+  WriteFile(sb_ + "/big", big);
+  std::string line =
+      f_.agent().RoundTrip(R"({"jsonrpc":"2.0","method":"file_read","params":{"path":")" + sb_ +
+                           R"(/big","length":1000000},"id":1})");
+  EXPECT_LE(line.size(), 64u * 1024);
+  json::value reply = ParseJson(line);
+  const json::value& result = reply.at("result");
+  EXPECT_EQ(result.at("length").to_number<uint64_t>(), 48384u);
+  EXPECT_FALSE(result.at("eof").as_bool());
+  std::string decoded;
+  ASSERT_TRUE(Base64Decode(result.at("data").as_string(), decoded));
+  EXPECT_EQ(decoded, big.substr(0, 48384));
+}
+
+TEST_F(FileMethodsTest, Utf8ReadsWholeCharactersAndFailsCleanlyOnInvalidBytes) {
+  WriteFile(sb_ + "/text", "h\xC3\xA9llo \xE2\x82\xAC");
+  CallResult r = f_.Call("file_read", {{"path", sb_ + "/text"}, {"encoding", "utf8"}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(Str(r.result, "data"), "h\xC3\xA9llo \xE2\x82\xAC");
+  // A length that cuts the euro sign returns the text before it; the next read continues.
+  r = f_.Call("file_read", {{"path", sb_ + "/text"}, {"encoding", "utf8"}, {"length", 9}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(Str(r.result, "data"), "h\xC3\xA9llo ");
+  EXPECT_EQ(r.result.at("length").to_number<uint64_t>(), 7u);
+  EXPECT_FALSE(r.result.at("eof").as_bool());
+  WriteFile(sb_ + "/bad", "ok\xFFno");
+  r = f_.Call("file_read", {{"path", sb_ + "/bad"}, {"encoding", "utf8"}});
+  ASSERT_FALSE(r.ok);
+  EXPECT_EQ(r.error_code, -32602);
+  EXPECT_EQ(r.error_data.at("offset").to_number<int>(), 2);
+  CallResult w = f_.Call("file_write",
+                         {{"path", sb_ + "/u"}, {"data", "plain \xC3\xA9"}, {"encoding", "utf8"}});
+  ASSERT_TRUE(w.ok) << w.error_message;
+  EXPECT_EQ(ReadFileText(sb_ + "/u"), "plain \xC3\xA9");
+}
+
+TEST_F(FileMethodsTest, InvalidBase64IsRefusedAndNothingIsWritten) {
+  WriteFile(sb_ + "/keep", "old");
+  for (std::string bad : {"abc", "ab=c", "a b=", "@@@@", "YQ==YQ=="}) {
+    CallResult r = f_.Call("file_write", {{"path", sb_ + "/keep"}, {"data", bad}});
+    EXPECT_EQ(r.error_code, -32602) << bad;
+    CallResult n = f_.Call("file_write", {{"path", sb_ + "/new"}, {"data", bad}});
+    EXPECT_EQ(n.error_code, -32602) << bad;
+  }
+  EXPECT_EQ(ReadFileText(sb_ + "/keep"), "old");
+  EXPECT_FALSE(fs::exists(sb_ + "/new"));
+  EXPECT_TRUE(TempNames(sb_).empty());
+}
+
+TEST_F(FileMethodsTest, ModesCreateNewAndAppend) {
+  ASSERT_TRUE(f_.Write(sb_ + "/m", "one", "create_new").ok);
+  CallResult again = f_.Write(sb_ + "/m", "two", "create_new");
+  EXPECT_EQ(again.error_code, -32007);
+  EXPECT_EQ(ReadFileText(sb_ + "/m"), "one");
+  CallResult app = f_.Write(sb_ + "/m", "+two", "append");
+  ASSERT_TRUE(app.ok) << app.error_message;
+  EXPECT_EQ(app.result.at("size").to_number<uint64_t>(), 7u);
+  EXPECT_EQ(ReadFileText(sb_ + "/m"), "one+two");
+  ASSERT_TRUE(f_.Write(sb_ + "/m", "three").ok);
+  EXPECT_EQ(ReadFileText(sb_ + "/m"), "three");
+  EXPECT_EQ(
+      f_.Call("file_write", {{"path", sb_ + "/m"}, {"data", ""}, {"mode", "bogus"}}).error_code,
+      -32602);
+}
+
+TEST_F(FileMethodsTest, PermissionsAreAppliedAndKeptOnOverwrite) {
+  ASSERT_TRUE(
+      f_.Call("file_write", {{"path", sb_ + "/p"}, {"data", ""}, {"permissions", "0640"}}).ok);
+  struct stat st;
+  ASSERT_EQ(::stat((sb_ + "/p").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  ASSERT_TRUE(f_.Write(sb_ + "/p", "new").ok);
+  ASSERT_EQ(::stat((sb_ + "/p").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  EXPECT_EQ(f_.Call("file_write", {{"path", sb_ + "/p"}, {"data", ""}, {"permissions", "4755"}})
+                .error_code,
+            -32602);
+}
+
+TEST_F(FileMethodsTest, ChunkedUploadOutOfOrderIsVerifiedAndCommitted) {
+  std::string data = RandomBytes(1000000, 7);
+  WriteFile(sb_ + "/up", "old content");
+  CallResult b = f_.Call("file_upload_begin", {{"path", sb_ + "/up"}, {"size", data.size()}});
+  ASSERT_TRUE(b.ok) << b.error_message;
+  std::string handle = Str(b.result, "handle");
+  size_t chunk = b.result.at("chunk_size").to_number<size_t>();
+  EXPECT_EQ(chunk, 48384u);
+  std::vector<size_t> offsets;
+  for (size_t off = 0; off < data.size(); off += chunk) offsets.push_back(off);
+  std::reverse(offsets.begin(), offsets.end());
+  auto client = f_.agent().Connect();
+  for (size_t off : offsets) {
+    CallResult c = client->Call(
+        "file_upload_chunk",
+        {{"handle", handle}, {"offset", off}, {"data", Base64Encode(data.substr(off, chunk))}});
+    ASSERT_TRUE(c.ok) << c.error_message;
+  }
+  EXPECT_EQ(ReadFileText(sb_ + "/up"), "old content");  // nothing visible before commit
+  CallResult c =
+      client->Call("file_upload_commit", {{"handle", handle}, {"sha256", Sha256Hex(data)}});
+  ASSERT_TRUE(c.ok) << c.error_message;
+  EXPECT_EQ(Str(c.result, "sha256"), Sha256Hex(data));
+  EXPECT_EQ(ReadFileText(sb_ + "/up"), data);
+  EXPECT_TRUE(TempNames(sb_).empty());
+  // The handle is gone after commit.
+  EXPECT_EQ(client->Call("file_upload_abort", {{"handle", handle}}).error_code, -32001);
+}
+
+TEST_F(FileMethodsTest, ChunkedUploadWithWrongChecksumLeavesTargetUntouched) {
+  WriteFile(sb_ + "/up", "old content");
+  auto client = f_.agent().Connect();
+  CallResult b = client->Call("file_upload_begin", {{"path", sb_ + "/up"}});
+  std::string handle = Str(b.result, "handle");
+  ASSERT_TRUE(client
+                  ->Call("file_upload_chunk",
+                         {{"handle", handle}, {"offset", 0}, {"data", Base64Encode("new data")}})
+                  .ok);
+  CallResult c =
+      client->Call("file_upload_commit", {{"handle", handle}, {"sha256", Sha256Hex("other data")}});
+  ASSERT_FALSE(c.ok);
+  EXPECT_EQ(c.error_code, -32008);
+  EXPECT_EQ(Str(c.error_data, "actual"), Sha256Hex("new data"));
+  EXPECT_EQ(ReadFileText(sb_ + "/up"), "old content");
+  EXPECT_TRUE(TempNames(sb_).empty());
+  // A size that does not match is refused too, and a bad digest is a param error.
+  b = client->Call("file_upload_begin", {{"path", sb_ + "/up"}, {"size", 3}});
+  handle = Str(b.result, "handle");
+  EXPECT_EQ(client
+                ->Call("file_upload_chunk",
+                       {{"handle", handle}, {"offset", 2}, {"data", Base64Encode("xy")}})
+                .error_code,
+            -32602);
+  EXPECT_EQ(client->Call("file_upload_commit", {{"handle", handle}, {"sha256", "zz"}}).error_code,
+            -32602);
+  EXPECT_EQ(client->Call("file_upload_commit", {{"handle", handle}, {"sha256", Sha256Hex("")}})
+                .error_code,
+            -32008);
+  EXPECT_EQ(ReadFileText(sb_ + "/up"), "old content");
+}
+
+TEST_F(FileMethodsTest, UploadChunksMayRepeatOverlapAndLeaveGapsFilledLater) {
+  auto client = f_.agent().Connect();
+  CallResult b = client->Call("file_upload_begin", {{"path", sb_ + "/ov"}});
+  std::string handle = Str(b.result, "handle");
+  auto chunk = [&](uint64_t off, const std::string& bytes) {
+    CallResult r = client->Call(
+        "file_upload_chunk", {{"handle", handle}, {"offset", off}, {"data", Base64Encode(bytes)}});
+    ASSERT_TRUE(r.ok) << r.error_message;
+  };
+  chunk(20, "CCCCC");       // early: waits for the gap
+  chunk(0, "AAAAAAAAAA");   // hashed
+  chunk(0, "BBBBB");        // rewrites hashed bytes
+  chunk(10, "DDDDDDDDDD");  // fills the gap
+  std::string expected = "BBBBBAAAAADDDDDDDDDDCCCCC";
+  CallResult c =
+      client->Call("file_upload_commit", {{"handle", handle}, {"sha256", Sha256Hex(expected)}});
+  ASSERT_TRUE(c.ok) << c.error_message;
+  EXPECT_EQ(ReadFileText(sb_ + "/ov"), expected);
+}
+
+TEST_F(FileMethodsTest, UploadAbortDiscardsEverything) {
+  auto client = f_.agent().Connect();
+  CallResult b = client->Call("file_upload_begin", {{"path", sb_ + "/ab"}, {"mode", "create_new"}});
+  std::string handle = Str(b.result, "handle");
+  ASSERT_TRUE(client
+                  ->Call("file_upload_chunk",
+                         {{"handle", handle}, {"offset", 0}, {"data", Base64Encode("zzz")}})
+                  .ok);
+  ASSERT_TRUE(client->Call("file_upload_abort", {{"handle", handle}}).ok);
+  EXPECT_FALSE(fs::exists(sb_ + "/ab"));
+  EXPECT_TRUE(TempNames(sb_).empty());
+  EXPECT_EQ(client
+                ->Call("file_upload_chunk",
+                       {{"handle", handle}, {"offset", 0}, {"data", Base64Encode("z")}})
+                .error_code,
+            -32001);
+}
+
+TEST(FileUploadExpiry, IdleSessionsExpire) {
+  ::setenv("KVMMANAGER_UPLOAD_IDLE_SECONDS", "1", 1);
+  FilesFixture f("");
+  ::unsetenv("KVMMANAGER_UPLOAD_IDLE_SECONDS");
+  CallResult b = f.Call("file_upload_begin", {{"path", f.sandbox() + "/slow"}});
+  ASSERT_TRUE(b.ok) << b.error_message;
+  EXPECT_EQ(b.result.at("expires_after_idle_seconds").to_number<int>(), 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2200));
+  CallResult c =
+      f.Call("file_upload_chunk",
+             {{"handle", Str(b.result, "handle")}, {"offset", 0}, {"data", Base64Encode("late")}});
+  EXPECT_EQ(c.error_code, -32001);
+  EXPECT_FALSE(fs::exists(f.sandbox() + "/slow"));
+}
+
+TEST(FileLimits, TooLargeIsRefusedBeforeAnythingIsWritten) {
+  FilesFixture f("", 1);  // max_file_size_mb 1
+  std::string sb = f.sandbox();
+  std::string two_mb(2 << 20, 'x');
+  WriteFile(sb + "/huge", two_mb);
+  CallResult r = f.Read(sb + "/huge");
+  EXPECT_EQ(r.error_code, -32002);
+  EXPECT_EQ(r.error_data.at("limit_bytes").to_number<uint64_t>(), 1u << 20);
+  EXPECT_EQ(f.Call("file_upload_begin", {{"path", sb + "/u"}, {"size", 2 << 20}}).error_code,
+            -32002);
+  CallResult b = f.Call("file_upload_begin", {{"path", sb + "/u"}});
+  CallResult c = f.Call("file_upload_chunk", {{"handle", Str(b.result, "handle")},
+                                              {"offset", (1 << 20) - 1},
+                                              {"data", Base64Encode("ab")}});
+  EXPECT_EQ(c.error_code, -32002);
+  WriteFile(sb + "/almost", std::string((1 << 20) - 2, 'a'));
+  EXPECT_EQ(f.Write(sb + "/almost", "abc", "append").error_code, -32002);
+  EXPECT_EQ(fs::file_size(sb + "/almost"), (1u << 20) - 2);
+  EXPECT_TRUE(f.Write(sb + "/almost", "ab", "append").ok);
+}
+
+TEST_F(FileMethodsTest, ConcurrentWritersToOnePathLeaveOneWholeVersion) {
+  std::string target = sb_ + "/shared";
+  std::vector<std::thread> writers;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 6; ++t) {
+    writers.emplace_back([&, t] {
+      auto client = f_.agent().Connect();
+      std::string content(40000, static_cast<char>('a' + t));
+      for (int i = 0; i < 20; ++i) {
+        CallResult r =
+            client->Call("file_write", {{"path", target}, {"data", Base64Encode(content)}});
+        if (!r.ok && r.error_code != -32004) ++failures;
+      }
+    });
+  }
+  for (auto& w : writers) w.join();
+  EXPECT_EQ(failures.load(), 0);
+  std::string final_text = ReadFileText(target);
+  ASSERT_EQ(final_text.size(), 40000u);
+  EXPECT_EQ(final_text, std::string(40000, final_text[0]));
+  EXPECT_TRUE(TempNames(sb_).empty());
+}
+
+TEST(FileCrashSafety, KillDuringWritesLeavesOldOrNewContentAndStrayTempsAreSwept) {
+  TempDir box;
+  std::string dir = box / "data";
+  fs::create_directories(dir);
+  std::string target = dir + "/target";
+  std::string a(45000, 'A'), b(45000, 'B');
+  WriteFile(target, a);
+  std::string config = ConfigJson({dir}, {dir});
+  std::mt19937 rng(42);
+  for (int round = 0; round < 6; ++round) {
+    AgentProcess::Options options;
+    options.config_json = config;
+    auto agent = std::make_unique<AgentProcess>(options);
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> writers;
+    for (int t = 0; t < 3; ++t) {
+      writers.emplace_back([&, t] {
+        try {
+          auto client = agent->Connect(std::chrono::seconds(5));
+          for (int i = 0; !stop; ++i) {
+            client->Call("file_write",
+                         {{"path", target}, {"data", Base64Encode((i + t) % 2 ? b : a)}});
+          }
+        } catch (const ClientError&) {  // the agent died under us: expected
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 250));
+    agent->Signal(SIGKILL);
+    agent->WaitExit(std::chrono::seconds(10));
+    stop = true;
+    for (auto& w : writers) w.join();
+    std::string now = ReadFileText(target);
+    ASSERT_TRUE(now == a || now == b)
+        << "torn file after kill, round " << round << ", size " << now.size();
+  }
+  // A stray named temp (what a kill between link and rename leaves) goes at the next start.
+  WriteFile(dir + "/.kvmmanager-tmp.deadbeef", "stray");
+  fs::create_directories(dir + "/sub");
+  WriteFile(dir + "/sub/.kvmmanager-tmp.cafe", "stray");
+  AgentProcess::Options options;
+  options.config_json = config;
+  AgentProcess agent(options);
+  EXPECT_TRUE(TempNames(dir).empty());
+  EXPECT_NE(agent.Stderr().find("stray temp"), std::string::npos);
+}
+
+TEST_F(FileMethodsTest, ListStatMkdirDelete) {
+  ASSERT_TRUE(f_.Call("file_mkdir", {{"path", sb_ + "/d/e/f"}, {"parents", true}}).ok);
+  EXPECT_TRUE(fs::is_directory(sb_ + "/d/e/f"));
+  EXPECT_EQ(f_.Call("file_mkdir", {{"path", sb_ + "/d"}}).error_code, -32007);
+  EXPECT_TRUE(f_.Call("file_mkdir", {{"path", sb_ + "/d"}, {"parents", true}}).ok);
+  for (int i = 0; i < 1000; ++i) {
+    WriteFile(sb_ + "/d/a-somewhat-longer-file-name-" + std::to_string(i), "x");
+  }
+  size_t seen = 0;
+  uint64_t offset = 0;
+  int pages = 0;
+  for (;;) {
+    CallResult l = f_.Call("file_list", {{"path", sb_ + "/d"}, {"offset", offset}});
+    ASSERT_TRUE(l.ok) << l.error_message;
+    ++pages;
+    seen += l.result.at("entries").as_array().size();
+    EXPECT_EQ(l.result.at("total").to_number<uint64_t>(), 1001u);
+    if (l.result.at("next_offset").is_null()) break;
+    offset = l.result.at("next_offset").to_number<uint64_t>();
+  }
+  EXPECT_EQ(seen, 1001u);
+  EXPECT_GT(pages, 1);  // a page stays below max_message_size_kb
+  WriteFile(sb_ + "/s", "abc");
+  CallResult st = f_.Call("file_stat", {{"path", sb_ + "/s"}, {"sha256", true}});
+  ASSERT_TRUE(st.ok);
+  EXPECT_EQ(Str(st.result, "type"), "file");
+  EXPECT_EQ(st.result.at("size").to_number<int>(), 3);
+  EXPECT_EQ(Str(st.result, "sha256"), Sha256Hex("abc"));
+  EXPECT_EQ(f_.Call("file_stat", {{"path", sb_ + "/none"}}).error_code, -32001);
+  EXPECT_EQ(f_.Call("file_delete", {{"path", sb_ + "/d/e"}}).error_code, -32008);
+  EXPECT_TRUE(f_.Call("file_delete", {{"path", sb_ + "/s"}}).ok);
+  EXPECT_FALSE(fs::exists(sb_ + "/s"));
+  EXPECT_EQ(f_.Call("file_delete", {{"path", sb_ + "/s"}}).error_code, -32001);
+  EXPECT_EQ(f_.Call("file_delete", {{"path", sb_}}).error_code, kDenied);
+  EXPECT_TRUE(fs::is_directory(sb_));
+}
+
+TEST_F(FileMethodsTest, CtlCopiesBothWaysAndVerifies) {
+  std::string local = f_.box("local.bin");
+  std::string data = RandomBytes(2500000, 3);
+  WriteFile(local, data);
+  std::string sock = f_.agent().socket_path();
+  auto ctl = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunProgram(argv, "", std::chrono::seconds(60));
+  };
+  RunResult up = ctl({"cp", local, ":" + sb_ + "/remote.bin"});
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_NE(up.out.find(Sha256Hex(data)), std::string::npos) << up.out;
+  EXPECT_EQ(ReadFileText(sb_ + "/remote.bin"), data);
+  RunResult down = ctl({"cp", ":" + sb_ + "/remote.bin", f_.box("back.bin")});
+  ASSERT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_EQ(ReadFileText(f_.box("back.bin")), data);
+  EXPECT_FALSE(fs::exists(f_.box("back.bin.kvmctl-part")));
+  WriteFile(sb_ + "/hello.txt", "hello\n");
+  RunResult cat = ctl({"cat", ":" + sb_ + "/hello.txt"});
+  EXPECT_EQ(cat.exit_code, 0);
+  EXPECT_EQ(cat.out, "hello\n");
+  RunResult ls = ctl({"ls", ":" + sb_});
+  EXPECT_EQ(ls.exit_code, 0);
+  EXPECT_NE(ls.out.find("remote.bin"), std::string::npos);
+  RunResult st = ctl({"--json", "stat", "--sha256", ":" + sb_ + "/remote.bin"});
+  EXPECT_EQ(st.exit_code, 0);
+  EXPECT_NE(st.out.find(Sha256Hex(data)), std::string::npos);
+  RunResult rm = ctl({"rm", ":" + sb_ + "/remote.bin"});
+  EXPECT_EQ(rm.exit_code, 0);
+  EXPECT_FALSE(fs::exists(sb_ + "/remote.bin"));
+  RunResult empty_up = ctl({"cp", "/dev/null", ":" + sb_ + "/x"});
+  EXPECT_EQ(empty_up.exit_code, 2);  // not a regular file locally
+  WriteFile(f_.box("empty"), "");
+  EXPECT_EQ(ctl({"cp", f_.box("empty"), ":" + sb_ + "/"}).exit_code, 0);
+  EXPECT_TRUE(fs::exists(sb_ + "/empty"));
+  RunResult denied = ctl({"cp", local, ":" + f_.outside() + "/x"});
+  EXPECT_EQ(denied.exit_code, 1);
+  EXPECT_NE(denied.err.find("allowed_write_paths"), std::string::npos) << denied.err;
+  RunResult clobber = ctl({"cp", "-n", local, ":" + sb_ + "/hello.txt"});
+  EXPECT_EQ(clobber.exit_code, 1);
+  EXPECT_EQ(ReadFileText(sb_ + "/hello.txt"), "hello\n");
+}
+
+}  // namespace
+}  // namespace kvm::test

@@ -1,0 +1,292 @@
+#include "agent/handlers/files/path_policy.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "protocol/errors.h"
+
+namespace kvm::files {
+namespace {
+
+// Splits "a/b/c" (already normalized: no empty, "." or ".." parts) at its last '/'.
+void SplitLast(const std::string& rel, std::string& parent, std::string& name) {
+  size_t slash = rel.rfind('/');
+  if (slash == std::string::npos) {
+    parent.clear();
+    name = rel;
+  } else {
+    parent = rel.substr(0, slash);
+    name = rel.substr(slash + 1);
+  }
+}
+
+std::string Shorten(std::string_view path) {
+  if (path.size() <= 256) return std::string(path);
+  return std::string(path.substr(0, 256)) + "...";
+}
+
+[[noreturn]] void ThrowOs(int err, std::string_view what, std::string_view path) {
+  if (err == ENOENT) {
+    throw RpcError(ErrorCode::kNotFound, "No such file or directory: " + Shorten(path),
+                   {{"path", path}});
+  }
+  if (err == ENOTDIR) {
+    throw RpcError(ErrorCode::kNotFound,
+                   "A component of the path is not a directory: " + Shorten(path),
+                   {{"path", path}});
+  }
+  throw RpcError(ErrorCode::kIoError,
+                 std::string(what) + " failed for " + Shorten(path) + ": " + std::strerror(err),
+                 {{"errno", err}, {"detail", std::strerror(err)}, {"path", path}});
+}
+
+int SysOpenat2(int dirfd, const char* path, int flags, mode_t mode, uint64_t resolve) {
+  open_how how{};
+  how.flags = static_cast<uint64_t>(flags);
+  how.mode = (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0;
+  how.resolve = resolve;
+  return static_cast<int>(::syscall(SYS_openat2, dirfd, path, &how, sizeof how));
+}
+
+}  // namespace
+
+const char* PolicyName(Access access) {
+  return access == Access::kRead ? "allowed_read_paths" : "allowed_write_paths";
+}
+
+const char* RefusalText(LexicalRefusal why) {
+  switch (why) {
+    case LexicalRefusal::kNone:
+      return "allowed";
+    case LexicalRefusal::kEmpty:
+      return "empty path";
+    case LexicalRefusal::kNotAbsolute:
+      return "path is not absolute";
+    case LexicalRefusal::kNulByte:
+      return "path contains a NUL byte";
+    case LexicalRefusal::kDotDot:
+      return "'..' components are not accepted";
+    case LexicalRefusal::kTooLong:
+      return "path is too long";
+    case LexicalRefusal::kOutside:
+      return "not at or under an allowed entry";
+  }
+  return "refused";
+}
+
+LexicalRefusal NormalizeAbsolute(std::string_view path, std::string& out) {
+  out.clear();
+  if (path.empty()) return LexicalRefusal::kEmpty;
+  if (path.find('\0') != std::string_view::npos) return LexicalRefusal::kNulByte;
+  if (path.size() > kMaxPathBytes) return LexicalRefusal::kTooLong;
+  if (path[0] != '/') return LexicalRefusal::kNotAbsolute;
+  size_t i = 0;
+  while (i < path.size()) {
+    while (i < path.size() && path[i] == '/') ++i;
+    size_t end = path.find('/', i);
+    if (end == std::string_view::npos) end = path.size();
+    std::string_view part = path.substr(i, end - i);
+    i = end;
+    if (part.empty() || part == ".") continue;
+    if (part == "..") return LexicalRefusal::kDotDot;
+    out += '/';
+    out += part;
+  }
+  if (out.empty()) out = "/";
+  return LexicalRefusal::kNone;
+}
+
+std::vector<std::string> NormalizeEntries(const std::vector<std::string>& entries) {
+  std::vector<std::string> out;
+  for (const auto& entry : entries) {
+    std::string normalized;
+    if (NormalizeAbsolute(entry, normalized) == LexicalRefusal::kNone) {
+      out.push_back(std::move(normalized));
+    }
+  }
+  return out;
+}
+
+LexicalResult CheckLexical(std::string_view path, const std::vector<std::string>& entries) {
+  LexicalResult result;
+  result.refusal = NormalizeAbsolute(path, result.normalized);
+  if (!result.allowed()) return result;
+  const std::string& p = result.normalized;
+  size_t best_len = 0;
+  bool found = false;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const std::string& e = entries[i];
+    bool under;
+    if (e == "/") {
+      under = true;
+    } else {
+      // By components: "/tmpfoo" is not under "/tmp".
+      under = p.size() >= e.size() && p.compare(0, e.size(), e) == 0 &&
+              (p.size() == e.size() || p[e.size()] == '/');
+    }
+    if (under && (!found || e.size() > best_len)) {
+      found = true;
+      best_len = e.size();
+      result.entry = i;
+    }
+  }
+  if (!found) {
+    result.refusal = LexicalRefusal::kOutside;
+    return result;
+  }
+  const std::string& e = entries[result.entry];
+  size_t skip = e == "/" ? 1 : e.size() + 1;
+  result.remainder = skip < p.size() ? p.substr(skip) : std::string();
+  return result;
+}
+
+void ThrowRefused(std::string_view path, Access access, std::string_view why) {
+  throw RpcError(ErrorCode::kPermissionDenied,
+                 "Path '" + Shorten(path) + "' is not allowed by " + PolicyName(access) + " (" +
+                     std::string(why) + ")",
+                 {{"policy", PolicyName(access)}, {"path", path}});
+}
+
+bool PathPolicy::KernelHasOpenat2() {
+  static const bool has = [] {
+    int fd = SysOpenat2(AT_FDCWD, ".", O_PATH | O_DIRECTORY | O_CLOEXEC, 0, RESOLVE_BENEATH);
+    if (fd >= 0) {
+      ::close(fd);
+      return true;
+    }
+    return errno != ENOSYS && errno != EINVAL && errno != E2BIG && errno != EPERM;
+  }();
+  return has;
+}
+
+PathPolicy::PathPolicy(const std::vector<std::string>& read_entries,
+                       const std::vector<std::string>& write_entries, Resolver resolver)
+    : read_(NormalizeEntries(read_entries)),
+      write_(NormalizeEntries(write_entries)),
+      resolver_(resolver) {}
+
+LexicalResult PathPolicy::Check(std::string_view path, Access access) const {
+  LexicalResult result = CheckLexical(path, entries(access));
+  if (!result.allowed()) ThrowRefused(path, access, RefusalText(result.refusal));
+  return result;
+}
+
+UniqueFd PathPolicy::OpenEntryDir(const std::string& entry, Access access,
+                                  std::string_view path) const {
+  // An entry is trusted config and may itself be a symlink (e.g. /var/run), unless a user
+  // other than root or us owns that symlink: in a sticky /tmp anyone could plant one.
+  struct stat link_st;
+  if (::lstat(entry.c_str(), &link_st) == 0 && S_ISLNK(link_st.st_mode) && link_st.st_uid != 0 &&
+      link_st.st_uid != ::geteuid()) {
+    ThrowRefused(path, access, "the allowed entry is a symlink owned by another user");
+  }
+  UniqueFd fd(::open(entry.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) ThrowOs(errno, "open", path);
+  return fd;
+}
+
+UniqueFd PathPolicy::OpenBeneath(int root, const std::string& rel, int flags, mode_t mode,
+                                 Access access, std::string_view path) const {
+  flags |= O_CLOEXEC;
+  auto classify = [&](int err) -> UniqueFd {
+    if (err == ELOOP || err == EXDEV) {
+      ThrowRefused(path, access, "a symlink or magic link below the allowed entry");
+    }
+    ThrowOs(err, "open", path);
+  };
+  if (resolver_ == Resolver::kOpenat2) {
+    // No O_NOFOLLOW here (except for O_PATH, which describes a link itself): with it the
+    // kernel answers ENOTDIR rather than ELOOP for a trailing symlink opened O_DIRECTORY;
+    // RESOLVE_NO_SYMLINKS refuses trailing symlinks by itself.
+    flags = (flags & O_PATH) ? (flags | O_NOFOLLOW) : (flags & ~O_NOFOLLOW);
+    for (int attempt = 0;; ++attempt) {
+      int fd = SysOpenat2(root, rel.c_str(), flags, mode,
+                          RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+      if (fd >= 0) return UniqueFd(fd);
+      if ((errno == EAGAIN || errno == EINTR) && attempt < 16) continue;  // rename race: retry
+      return classify(errno);
+    }
+  }
+  // Component by component. Each directory is pinned with O_PATH|O_NOFOLLOW and checked by
+  // fstat on that very descriptor, so a swap between steps cannot redirect the walk.
+  auto pin_dir = [&](int at, const std::string& part) -> UniqueFd {
+    UniqueFd fd(::openat(at, part.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) classify(errno);
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) classify(errno);
+    if (S_ISLNK(st.st_mode)) classify(ELOOP);
+    if (!S_ISDIR(st.st_mode)) classify(ENOTDIR);
+    return fd;
+  };
+  UniqueFd current;
+  int at = root;
+  size_t start = 0;
+  for (;;) {
+    size_t slash = rel.find('/', start);
+    std::string part =
+        rel.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (slash == std::string::npos) {
+      if (flags & O_DIRECTORY) {
+        UniqueFd dir = pin_dir(at, part);
+        int fd = ::openat(dir.get(), ".", flags & ~O_NOFOLLOW, mode);
+        if (fd < 0) return classify(errno);
+        return UniqueFd(fd);
+      }
+      int fd = ::openat(at, part.c_str(), flags | O_NOFOLLOW, mode);
+      if (fd < 0) return classify(errno);
+      return UniqueFd(fd);
+    }
+    current = pin_dir(at, part);
+    at = current.get();
+    start = slash + 1;
+  }
+}
+
+UniqueFd PathPolicy::Open(std::string_view path, Access access, int flags, mode_t mode) const {
+  LexicalResult lex = Check(path, access);
+  const std::string& entry = entries(access)[lex.entry];
+  if (lex.remainder.empty()) {
+    // The entry itself (a directory or a single-file entry such as /etc/hostname).
+    int fd = ::open(entry.c_str(), flags | O_CLOEXEC, mode);
+    if (fd < 0) ThrowOs(errno, "open", path);
+    return UniqueFd(fd);
+  }
+  UniqueFd root = OpenEntryDir(entry, access, path);
+  return OpenBeneath(root.get(), lex.remainder, flags, mode, access, path);
+}
+
+PathPolicy::Parent PathPolicy::OpenParent(std::string_view path, Access access) const {
+  LexicalResult lex = Check(path, access);
+  const std::string& entry = entries(access)[lex.entry];
+  Parent parent;
+  parent.normalized = lex.normalized;
+  if (lex.remainder.empty()) {
+    struct stat st;
+    if (entry == "/" || (::stat(entry.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
+      ThrowRefused(path, access, "an allowed directory entry itself cannot be replaced or removed");
+    }
+    std::string dir;
+    SplitLast(entry.substr(1), dir, parent.name);
+    dir = "/" + dir;
+    parent.dir.reset(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!parent.dir) ThrowOs(errno, "open", path);
+    return parent;
+  }
+  UniqueFd root = OpenEntryDir(entry, access, path);
+  std::string dir_rel;
+  SplitLast(lex.remainder, dir_rel, parent.name);
+  if (dir_rel.empty()) {
+    parent.dir = std::move(root);
+  } else {
+    parent.dir = OpenBeneath(root.get(), dir_rel, O_RDONLY | O_DIRECTORY, 0, access, path);
+  }
+  return parent;
+}
+
+}  // namespace kvm::files

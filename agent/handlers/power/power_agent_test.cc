@@ -1,0 +1,397 @@
+// shutdown/reboot/halt/power_cancel through the real agent binary, with the backend injected:
+// the agent runs with KVM_AGENT_POWER_TEST_DIR=<fake root>, so it probes the fake root, runs
+// only the fake programs in <fake root>/bin (which record their argv) and records reboot(2)
+// instead of calling it. Every agent here is checked to carry that variable before any power
+// request is sent: these tests must never power off the machine they run on.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <utmp.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "agent/core/file_util.h"
+#include "agent/handlers/power/power_backend.h"
+#include "tests/support/agent_process.h"
+
+namespace kvm {
+namespace {
+
+namespace json = boost::json;
+using namespace std::chrono_literals;
+using test::AgentProcess;
+using test::TempDir;
+
+bool Exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+std::string ReadOrEmpty(const std::string& path) {
+  return ReadSmallFile(path).value_or(std::string());
+}
+
+// Waits until `path` exists (and is non-empty) or `limit` passes.
+bool WaitForFile(const std::string& path, std::chrono::milliseconds limit) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (!ReadOrEmpty(path).empty()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return false;
+}
+
+// A fake system root and an agent started on it.
+class PowerAgentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* d : {"bin", "run", "proc", "proc/1", "dev", "dev/pts"}) {
+      ::mkdir((root_ / d).c_str(), 0755);
+    }
+  }
+
+  std::string record() const { return root_ / "record"; }
+
+  // A fake program that appends "<name> <args...>", its signal mask and ignored set, and the
+  // time it started ("T:<ns>") to the record file, then runs `tail` (sleeps, exit codes).
+  void FakeProgram(const std::string& name, const std::string& tail = "exit 0") {
+    std::string path = root_ / ("bin/" + name);
+    test::WriteFile(path, "#!/bin/sh\nT=$(date +%s%N)\n{ printf '%s' \"" + name +
+                              "\"; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n';"
+                              " grep -E '^Sig(Blk|Ign):' /proc/$$/status; echo \"T:$T\"; } >> '" +
+                              record() + "'\n" + tail + "\n");
+    ::chmod(path.c_str(), 0755);
+  }
+  void SystemdRunning() {
+    ::mkdir((root_ / "run/systemd").c_str(), 0755);
+    ::mkdir((root_ / "run/systemd/system").c_str(), 0755);
+  }
+
+  void StartAgent() {
+    ::setenv("KVM_AGENT_POWER_TEST_DIR", root_.path().c_str(), 1);
+    agent_ = std::make_unique<AgentProcess>();
+    ::unsetenv("KVM_AGENT_POWER_TEST_DIR");
+    // Refuse to go on unless the agent really is in test mode.
+    std::string environ_text =
+        ReadSmallFile("/proc/" + std::to_string(agent_->pid()) + "/environ").value_or("");
+    std::string expected = "KVM_AGENT_POWER_TEST_DIR=" + root_.path();
+    ASSERT_NE(environ_text.find(expected + '\0'), std::string::npos)
+        << "agent not in power test mode; refusing to send power requests";
+    // AgentProcess returns once the socket file exists, which is after bind() but possibly
+    // before listen(): under load (ASan, parallel ctest) the first connect can be refused.
+    auto end = std::chrono::steady_clock::now() + 20s;
+    while (true) {
+      try {
+        if (agent_->Call("ping").ok) break;
+      } catch (const ClientError&) {
+      }
+      ASSERT_LT(std::chrono::steady_clock::now(), end) << "agent never answered ping";
+      std::this_thread::sleep_for(20ms);
+    }
+  }
+
+  CallResult Call(const std::string& method, const json::object& params = {}) {
+    return agent_->Call(method, params);
+  }
+
+  TempDir root_;
+  std::unique_ptr<AgentProcess> agent_;
+};
+
+TEST_F(PowerAgentTest, ShutdownAnswersFirstThenRunsSystemctlWithCleanSignalState) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  FakeProgram("shutdown");
+  StartAgent();
+  CallResult r = Call("shutdown", {{"message", "maintenance"}});
+  // The reply is here and the helper has not run yet.
+  bool ran_before_reply = Exists(record());
+  int64_t replied_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_FALSE(ran_before_reply);
+  const auto& result = r.result.as_object();
+  EXPECT_EQ(result.at("scheduled"), true);
+  EXPECT_EQ(result.at("action"), "poweroff");
+  EXPECT_EQ(result.at("method"), "systemd");
+  EXPECT_EQ(result.at("delay_seconds"), 0);
+  EXPECT_EQ(result.at("force"), false);
+  EXPECT_EQ(result.at("test_mode"), true);
+  EXPECT_EQ(result.at("command").as_array().back(), "--message=maintenance");
+
+  ASSERT_TRUE(WaitForFile(record(), 10s)) << agent_->Stderr();
+  std::this_thread::sleep_for(200ms);  // let the script finish writing
+  std::string rec = ReadOrEmpty(record());
+  EXPECT_NE(rec.find("systemctl poweroff --message=maintenance\n"), std::string::npos) << rec;
+  EXPECT_NE(rec.find("SigBlk:\t0000000000000000"), std::string::npos) << rec;
+  // Signals 1-31 must not be ignored (the agent ignores SIGPIPE). glibc's posix_spawn leaves
+  // its two internal signals (32, 33) ignored in every child; they are not ours to reset.
+  size_t ign = rec.find("SigIgn:\t");
+  ASSERT_NE(ign, std::string::npos) << rec;
+  uint64_t ignored = std::stoull(rec.substr(ign + 8, 16), nullptr, 16);
+  EXPECT_EQ(ignored & 0x7fffffffULL, 0u) << rec;
+  EXPECT_EQ(rec.find("shutdown"), std::string::npos) << rec;
+  // It ran at least most of the documented 500 ms margin after the reply reached the host.
+  size_t t = rec.find("T:");
+  ASSERT_NE(t, std::string::npos) << rec;
+  int64_t ran_ns = std::stoll(rec.substr(t + 2));
+  EXPECT_GE(ran_ns - replied_ns, 250'000'000) << rec;
+}
+
+TEST_F(PowerAgentTest, RebootWithoutSystemdUsesSysvShutdown) {
+  FakeProgram("systemctl");  // installed, but systemd is not running
+  FakeProgram("shutdown");
+  StartAgent();
+  CallResult r = Call("reboot");
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(r.result.at("method"), "sysv");
+  ASSERT_TRUE(WaitForFile(record(), 10s)) << agent_->Stderr();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(ReadOrEmpty(record()).substr(0, 17), "shutdown -r now\nS");
+}
+
+TEST_F(PowerAgentTest, HaltOnBusyboxShellInitUsesBusyboxForce) {
+  FakeProgram("busybox");
+  test::WriteFile(root_ / "proc/1/status", "Name:\tinit\nSigCgt:\t0000000000010000\n");
+  test::WriteFile(root_ / "proc/1/cmdline", std::string("/bin/sh\0/init\0", 14));
+  ::symlink((root_ / "bin/busybox").c_str(), (root_ / "proc/1/exe").c_str());
+  StartAgent();
+  CallResult r = Call("halt");
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(r.result.at("method"), "busybox-force");
+  ASSERT_TRUE(WaitForFile(record(), 10s)) << agent_->Stderr();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(ReadOrEmpty(record()).substr(0, 17), "busybox halt -f\nS");
+}
+
+TEST_F(PowerAgentTest, NoUsableMethodIsUnsupportedAndNothingRuns) {
+  StartAgent();
+  CallResult r = Call("shutdown");
+  ASSERT_FALSE(r.ok);
+  EXPECT_EQ(r.error_code, -32006);
+  EXPECT_EQ(r.error_data.at("kind"), "unsupported");
+  EXPECT_EQ(r.error_data.at("action"), "poweroff");
+  CallResult cancel = Call("power_cancel");
+  EXPECT_EQ(cancel.error_code, -32001);  // nothing was scheduled
+}
+
+TEST_F(PowerAgentTest, ForceRecordsRebootSyscallAndRunsNoProgram) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  StartAgent();
+  CallResult r = Call("reboot", {{"force", true}});
+  if (!power::Privileges::OfThisProcess().cap_sys_boot) {
+    // Same user and capabilities as this test: the agent must refuse, not pretend.
+    ASSERT_FALSE(r.ok);
+    EXPECT_EQ(r.error_code, -32000);
+    EXPECT_EQ(r.error_data.at("policy"), "CAP_SYS_BOOT");
+    return;
+  }
+  bool recorded_before_reply = Exists(root_ / "reboot-syscall.log");
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_FALSE(recorded_before_reply);
+  EXPECT_EQ(r.result.at("method"), "syscall");
+  EXPECT_EQ(r.result.at("force"), true);
+  ASSERT_TRUE(WaitForFile(root_ / "reboot-syscall.log", 10s)) << agent_->Stderr();
+  EXPECT_EQ(ReadOrEmpty(root_ / "reboot-syscall.log"), "sync+reboot(RB_AUTOBOOT)\n");
+  std::this_thread::sleep_for(300ms);
+  EXPECT_FALSE(Exists(record())) << "force must not run systemctl";
+  // Executing: a second request is refused.
+  CallResult again = Call("shutdown");
+  EXPECT_EQ(again.error_code, -32008);
+  EXPECT_EQ(again.error_data.at("state"), "executing");
+}
+
+TEST_F(PowerAgentTest, DelayIsHonoured) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  StartAgent();
+  auto before = std::chrono::system_clock::now();
+  CallResult r = Call("reboot", {{"delay_seconds", 2}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  auto replied = std::chrono::steady_clock::now();
+  EXPECT_EQ(r.result.at("delay_seconds"), 2);
+  int64_t expected_at =
+      std::chrono::duration_cast<std::chrono::seconds>(before.time_since_epoch()).count() + 2;
+  EXPECT_GE(r.result.at("execute_at").as_int64(), expected_at);
+  EXPECT_LE(r.result.at("execute_at").as_int64(), expected_at + 2);
+  std::this_thread::sleep_until(replied + 1200ms);
+  EXPECT_FALSE(Exists(record())) << "ran before the delay was over";
+  ASSERT_TRUE(WaitForFile(record(), 10s)) << agent_->Stderr();
+  EXPECT_GE(std::chrono::steady_clock::now() - replied, 1500ms);
+}
+
+TEST_F(PowerAgentTest, CancelStopsADelayedActionAndFreesTheSlot) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  StartAgent();
+  ASSERT_TRUE(Call("shutdown", {{"delay_seconds", 2}}).ok);
+  CallResult cancel = Call("power_cancel");
+  ASSERT_TRUE(cancel.ok) << cancel.error_message;
+  EXPECT_EQ(cancel.result.at("cancelled"), true);
+  EXPECT_EQ(cancel.result.at("action"), "poweroff");
+  std::this_thread::sleep_for(3s);
+  EXPECT_FALSE(Exists(record())) << "cancelled action ran";
+  EXPECT_EQ(Call("power_cancel").error_code, -32001);
+  // The slot is free again: a new action is accepted and runs.
+  CallResult r = Call("reboot");
+  ASSERT_TRUE(r.ok) << r.error_message;
+  ASSERT_TRUE(WaitForFile(record(), 10s));
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(ReadOrEmpty(record()).substr(0, 17), "systemctl reboot\n");
+}
+
+TEST_F(PowerAgentTest, SecondRequestWhileScheduledIsAConflictNamingThePendingAction) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  StartAgent();
+  CallResult first = Call("shutdown", {{"delay_seconds", 30}});
+  ASSERT_TRUE(first.ok) << first.error_message;
+  for (const char* method : {"reboot", "shutdown", "halt"}) {
+    CallResult second = Call(method, {{"force", true}});
+    ASSERT_FALSE(second.ok) << method;
+    EXPECT_EQ(second.error_code, -32008) << method;
+    EXPECT_EQ(second.error_data.at("kind"), "conflict");
+    EXPECT_EQ(second.error_data.at("action"), "poweroff");
+    EXPECT_EQ(second.error_data.at("state"), "scheduled");
+    EXPECT_EQ(second.error_data.at("delay_seconds"), 30);
+    EXPECT_EQ(second.error_data.at("execute_at"), first.result.at("execute_at"));
+  }
+  EXPECT_TRUE(Call("power_cancel").ok);
+  EXPECT_FALSE(Exists(record()));
+  EXPECT_FALSE(Exists(root_ / "reboot-syscall.log"));
+}
+
+TEST_F(PowerAgentTest, CancelWhileExecutingIsAConflict) {
+  SystemdRunning();
+  FakeProgram("systemctl", "sleep 3");
+  StartAgent();
+  ASSERT_TRUE(Call("shutdown").ok);
+  ASSERT_TRUE(WaitForFile(record(), 10s)) << agent_->Stderr();
+  CallResult cancel = Call("power_cancel");
+  ASSERT_FALSE(cancel.ok);
+  EXPECT_EQ(cancel.error_code, -32008);
+  EXPECT_EQ(cancel.error_data.at("state"), "executing");
+}
+
+TEST_F(PowerAgentTest, FailedHelperIsLoggedAndFreesTheSlot) {
+  SystemdRunning();
+  FakeProgram("systemctl", "echo 'Access denied by polkit' >&2; exit 1");
+  StartAgent();
+  ASSERT_TRUE(Call("reboot").ok);
+  ASSERT_TRUE(WaitForFile(record(), 10s)) << agent_->Stderr();
+  // Once the failure is noticed the slot is free: a new request is accepted.
+  CallResult r;
+  auto end = std::chrono::steady_clock::now() + 10s;
+  do {
+    std::this_thread::sleep_for(100ms);
+    r = Call("reboot", {{"delay_seconds", 60}});
+  } while (!r.ok && r.error_code == -32008 && std::chrono::steady_clock::now() < end);
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_NE(agent_->Stderr().find("Access denied by polkit"), std::string::npos)
+      << agent_->Stderr();
+  EXPECT_TRUE(Call("power_cancel").ok);
+}
+
+void AppendUtmpUser(const std::string& path, const char* line) {
+  struct utmp entry;
+  std::memset(&entry, 0, sizeof entry);
+  entry.ut_type = USER_PROCESS;
+  std::strncpy(entry.ut_line, line, sizeof entry.ut_line);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, &entry, sizeof entry), static_cast<ssize_t>(sizeof entry));
+  ::close(fd);
+}
+
+TEST_F(PowerAgentTest, MessageIsBroadcastToLoggedInTerminalsWithoutControlCodes) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  AppendUtmpUser(root_ / "run/utmp", "pts/4");
+  test::WriteFile(root_ / "dev/pts/4", "");
+  StartAgent();
+  CallResult r = Call("shutdown", {{"delay_seconds", 30}, {"message", "back soon\x1b[31m"}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(r.result.at("message_recipients"), 1);
+  std::string tty = ReadOrEmpty(root_ / "dev/pts/4");
+  EXPECT_NE(tty.find("The system will power off in 30 seconds."), std::string::npos) << tty;
+  EXPECT_NE(tty.find("back soon?[31m"), std::string::npos) << tty;
+  EXPECT_EQ(tty.find('\x1b'), std::string::npos);
+  CallResult cancel = Call("power_cancel");
+  ASSERT_TRUE(cancel.ok);
+  EXPECT_EQ(cancel.result.at("message_recipients"), 1);
+  EXPECT_NE(ReadOrEmpty(root_ / "dev/pts/4").find("The scheduled power off has been cancelled."),
+            std::string::npos);
+}
+
+TEST_F(PowerAgentTest, BadParamsAreRejectedAndScheduleNothing) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  StartAgent();
+  const json::object bad[] = {
+      {{"delay_seconds", -1}},
+      {{"delay_seconds", 86401}},
+      {{"delay_seconds", "5"}},
+      {{"delay_seconds", 1.5}},
+      {{"force", "yes"}},
+      {{"message", 7}},
+      {{"message", std::string(1025, 'x')}},
+      {{"when", "now"}},
+  };
+  for (const auto& params : bad) {
+    CallResult r = Call("shutdown", params);
+    EXPECT_EQ(r.error_code, -32602) << json::serialize(params);
+  }
+  EXPECT_EQ(Call("power_cancel", {{"id", 1}}).error_code, -32602);
+  EXPECT_EQ(Call("power_cancel").error_code, -32001);
+  std::this_thread::sleep_for(700ms);
+  EXPECT_FALSE(Exists(record()));
+}
+
+TEST_F(PowerAgentTest, AgentStopDropsAScheduledAction) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  StartAgent();
+  ASSERT_TRUE(Call("shutdown", {{"delay_seconds", 2}}).ok);
+  agent_->Signal(SIGTERM);
+  EXPECT_EQ(agent_->WaitExit(10s), std::optional<int>(0));
+  std::this_thread::sleep_for(2500ms);
+  EXPECT_FALSE(Exists(record()));
+}
+
+TEST_F(PowerAgentTest, CtlSchedulesAndCancels) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  StartAgent();
+  const std::string sock = agent_->socket_path();
+  auto run = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {KVM_CTL_BINARY, "--socket", sock});
+    return test::RunProgram(args);
+  };
+  auto out = run({"shutdown", "--delay", "60", "--message", "patching"});
+  EXPECT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("poweroff scheduled via systemd in 60 s"), std::string::npos) << out.out;
+  out = run({"reboot"});
+  EXPECT_EQ(out.exit_code, 1);
+  EXPECT_NE(out.err.find("-32008"), std::string::npos) << out.err;
+  out = run({"power-cancel"});
+  EXPECT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_NE(out.out.find("cancelled the scheduled poweroff"), std::string::npos) << out.out;
+  out = run({"power-cancel"});
+  EXPECT_EQ(out.exit_code, 1);
+  out = run({"halt", "--delay", "-5"});
+  EXPECT_EQ(out.exit_code, 2) << out.err;
+  out = run({"--json", "halt", "--delay", "60"});
+  EXPECT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_EQ(test::ParseJson(out.out).at("action"), "halt");
+  EXPECT_EQ(run({"power-cancel"}).exit_code, 0);
+  EXPECT_FALSE(Exists(record()));
+}
+
+}  // namespace
+}  // namespace kvm

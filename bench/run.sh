@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Benchmarks kvmmanager-agent against qemu-ga (Debian's qemu-guest-agent) and a bare echo server
+# on unix sockets, interleaved over several rounds; prints medians and ratios as a table.
+#   bash bench/run.sh                 (ROUNDS=5 SECS=2 by default)
+#   ROUNDS=3 SECS=1 NO_STATIC=1 bash bench/run.sh
+# Env: BUILD_DIR (default build), METHODS (default bench/methods.txt), NO_STATIC=1 skips the
+# static release build used for the binary-size row, IDLE_SECS (default 10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+build=${BUILD_DIR:-build}
+rounds=${ROUNDS:-5}
+secs=${SECS:-2}
+idle_secs=${IDLE_SECS:-10}
+methods=${METHODS:-bench/methods.txt}
+
+command -v qemu-ga >/dev/null || { echo "bench: qemu-ga missing (apt-get install qemu-guest-agent)"; exit 2; }
+[[ -f $build/build.ninja ]] || bash scripts/build.sh >/dev/null
+ninja -C "$build" kvmmanager-agent kvm-loadgen kvm-echo-server >/dev/null
+agent_bin=$root/$build/agent/kvmmanager-agent
+lg=$root/$build/bench/kvm-loadgen
+echo_bin=$root/$build/bench/kvm-echo-server
+
+tmp=$(mktemp -d /tmp/kvmbench-XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+mkdir -p "$tmp/sandbox" "$tmp/qga-state" "$tmp/st-state"
+cat >"$tmp/config.json" <<EOF
+{"log_level":"warn","log_file":"","max_concurrent_requests":16,
+ "security":{"allowed_read_paths":["$tmp/sandbox"],"allowed_write_paths":["$tmp/sandbox"],
+             "max_file_size_mb":64}}
+EOF
+agent_cmd=("$agent_bin" --foreground --config "$tmp/config.json" --log-level warn)
+qga_cmd=(qemu-ga -m unix-listen -t "$tmp/qga-state" -f "$tmp/qga.pid" -l "$tmp/qga.log")
+
+wait_sock() { for _ in $(seq 200); do [[ -S $1 ]] && return 0; sleep 0.05; done; echo "bench: $1 never appeared"; exit 1; }
+static_bin=
+if [[ ${NO_STATIC:-0} != 1 ]]; then
+  cmake -S . -B build-static -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVM_STATIC_AGENT=ON \
+    -DKVM_BUILD_TESTS=OFF >/dev/null
+  ninja -C build-static kvmmanager-agent >/dev/null
+  static_bin=$root/build-static/agent/kvmmanager-agent
+fi
+"${agent_cmd[@]}" --listen "unix:$tmp/agent.sock" 2>"$tmp/agent.err" & agent_pid=$!; pids+=($agent_pid)
+"${qga_cmd[@]}" -p "$tmp/qga.sock" & qga_pid=$!; pids+=($qga_pid)
+"$echo_bin" "$tmp/echo.sock" & echo_pid=$!; pids+=($echo_pid)
+wait_sock "$tmp/agent.sock"; wait_sock "$tmp/qga.sock"; wait_sock "$tmp/echo.sock"
+A=$tmp/agent.sock Q=$tmp/qga.sock E=$tmp/echo.sock
+PING='{"jsonrpc":"2.0","method":"ping","id":{id}}'
+QPING='{"execute":"guest-ping","id":{id}}'
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Proportional set size: shared library pages divided among the processes that map them.
+pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
+# Sum of voluntary+involuntary context switches over all threads, and utime+stime ticks.
+wakeups() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s+=$2} END {print s}'; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b+0==0 || a=="-" || b=="-") print "-"; else printf "%.2f", a/b}'; }
+rate() { { "$lg" rate "$@" || true; } | awk '/^rate/ {print $2}'; }  # failed round: no sample
+
+rows=()
+notes=()
+row() { rows+=("$(printf '| %s | %s | %s | %s | %s |' "$@")"); }
+
+echo "bench: $rounds rounds x ${secs}s per measurement; agent $(${agent_bin} --version)"
+echo "bench: $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+rss_agent_start=$(rss_kb $agent_pid); rss_qga_start=$(rss_kb $qga_pid)
+pss_agent_start=$(pss_kb $agent_pid); pss_qga_start=$(pss_kb $qga_pid)
+if [[ -n $static_bin ]]; then
+  "$static_bin" --foreground --config "$tmp/config.json" --log-level warn \
+    --listen "unix:$tmp/static.sock" & static_pid=$!; pids+=($static_pid)
+  wait_sock "$tmp/static.sock"; sleep 0.2
+  rss_static_start=$(rss_kb $static_pid); pss_static_start=$(pss_kb $static_pid)
+fi
+
+# --- ping throughput, interleaved rounds ---------------------------------------------------
+declare -A r
+for ((i = 0; i < rounds; i++)); do
+  for spec in "seq 1 1" "pipe 1 8" "conc 8 1"; do
+    read -r name clients depth <<<"$spec"
+    r[a_$name]+=" $(rate "$A" "$PING" "$secs" "$clients" "$depth" '"pong":true')"
+    r[q_$name]+=" $(rate "$Q" "$QPING" "$secs" "$clients" "$depth" '"return"')"
+    r[e_$name]+=" $(rate "$E" "$PING" "$secs" "$clients" "$depth")"
+  done
+done
+for spec in "seq|ping, sequential round trips/s (1 client)" \
+            "pipe|ping/s, 1 client pipelining 8" \
+            "conc|ping/s, 8 concurrent clients"; do
+  name=${spec%%|*} label=${spec#*|}
+  a=$(median ${r[a_$name]}) q=$(median ${r[q_$name]}) e=$(median ${r[e_$name]})
+  row "$label" "$a" "$q" "$(ratio "$a" "$q")x" "$e (agent at $(awk -v a="$a" -v e="$e" 'BEGIN {printf "%.0f", 100*a/e}')%)"
+done
+notes+=("qemu-ga serves one connection at a time: with 8 clients, 7 wait unanswered until the first leaves.")
+
+# --- methods vs qemu-ga counterparts ---------------------------------------------------------
+while IFS='|' read -r label aline qline; do
+  [[ -z $label || $label == \#* ]] && continue
+  probe=$("$lg" probe "$A" "${aline//\{id\}/1}" || true)
+  if [[ $probe == *'"code":-32601'* ]]; then
+    notes+=("$label: not served by this build (-32601), skipped.")
+    continue
+  fi
+  if [[ $probe != *'"result"'* ]]; then
+    notes+=("$label: agent answered ${probe:0:160} ; skipped (adjust $methods).")
+    continue
+  fi
+  as=() qs=()
+  for ((i = 0; i < rounds; i++)); do
+    as+=("$(rate "$A" "$aline" "$secs" 1 1 '"result"')")
+    if [[ $qline == @exec ]]; then
+      qs+=("$("$lg" qga-exec "$Q" "$secs" | awk '/^rate/ {print $2}')")
+    else
+      qs+=("$(rate "$Q" "$qline" "$secs" 1 1 '"return"')")
+    fi
+  done
+  a=$(median "${as[@]}") q=$(median "${qs[@]}")
+  qname=$([[ $qline == @exec ]] && echo "guest-exec+status" || echo "$qline" | sed 's/.*"execute":"\([^"]*\)".*/\1/')
+  row "$label calls/s (qemu-ga: $qname)" "$a" "$q" "$(ratio "$a" "$q")x" "-"
+done <"$methods"
+
+# --- file transfer, 10 MB each way -------------------------------------------------------------
+chunk=49152  # 48 KiB of data = 64 KiB of base64, the agent's default line limit
+probe=$("$lg" probe "$A" '{"jsonrpc":"2.0","method":"file_write","params":{},"id":1}' || true)
+qw=() qr=() ew=()
+for ((i = 0; i < 3; i++)); do
+  out=$("$lg" qga-transfer "$Q" "$tmp/sandbox/qga.bin" 10 $chunk)
+  qw+=("$(awk '/^write_mbps/ {print $2}' <<<"$out")"); qr+=("$(awk '/^read_mbps/ {print $2}' <<<"$out")")
+  ew+=("$("$lg" echo-transfer "$E" 10 $chunk | awk '/^mbps/ {print $2}')")
+done
+if [[ $probe == *'"code":-32601'* ]]; then
+  notes+=("file transfer: file_write not served by this build (-32601); agent column empty.")
+  aw=- ar=-
+else
+  notes+=("file transfer: agent figures need the file methods' params in bench/run.sh (TODO once issue 5 lands).")
+  aw=- ar=-
+fi
+ec=$(median "${ew[@]}")
+row "file write 10 MB, MB/s (48 KiB chunks)" "$aw" "$(median "${qw[@]}")" "$(ratio "$aw" "$(median "${qw[@]}")")" "$ec (echo of the same lines)"
+row "file read 10 MB, MB/s (48 KiB chunks)" "$ar" "$(median "${qr[@]}")" "$(ratio "$ar" "$(median "${qr[@]}")")" "$ec"
+
+# --- memory ----------------------------------------------------------------------------------------
+"$lg" count "$A" "$PING" 100000 1 8 >/dev/null
+"$lg" count "$Q" "$QPING" 100000 1 8 >/dev/null
+[[ -n $static_bin ]] && "$lg" count "$tmp/static.sock" "$PING" 100000 1 8 >/dev/null
+sleep 1
+rss_agent_after=$(rss_kb $agent_pid); rss_qga_after=$(rss_kb $qga_pid)
+pss_agent_after=$(pss_kb $agent_pid); pss_qga_after=$(pss_kb $qga_pid)
+row "idle RSS after start, KiB" "$rss_agent_start" "$rss_qga_start" "$(ratio "$rss_agent_start" "$rss_qga_start")x" "-"
+row "idle RSS after 100,000 pings, KiB" "$rss_agent_after" "$rss_qga_after" "$(ratio "$rss_agent_after" "$rss_qga_after")x" "-"
+row "idle PSS after start, KiB" "$pss_agent_start" "$pss_qga_start" "$(ratio "$pss_agent_start" "$pss_qga_start")x" "-"
+row "idle PSS after 100,000 pings, KiB" "$pss_agent_after" "$pss_qga_after" "$(ratio "$pss_agent_after" "$pss_qga_after")x" "-"
+if [[ -n $static_bin ]]; then
+  rss_static_after=$(rss_kb $static_pid)
+  row "static agent: idle RSS after start, KiB" "$rss_static_start" "$rss_qga_start" "$(ratio "$rss_static_start" "$rss_qga_start")x" "-"
+  row "static agent: idle RSS after 100,000 pings, KiB" "$rss_static_after" "$rss_qga_after" "$(ratio "$rss_static_after" "$rss_qga_after")x" "-"
+fi
+
+# --- idle CPU and wakeups ----------------------------------------------------------------------------
+idle() {  # pid socket connected(0/1) -> "ticks wakeups"
+  local pid=$1 sock=$2 hold=$3 hp=
+  if ((hold)); then "$lg" hold "$sock" $((idle_secs + 1)) & hp=$!; sleep 0.5; fi
+  local t0 w0 t1 w1
+  t0=$(cpu_ticks "$pid"); w0=$(wakeups "$pid")
+  sleep "$idle_secs"
+  t1=$(cpu_ticks "$pid"); w1=$(wakeups "$pid")
+  [[ -n $hp ]] && wait $hp
+  echo "$((t1 - t0)) $((w1 - w0))"
+}
+for hold in 0 1; do
+  read -r at aw_ <<<"$(idle $agent_pid "$A" $hold)"
+  read -r qt qw_ <<<"$(idle $qga_pid "$Q" $hold)"
+  what=$([[ $hold == 1 ]] && echo connected || echo "no client")
+  row "idle ${idle_secs}s ($what): CPU ticks / context switches" "$at / $aw_" "$qt / $qw_" "-" "-"
+done
+
+# --- start-up time to the first answered ping ------------------------------------------------------
+sa=() sq=()
+for ((i = 0; i < rounds; i++)); do
+  sa+=("$("$lg" startup "$tmp/st-agent.sock" "${PING//\{id\}/1}" -- "${agent_cmd[@]}" --listen "unix:$tmp/st-agent.sock" | awk '{print $2}')")
+  sq+=("$("$lg" startup "$tmp/st-qga.sock" "${QPING//\{id\}/1}" -- "$(command -v qemu-ga)" -m unix-listen -p "$tmp/st-qga.sock" -t "$tmp/st-state" -f "$tmp/st.pid" -l "$tmp/st.log" | awk '{print $2}')")
+done
+a=$(median "${sa[@]}") q=$(median "${sq[@]}")
+row "start-up to first answered ping, ms" "$a" "$q" "$(ratio "$a" "$q")x" "-"
+if [[ -n $static_bin ]]; then
+  ss=()
+  for ((i = 0; i < rounds; i++)); do
+    ss+=("$("$lg" startup "$tmp/st-static.sock" "${PING//\{id\}/1}" -- "$static_bin" --foreground --config "$tmp/config.json" --log-level warn --listen "unix:$tmp/st-static.sock" | awk '{print $2}')")
+  done
+  s_=$(median "${ss[@]}")
+  row "static agent: start-up to first answered ping, ms" "$s_" "$q" "$(ratio "$s_" "$q")x" "-"
+fi
+
+# --- binary size and shared-library needs ----------------------------------------------------------
+needed() { readelf -d "$1" 2>/dev/null | awk '/NEEDED/ {gsub(/[\[\]]/, "", $5); printf "%s ", $5}'; }
+qga_path=$(command -v qemu-ga)
+cp "$agent_bin" "$tmp/agent-dyn" && strip "$tmp/agent-dyn"
+row "stripped size, dynamic build, bytes" "$(stat -c %s "$tmp/agent-dyn")" "$(stat -c %s "$qga_path")" "$(ratio "$(stat -c %s "$tmp/agent-dyn")" "$(stat -c %s "$qga_path")")x" "-"
+if [[ -n $static_bin ]]; then
+  st=$static_bin
+  row "stripped static release binary, bytes" "$(stat -c %s $st)" "-" "-" "-"
+  row "static binary NEEDED" "$(needed $st)none" "-" "-" "-"
+fi
+row "NEEDED (dynamic)" "$(needed "$agent_bin")" "$(needed "$qga_path")" "-" "-"
+
+echo
+echo "| measurement | kvmmanager-agent | qemu-ga | agent/qemu-ga | echo ceiling |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo
+for n in "${notes[@]}"; do echo "- $n"; done

@@ -1,0 +1,318 @@
+// Moves a file each way through the real agent over a unix socket, next to qemu-ga doing the
+// same with guest-file-open/read/write/close, and next to the raw socket's own bandwidth.
+// Prints MB/s (1 MB = 10^6 bytes of file payload). Usage:
+//   transfer_bench [--agent PATH] [--qemu-ga PATH] [--mb N] [--window N] [--repeat N]
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ctl/agent_client.h"
+#include "ctl/file_transfer.h"
+#include "protocol/base64.h"
+
+extern char** environ;
+
+namespace {
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+pid_t Spawn(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid = -1;
+  int rc = ::posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    std::fprintf(stderr, "cannot run %s: %s\n", argv[0].c_str(), std::strerror(rc));
+    std::exit(1);
+  }
+  return pid;
+}
+
+void Stop(pid_t pid) {
+  if (pid <= 0) return;
+  ::kill(pid, SIGTERM);
+  for (int i = 0; i < 100; ++i) {
+    if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+}
+
+std::unique_ptr<kvm::AgentClient> ConnectRetry(const std::string& sock) {
+  for (int i = 0; i < 500; ++i) {
+    try {
+      return std::make_unique<kvm::AgentClient>(sock, std::chrono::seconds(120));
+    } catch (const kvm::ClientError&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  std::fprintf(stderr, "cannot connect to %s\n", sock.c_str());
+  std::exit(1);
+}
+
+std::string ReadAll(const std::string& path) {
+  std::string out;
+  int fd = ::open(path.c_str(), O_RDONLY);
+  char buf[1 << 16];
+  ssize_t n;
+  while (fd >= 0 && (n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  if (fd >= 0) ::close(fd);
+  return out;
+}
+
+void WriteAllFile(const std::string& path, const std::string& data) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0 || ::write(fd, data.data(), data.size()) != static_cast<ssize_t>(data.size())) {
+    std::fprintf(stderr, "cannot write %s\n", path.c_str());
+    std::exit(1);
+  }
+  ::close(fd);
+}
+
+// One-way stream of `bytes` through a connected unix stream socket, 64 KiB writes.
+double RawSocketMBps(const std::string& dir, size_t bytes) {
+  std::string path = dir + "/raw.sock";
+  int listener = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  ::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::listen(listener, 1);
+  std::thread reader([listener, bytes] {
+    int fd = ::accept(listener, nullptr, nullptr);
+    std::vector<char> buf(1 << 16);
+    size_t got = 0;
+    while (got < bytes) {
+      ssize_t n = ::read(fd, buf.data(), buf.size());
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    ::write(fd, "k", 1);
+    ::close(fd);
+  });
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  std::vector<char> chunk(1 << 16, 'x');
+  auto start = Clock::now();
+  size_t sent = 0;
+  while (sent < bytes) {
+    ssize_t n = ::write(fd, chunk.data(), std::min(chunk.size(), bytes - sent));
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  char ack;
+  ::read(fd, &ack, 1);
+  double secs = Seconds(start);
+  reader.join();
+  ::close(fd);
+  ::close(listener);
+  ::unlink(path.c_str());
+  return static_cast<double>(bytes) / 1e6 / secs;
+}
+
+json::value QgaCall(kvm::AgentClient& client, const std::string& line) {
+  client.SendLine(line);
+  json::value reply = json::parse(client.ReadLine());
+  if (!reply.is_object() || !reply.as_object().contains("return")) {
+    std::fprintf(stderr, "qemu-ga error: %s\n", json::serialize(reply).substr(0, 300).c_str());
+    std::exit(1);
+  }
+  return reply.at("return");
+}
+
+struct QgaFigures {
+  double write_mbps = 0, read_mbps = 0;
+  size_t write_chunk = 0, read_chunk = 0;
+};
+
+QgaFigures RunQemuGa(const std::string& qga, const std::string& dir, const std::string& data,
+                     int repeat) {
+  QgaFigures best;
+  std::string sock = dir + "/qga.sock";
+  std::string state = dir + "/qga-state";
+  std::filesystem::create_directories(state);
+  pid_t pid = Spawn({qga, "-m", "unix-listen", "-p", sock, "-t", state});
+  auto client = ConnectRetry(sock);
+  std::string target = dir + "/qga.bin";
+  for (size_t chunk : {size_t{4096}, size_t{65536}, size_t{1} << 20, size_t{4} << 20}) {
+    for (int r = 0; r < repeat; ++r) {
+      auto start = Clock::now();
+      int64_t h = QgaCall(*client, R"({"execute":"guest-file-open","arguments":{"path":")" +
+                                       target + R"(","mode":"w"}})")
+                      .as_int64();
+      for (size_t off = 0; off < data.size(); off += chunk) {
+        std::string line = R"({"execute":"guest-file-write","arguments":{"handle":)" +
+                           std::to_string(h) + R"(,"buf-b64":")";
+        kvm::Base64Append(line, std::string_view(data).substr(off, chunk));
+        line += "\"}}";
+        QgaCall(*client, line);
+      }
+      QgaCall(*client,
+              R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
+      double w = static_cast<double>(data.size()) / 1e6 / Seconds(start);
+      if (ReadAll(target) != data) {
+        std::fprintf(stderr, "qemu-ga wrote a different file\n");
+        std::exit(1);
+      }
+      if (w > best.write_mbps) best = {w, best.read_mbps, chunk, best.read_chunk};
+
+      start = Clock::now();
+      h = QgaCall(*client, R"({"execute":"guest-file-open","arguments":{"path":")" + target +
+                               R"(","mode":"r"}})")
+              .as_int64();
+      std::string got, piece;
+      for (;;) {
+        json::value ret =
+            QgaCall(*client, R"({"execute":"guest-file-read","arguments":{"handle":)" +
+                                 std::to_string(h) + R"(,"count":)" + std::to_string(chunk) + "}}");
+        kvm::Base64Decode(ret.at("buf-b64").as_string(), piece);
+        got += piece;
+        if (ret.at("eof").as_bool() || piece.empty()) break;
+      }
+      QgaCall(*client,
+              R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
+      double rd = static_cast<double>(data.size()) / 1e6 / Seconds(start);
+      if (got != data) {
+        std::fprintf(stderr, "qemu-ga read a different file\n");
+        std::exit(1);
+      }
+      if (rd > best.read_mbps) {
+        best.read_mbps = rd;
+        best.read_chunk = chunk;
+      }
+    }
+  }
+  client.reset();
+  Stop(pid);
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string agent_bin = KVM_AGENT_BINARY_PATH;
+  std::string qga = "/usr/sbin/qemu-ga";
+  double mb = 10;
+  int window = 4, repeat = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i], v = argv[i + 1];
+    if (k == "--agent")
+      agent_bin = v;
+    else if (k == "--qemu-ga")
+      qga = v;
+    else if (k == "--mb")
+      mb = std::stod(v);
+    else if (k == "--window")
+      window = std::stoi(v);
+    else if (k == "--repeat")
+      repeat = std::stoi(v);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  char tmpl[] = "/tmp/kvm-bench-XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  size_t size = static_cast<size_t>(mb * 1e6);
+  std::string data(size, '\0');
+  std::mt19937_64 rng(1);
+  for (size_t i = 0; i + 8 <= size; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(&data[i], &v, 8);
+  }
+  std::string src = dir + "/src.bin";
+  WriteAllFile(src, data);
+
+  double raw = 0;
+  for (int r = 0; r < repeat; ++r) raw = std::max(raw, RawSocketMBps(dir, size));
+
+  std::string config = dir + "/config.json";
+  WriteAllFile(config, R"({"log_file":null,"max_message_size_kb":64,"max_concurrent_requests":10,)"
+                       R"("security":{"allowed_read_paths":[")" +
+                           dir + R"("],"allowed_write_paths":[")" + dir +
+                           R"("],"max_file_size_mb":)" + std::to_string(static_cast<int>(mb) + 2) +
+                           "}}");
+  std::string sock = dir + "/agent.sock";
+  pid_t agent = Spawn({agent_bin, "--foreground", "--config", config, "--listen", "unix:" + sock,
+                       "--log-level", "warn"});
+  auto client = ConnectRetry(sock);
+  kvm::transfer::Options topt;
+  topt.window = window;
+  double up = 0, down = 0;
+  for (int r = 0; r < repeat; ++r) {
+    int fd = ::open(src.c_str(), O_RDONLY);
+    auto start = Clock::now();
+    kvm::transfer::Upload(*client, fd, size, dir + "/up.bin", topt);
+    up = std::max(up, static_cast<double>(size) / 1e6 / Seconds(start));
+    ::close(fd);
+    if (ReadAll(dir + "/up.bin") != data) {
+      std::fprintf(stderr, "agent upload produced a different file\n");
+      return 1;
+    }
+    std::string back = dir + "/down.bin";
+    fd = ::open(back.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    start = Clock::now();
+    kvm::transfer::Download(*client, dir + "/up.bin", fd, topt);
+    down = std::max(down, static_cast<double>(size) / 1e6 / Seconds(start));
+    ::close(fd);
+    if (ReadAll(back) != data) {
+      std::fprintf(stderr, "agent download produced a different file\n");
+      return 1;
+    }
+  }
+  client.reset();
+  Stop(agent);
+
+  QgaFigures q;
+  bool have_qga = ::access(qga.c_str(), X_OK) == 0;
+  if (have_qga) q = RunQemuGa(qga, dir, data, repeat);
+
+  double limit = raw * 3 / 4;  // payload ceiling once base64 inflates it by 4/3
+  std::printf("file transfer, %.1f MB of random bytes, unix socket, best of %d, window %d\n", mb,
+              repeat, window);
+  std::printf("%-44s %9.1f MB/s\n", "raw socket stream (64 KiB writes)", raw);
+  std::printf("%-44s %9.1f MB/s\n", "raw limit after base64 (x 3/4)", limit);
+  std::printf("%-44s %9.1f MB/s  raw-limit/agent %.2f", "agent upload (file_upload_*, sha256)", up,
+              limit / up);
+  if (have_qga) std::printf("  %.1fx qemu-ga", up / q.write_mbps);
+  std::printf("\n%-44s %9.1f MB/s  raw-limit/agent %.2f", "agent download (file_read, sha256)",
+              down, limit / down);
+  if (have_qga) std::printf("  %.1fx qemu-ga", down / q.read_mbps);
+  std::printf("\n");
+  if (have_qga) {
+    std::printf("%-44s %9.1f MB/s  (best chunk %zu bytes)\n", "qemu-ga guest-file-write",
+                q.write_mbps, q.write_chunk);
+    std::printf("%-44s %9.1f MB/s  (best chunk %zu bytes)\n", "qemu-ga guest-file-read",
+                q.read_mbps, q.read_chunk);
+  } else {
+    std::printf("qemu-ga not found at %s: no comparison\n", qga.c_str());
+  }
+  std::filesystem::remove_all(dir);
+  return 0;
+}

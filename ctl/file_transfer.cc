@@ -1,0 +1,320 @@
+#include "ctl/file_transfer.h"
+
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "agent/handlers/files/sha256.h"
+#include "protocol/base64.h"
+
+namespace kvm::transfer {
+namespace json = boost::json;
+namespace {
+
+constexpr int64_t kBusy = -32004;
+
+std::string JsonString(std::string_view s) { return json::serialize(json::value(s)); }
+
+CallResult ToCallResult(const json::object& reply) {
+  CallResult out;
+  if (auto r = reply.find("result"); r != reply.end()) {
+    out.ok = true;
+    out.result = r->value();
+    return out;
+  }
+  auto e = reply.find("error");
+  if (e == reply.end() || !e->value().is_object()) throw ClientError("malformed reply");
+  const json::object& err = e->value().get_object();
+  if (auto c = err.find("code"); c != err.end() && c->value().is_int64()) {
+    out.error_code = c->value().get_int64();
+  }
+  if (auto m = err.find("message"); m != err.end() && m->value().is_string()) {
+    out.error_message = std::string(m->value().get_string());
+  }
+  if (auto d = err.find("data"); d != err.end()) out.error_data = d->value();
+  return out;
+}
+
+// Several requests in flight on one connection, matched to replies by id.
+class Pipeline {
+ public:
+  explicit Pipeline(AgentClient& client) : client_(client) {}
+
+  uint64_t Send(std::string_view method, std::string_view params_json) {
+    uint64_t id = next_id_++;
+    std::string line;
+    line.reserve(params_json.size() + 96);
+    line += R"({"jsonrpc":"2.0","method":")";
+    line += method;
+    line += R"(","params":)";
+    line += params_json;
+    line += R"(,"id":)";
+    line += std::to_string(id);
+    line += '}';
+    client_.SendLine(line);
+    lines_[id] = std::move(line);
+    return id;
+  }
+  size_t in_flight() const { return lines_.size(); }
+
+  // Next reply to one of our requests; a "busy" answer is retried transparently.
+  std::pair<uint64_t, CallResult> Receive() {
+    for (;;) {
+      std::string text = client_.ReadLine();
+      json::error_code ec;
+      json::value value = json::parse(text, ec);
+      if (ec || !value.is_object()) continue;
+      const json::object& obj = value.get_object();
+      auto rid = obj.find("id");
+      if (rid == obj.end() || !rid->value().is_number()) continue;
+      json::error_code nec;
+      uint64_t id = rid->value().to_number<uint64_t>(nec);
+      auto it = lines_.find(id);
+      if (nec || it == lines_.end()) continue;
+      CallResult result = ToCallResult(obj);
+      if (!result.ok && result.error_code == kBusy) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        client_.SendLine(it->second);
+        continue;
+      }
+      lines_.erase(it);
+      return {id, std::move(result)};
+    }
+  }
+
+  // Waits for every outstanding reply (after a failure), ignoring them.
+  void Drain() {
+    while (!lines_.empty()) Receive();
+  }
+
+ private:
+  AgentClient& client_;
+  // Far from AgentClient's own ids (pid * 1e6 + ...), so stale replies never match.
+  uint64_t next_id_ = 9000000000000000000ull + static_cast<uint64_t>(::getpid()) * 1000000ull;
+  std::map<uint64_t, std::string> lines_;
+};
+
+std::string GetString(const json::value& v, std::string_view key) {
+  if (const json::value* f = v.is_object() ? v.get_object().if_contains(key) : nullptr;
+      f && f->is_string()) {
+    return std::string(f->get_string());
+  }
+  throw ClientError("reply lacks \"" + std::string(key) + "\"");
+}
+
+std::string_view GetView(const json::value& v, std::string_view key) {
+  if (const json::value* f = v.is_object() ? v.get_object().if_contains(key) : nullptr;
+      f && f->is_string()) {
+    return f->get_string();
+  }
+  throw ClientError("reply lacks \"" + std::string(key) + "\"");
+}
+
+uint64_t GetUint(const json::value& v, std::string_view key) {
+  if (const json::value* f = v.is_object() ? v.get_object().if_contains(key) : nullptr;
+      f && f->is_number()) {
+    json::error_code ec;
+    uint64_t n = f->to_number<uint64_t>(ec);
+    if (!ec) return n;
+  }
+  throw ClientError("reply lacks \"" + std::string(key) + "\"");
+}
+
+void WriteFully(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    ssize_t n = ::write(fd, data, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error(std::string("local write: ") + std::strerror(errno));
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+}  // namespace
+
+Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::string& remote,
+               const Options& options) {
+  json::object begin_params{{"path", remote}, {"size", size}, {"mode", options.mode}};
+  if (options.permissions) begin_params["permissions"] = *options.permissions;
+  CallResult begin = client.Call("file_upload_begin", begin_params);
+  if (!begin.ok) throw TransferError("file_upload_begin failed", begin);
+  std::string handle = GetString(begin.result, "handle");
+  size_t chunk = GetUint(begin.result, "chunk_size");
+  if (chunk == 0) throw ClientError("agent announced chunk_size 0");
+
+  Sha256 hash;
+  Pipeline pipe(client);
+  std::map<uint64_t, size_t> lengths;
+  std::string buf(chunk, '\0');
+  std::string params;
+  std::string handle_json = JsonString(handle);
+  uint64_t offset = 0, done = 0;
+  auto fail = [&](const std::string& what, const CallResult& r) {
+    pipe.Drain();
+    client.Call("file_upload_abort", {{"handle", handle}});
+    throw TransferError(what, r);
+  };
+  while (offset < size || pipe.in_flight() > 0) {
+    while (offset < size && pipe.in_flight() < static_cast<size_t>(options.window)) {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(chunk, size - offset));
+      ssize_t n = ::pread(local_fd, buf.data(), want, static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        pipe.Drain();
+        client.Call("file_upload_abort", {{"handle", handle}});
+        throw std::runtime_error(n == 0 ? "local file shrank during the upload"
+                                        : std::string("local read: ") + std::strerror(errno));
+      }
+      std::string_view piece(buf.data(), static_cast<size_t>(n));
+      hash.Update(piece);
+      params.clear();
+      params.reserve(Base64EncodedSize(piece.size()) + handle_json.size() + 64);
+      params += R"({"handle":)";
+      params += handle_json;
+      params += R"(,"offset":)";
+      params += std::to_string(offset);
+      params += R"(,"data":")";
+      Base64Append(params, piece);
+      params += "\"}";
+      lengths[pipe.Send("file_upload_chunk", params)] = piece.size();
+      offset += piece.size();
+    }
+    auto [id, result] = pipe.Receive();
+    if (!result.ok) fail("file_upload_chunk failed", result);
+    done += lengths[id];
+    lengths.erase(id);
+    if (options.progress) options.progress(done, size);
+  }
+  Outcome out{size, hash.FinishHex()};
+  CallResult commit = client.Call("file_upload_commit",
+                                  {{"handle", handle}, {"sha256", out.sha256}, {"size", size}});
+  if (!commit.ok) throw TransferError("file_upload_commit failed", commit);
+  return out;
+}
+
+namespace {
+
+// Reads `remote` by chunks with up to `window` reads in flight; hands each piece, in file
+// order, to `sink`. Returns the total size; `expected_size` pins the size found by file_stat.
+template <class Sink>
+uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t expected_size,
+                       const Options& options, Pipeline& pipe, Sink&& sink,
+                       const std::string& extra_method, const std::string& extra_params,
+                       CallResult* extra_result) {
+  // The first read learns the agent's chunk size (it caps `length`).
+  CallResult first =
+      client.Call("file_read", {{"path", remote}, {"offset", 0}, {"length", 1u << 30}});
+  if (!first.ok) throw TransferError("file_read failed", first);
+  std::string decoded;
+  if (!Base64Decode(GetView(first.result, "data"), decoded)) {
+    throw ClientError("agent sent invalid base64");
+  }
+  uint64_t size = GetUint(first.result, "size");
+  if (size != expected_size) {
+    throw TransferError("the file changed during the copy (size " + std::to_string(size) +
+                            ", was " + std::to_string(expected_size) + ")",
+                        CallResult{});
+  }
+  size_t chunk = decoded.size();
+  // Sent only now: AgentClient::Call above would have dropped its reply.
+  std::optional<uint64_t> extra_id;
+  if (!extra_method.empty()) extra_id = pipe.Send(extra_method, extra_params);
+  sink(std::string_view(decoded));
+  uint64_t done = decoded.size();
+  if (options.progress) options.progress(done, size);
+  if (chunk == 0 && size > 0) throw ClientError("agent returned an empty chunk");
+
+  std::string path_json = JsonString(remote);
+  std::map<uint64_t, uint64_t> offsets;   // id -> offset
+  std::map<uint64_t, std::string> ready;  // offset -> bytes, waiting for their turn
+  uint64_t next_offset = done;
+  std::string params;
+  while (done < size || pipe.in_flight() > 0) {
+    while (next_offset < size && pipe.in_flight() < static_cast<size_t>(options.window)) {
+      params = R"({"path":)" + path_json + R"(,"offset":)" + std::to_string(next_offset) +
+               R"(,"length":)" + std::to_string(chunk) + "}";
+      offsets[pipe.Send("file_read", params)] = next_offset;
+      next_offset += chunk;
+    }
+    auto [id, result] = pipe.Receive();
+    if (extra_id && id == *extra_id) {
+      *extra_result = std::move(result);
+      continue;
+    }
+    if (!result.ok) {
+      pipe.Drain();
+      throw TransferError("file_read failed", result);
+    }
+    uint64_t off = offsets[id];
+    offsets.erase(id);
+    std::string bytes;
+    if (!Base64Decode(GetView(result.result, "data"), bytes)) {
+      throw ClientError("agent sent invalid base64");
+    }
+    uint64_t want = std::min<uint64_t>(chunk, size - off);
+    if (bytes.size() != want || GetUint(result.result, "size") != size) {
+      pipe.Drain();
+      throw TransferError("the file changed during the copy", CallResult{});
+    }
+    ready[off] = std::move(bytes);
+    while (!ready.empty() && ready.begin()->first == done) {
+      sink(std::string_view(ready.begin()->second));
+      done += ready.begin()->second.size();
+      ready.erase(ready.begin());
+      if (options.progress) options.progress(done, size);
+    }
+  }
+  return size;
+}
+
+}  // namespace
+
+Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
+                 const Options& options) {
+  CallResult st = client.Call("file_stat", {{"path", remote}});
+  if (!st.ok) throw TransferError("file_stat failed", st);
+  if (GetString(st.result, "type") != "file") {
+    throw TransferError(remote + " is not a regular file", CallResult{});
+  }
+  uint64_t size = GetUint(st.result, "size");
+  Pipeline pipe(client);
+  // The agent hashes the file on another worker while the reads go on.
+  CallResult hash_result;
+  Sha256 hash;
+  ReadPipelined(
+      client, remote, size, options, pipe,
+      [&](std::string_view bytes) {
+        hash.Update(bytes);
+        WriteFully(local_fd, bytes.data(), bytes.size());
+      },
+      "file_stat", R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result);
+  if (!hash_result.ok) throw TransferError("file_stat (sha256) failed", hash_result);
+  Outcome out{size, hash.FinishHex()};
+  std::string remote_sha = GetString(hash_result.result, "sha256");
+  if (remote_sha != out.sha256 || GetUint(hash_result.result, "size") != size) {
+    throw TransferError("sha256 mismatch: agent " + remote_sha + ", received " + out.sha256 +
+                            " (the file changed during the copy?)",
+                        CallResult{});
+  }
+  return out;
+}
+
+uint64_t Stream(AgentClient& client, const std::string& remote, int out_fd,
+                const Options& options) {
+  CallResult st = client.Call("file_stat", {{"path", remote}});
+  if (!st.ok) throw TransferError("file_stat failed", st);
+  Pipeline pipe(client);
+  return ReadPipelined(
+      client, remote, GetUint(st.result, "size"), options, pipe,
+      [&](std::string_view bytes) { WriteFully(out_fd, bytes.data(), bytes.size()); },
+      std::string(), std::string(), nullptr);
+}
+
+}  // namespace kvm::transfer

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs libFuzzer harnesses for a bounded time on the seed corpus in fuzz/corpus/<harness>.
+#   bash fuzz/run.sh HARNESS|all [SECONDS] [BUILD_DIR]      e.g. bash fuzz/run.sh all 3600
+# New interesting inputs go to $FUZZ_WORK (default /tmp/kvm-fuzz/<harness>), not the repo; a crash
+# leaves crash-* there: add it to fuzz/corpus/<harness>/ and a regression test beside the code.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+harness=${1:?usage: fuzz/run.sh HARNESS|all [SECONDS] [BUILD_DIR]}
+secs=${2:-20}
+dir=$(realpath -m "${3:-build-fuzz}")
+command -v clang++ >/dev/null || { echo "fuzz: clang++ not installed (scripts/deps.sh)"; exit 77; }
+[[ -x $dir/fuzz_base64 ]] || bash fuzz/build.sh "$dir"
+list=("$harness")
+[[ $harness == all ]] && list=(jsonrpc config base64)
+for h in "${list[@]}"; do
+  work=${FUZZ_WORK:-/tmp/kvm-fuzz}/$h
+  mkdir -p "$work"
+  echo "fuzz: $h for ${secs}s"
+  (cd "$work" && "$dir/fuzz_$h" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+     -max_len=16384 -print_final_stats=1 "$work" "$root/fuzz/corpus/$h")
+done
