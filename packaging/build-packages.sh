@@ -56,6 +56,10 @@ stage_agent() {  # $1 = root, $2 = unit/udev prefix (/lib or /usr/lib)
   sed "s/@VERSION@/$version/" "$files/kvmmanager-agent.8" | gzip -9n > "$r/usr/share/man/man8/kvmmanager-agent.8.gz"
   install -D -m 0644 "$files/hardening-strict.conf" \
     "$r/usr/share/doc/kvmmanager-agent/examples/hardening-strict.conf"
+  # For a non-root agent (docs/power.md): polkit rules and the CAP_SYS_BOOT drop-in.
+  install -m 0644 packaging/power/50-kvmmanager-agent-power.pkla \
+    packaging/power/50-kvmmanager-agent-power.rules packaging/power/power-force.conf \
+    "$r/usr/share/doc/kvmmanager-agent/examples/"
 }
 stage_ctl() {
   local r=$1

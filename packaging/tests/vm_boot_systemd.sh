@@ -111,7 +111,8 @@ console="$work/console.log"
 port_dev="virtserialport,bus=vser.0,chardev=agent,name=org.kvmmanager.agent.0,id=agentport"
 accel=tcg
 # -nodefaults: no CD-ROM, NIC or VGA whose drivers udev would load (slow under TCG).
-qemu-system-x86_64 -accel "$accel" -m 512 -smp 1 -nodefaults -display none -no-reboot \
+# timeout: QEMU ends on its own even if this script is killed before its EXIT trap runs.
+timeout -k 10 $((boot_timeout + 300)) qemu-system-x86_64 -accel "$accel" -m 512 -smp 1 -nodefaults -display none -no-reboot \
   -kernel "$vmlinuz" -initrd "$work/initrd.gz" \
   -append "console=ttyS0 root=/dev/vda rw panic=-1 modprobe.blacklist=kvm,kvm_amd,kvm_intel systemd.show_status=1 systemd.firstboot=off systemd.journald.forward_to_console=1" \
   -drive "file=$work/root.img,format=raw,if=virtio" \
@@ -147,10 +148,14 @@ agent_starts() {
 more_starts_than() { (($(agent_starts) > $1)); }
 
 echo "--- booting $kver (accel $accel, unit profile $profile), waiting up to ${boot_timeout}s for the agent"
+# Wait for the agent's own "serving" line first: pings sent while the guest boots would queue
+# in the port and be answered in a burst later, slowing everything under TCG.
+check "systemd started the agent during boot (its journal says it serves the port)" \
+  wait_for "$boot_timeout" "agent serving" more_starts_than 0
 check "agent started by systemd answers ping over the channel" \
-  wait_for "$boot_timeout" "first ping" "${ctl[@]}" ping
+  wait_for 120 "first ping" "${ctl[@]}" ping
 check "it is the packaged agent ($version)" \
-  bash -c "'${ctl[0]}' --socket '$chan' --json call get_agent_info | grep -q '\"$version\"'"
+  bash -c "'${ctl[0]}' --socket '$chan' --timeout 60 --json call get_agent_info | grep -q '\"$version\"'"
 # systemd logs "Started" once READY=1 arrived; ping can answer a moment before that.
 check "systemd reported the service started (after READY=1)" \
   wait_for 60 "Started in the journal" console_has "Started.*KVM Manager guest agent"
