@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
     }
   }
   if (options.check_config) {
-    for (const auto& warning : loaded.warnings) std::fprintf(stderr, "warning: %s\n", warning.c_str());
+    for (const auto& warning : loaded.warnings)
+      std::fprintf(stderr, "warning: %s\n", warning.c_str());
     if (!loaded.file_found) {
       std::fprintf(stderr, "note: %s not found; these are the defaults\n",
                    options.config_path.c_str());

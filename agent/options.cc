@@ -56,7 +56,9 @@ std::optional<OptionsExit> ParseAgentOptions(int argc, char** argv, AgentOptions
   int c;
   while ((c = getopt_long(argc, argv, ":fl:d:c:Vh", kLong, nullptr)) != -1) {
     switch (c) {
-      case 'f': options.foreground = true; break;
+      case 'f':
+        options.foreground = true;
+        break;
       case 'l':
         if (!IsValidLogLevel(optarg)) {
           return OptionsExit{2, std::string("kvmmanager-agent: --log-level must be one of trace, "
@@ -65,18 +67,28 @@ std::optional<OptionsExit> ParseAgentOptions(int argc, char** argv, AgentOptions
         }
         options.log_level = optarg;
         break;
-      case 'd': options.device = optarg; break;
-      case 'c': options.config_path = optarg; break;
-      case kListen: options.listen.emplace_back(optarg); break;
-      case kCheckConfig: options.check_config = true; break;
-      case 'V': return OptionsExit{0, std::string("kvmmanager-agent ") + KVM_AGENT_VERSION + "\n"};
-      case 'h': return OptionsExit{0, AgentUsage()};
+      case 'd':
+        options.device = optarg;
+        break;
+      case 'c':
+        options.config_path = optarg;
+        break;
+      case kListen:
+        options.listen.emplace_back(optarg);
+        break;
+      case kCheckConfig:
+        options.check_config = true;
+        break;
+      case 'V':
+        return OptionsExit{0, std::string("kvmmanager-agent ") + KVM_AGENT_VERSION + "\n"};
+      case 'h':
+        return OptionsExit{0, AgentUsage()};
       case ':':
         return OptionsExit{2, std::string("kvmmanager-agent: option ") + argv[optind - 1] +
                                   " needs a value\nTry --help.\n"};
       default:
-        return OptionsExit{2, std::string("kvmmanager-agent: unknown option ") +
-                                  argv[optind - 1] + "\nTry --help.\n"};
+        return OptionsExit{2, std::string("kvmmanager-agent: unknown option ") + argv[optind - 1] +
+                                  "\nTry --help.\n"};
     }
   }
   if (optind < argc) {

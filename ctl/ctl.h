@@ -12,15 +12,15 @@ namespace kvm::ctl {
 
 // Exit codes of kvmmanager-ctl.
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitRpcError = 1;     // the agent answered with an error
-inline constexpr int kExitUsage = 2;        // bad command line
-inline constexpr int kExitConnection = 3;   // no answer: connect/timeout/protocol failure
+inline constexpr int kExitRpcError = 1;    // the agent answered with an error
+inline constexpr int kExitUsage = 2;       // bad command line
+inline constexpr int kExitConnection = 3;  // no answer: connect/timeout/protocol failure
 
 struct Options {
-  std::string socket;        // --socket, or $KVMMANAGER_SOCKET
+  std::string socket;  // --socket, or $KVMMANAGER_SOCKET
   double timeout_seconds = 30;
-  bool json = false;         // --json: raw JSON instead of tables
-  int exit_code = kExitOk;   // set by the subcommand that ran
+  bool json = false;        // --json: raw JSON instead of tables
+  int exit_code = kExitOk;  // set by the subcommand that ran
 };
 
 // Connects using the global options; throws ClientError with a readable reason.

@@ -30,8 +30,8 @@ TEST(Base64, RoundTripsRandomBinary) {
 
 TEST(Base64, RejectsMalformedInput) {
   std::string out;
-  for (const char* bad : {"Zg=", "Zg", "Z===", "Zm9v!", "Zm 9v", "Zg==Zg==", "=Zg=", "Zm9\n",
-                          "Zm=v"}) {
+  for (const char* bad :
+       {"Zg=", "Zg", "Z===", "Zm9v!", "Zm 9v", "Zg==Zg==", "=Zg=", "Zm9\n", "Zm=v"}) {
     EXPECT_FALSE(Base64Decode(bad, out)) << bad;
   }
   EXPECT_FALSE(Base64Decode(std::string("Zm9\0", 4), out));

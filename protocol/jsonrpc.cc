@@ -19,8 +19,7 @@ json::value ParseLine(std::string_view line) {
   if (ec) {
     std::string reason = ec.message();
     if (ec == json::error::too_deep) reason = "nesting deeper than " + std::to_string(kMaxDepth);
-    throw RpcError(ErrorCode::kParseError, "Parse error: " + reason,
-                   {{"detail", reason}});
+    throw RpcError(ErrorCode::kParseError, "Parse error: " + reason, {{"detail", reason}});
   }
   return parser.release();
 }
@@ -48,7 +47,8 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
   json::value id = nullptr;
   bool has_id = false;
   if (auto it = object->find("id"); it != object->end()) {
-    if (!IsValidIdType(it->value())) return Invalid(nullptr, "id must be a string, a finite number or null");
+    if (!IsValidIdType(it->value()))
+      return Invalid(nullptr, "id must be a string, a finite number or null");
     id = it->value();
     has_id = true;
   }

@@ -26,7 +26,8 @@ TEST(JsonRpcParse, RejectsSyntaxInvalidUtf8NulAndDeepNesting) {
 }
 
 TEST(JsonRpcValidate, AcceptsRequestAndNotification) {
-  auto r = ValidateRequest(json::parse(R"({"jsonrpc":"2.0","method":"m","params":{"a":1},"id":"x"})"));
+  auto r =
+      ValidateRequest(json::parse(R"({"jsonrpc":"2.0","method":"m","params":{"a":1},"id":"x"})"));
   ASSERT_TRUE(std::holds_alternative<Request>(r));
   auto& req = std::get<Request>(r);
   EXPECT_EQ(req.method, "m");
@@ -39,11 +40,12 @@ TEST(JsonRpcValidate, AcceptsRequestAndNotification) {
 }
 
 TEST(JsonRpcValidate, RejectsMalformedRequestsKeepingAValidId) {
-  for (const char* bad : {R"(1)", R"({"method":"m","id":1})", R"({"jsonrpc":"1.0","method":"m","id":1})",
-                          R"({"jsonrpc":"2.0","method":5,"id":1})",
-                          R"({"jsonrpc":"2.0","method":"m","params":3,"id":1})",
-                          R"({"jsonrpc":"2.0","method":"m","params":[1],"id":1})",
-                          R"({"jsonrpc":"2.0","method":"m","extra":true,"id":1})"}) {
+  for (const char* bad :
+       {R"(1)", R"({"method":"m","id":1})", R"({"jsonrpc":"1.0","method":"m","id":1})",
+        R"({"jsonrpc":"2.0","method":5,"id":1})",
+        R"({"jsonrpc":"2.0","method":"m","params":3,"id":1})",
+        R"({"jsonrpc":"2.0","method":"m","params":[1],"id":1})",
+        R"({"jsonrpc":"2.0","method":"m","extra":true,"id":1})"}) {
     auto r = ValidateRequest(json::parse(bad));
     ASSERT_TRUE(std::holds_alternative<InvalidRequest>(r)) << bad;
     EXPECT_EQ(std::get<InvalidRequest>(r).error.code(), ErrorCode::kInvalidRequest);
@@ -68,14 +70,16 @@ TEST(JsonRpcResponse, EchoesIdsExactly) {
             R"({"jsonrpc":"2.0","result":null,"id":18446744073709551615})");
   EXPECT_EQ(ResultResponse(json::parse("-9223372036854775808"), nullptr),
             R"({"jsonrpc":"2.0","result":null,"id":-9223372036854775808})");
-  EXPECT_EQ(ResultResponse(json::parse("1.5"), nullptr), R"({"jsonrpc":"2.0","result":null,"id":1.5})");
+  EXPECT_EQ(ResultResponse(json::parse("1.5"), nullptr),
+            R"({"jsonrpc":"2.0","result":null,"id":1.5})");
   EXPECT_EQ(ResultResponse(json::parse(R"("a\"b")"), nullptr),
             R"({"jsonrpc":"2.0","result":null,"id":"a\"b"})");
   EXPECT_EQ(ResultResponse(nullptr, 1), R"({"jsonrpc":"2.0","result":1,"id":null})");
 }
 
 TEST(JsonRpcResponse, ErrorCarriesCodeMessageAndKind) {
-  auto text = ErrorResponse(json::value(3), RpcError(ErrorCode::kPermissionDenied, "no", {{"policy", "read"}}));
+  auto text = ErrorResponse(json::value(3),
+                            RpcError(ErrorCode::kPermissionDenied, "no", {{"policy", "read"}}));
   auto v = json::parse(text).as_object();
   EXPECT_EQ(v["error"].as_object()["code"], -32000);
   EXPECT_EQ(v["error"].as_object()["message"], "no");

@@ -17,8 +17,7 @@ Collected FeedAll(LineFramer& framer, const std::vector<std::string>& chunks) {
   Collected c;
   for (const auto& chunk : chunks) {
     framer.Feed(
-        chunk, [&](std::string_view line) { c.lines.emplace_back(line); },
-        [&] { ++c.oversized; });
+        chunk, [&](std::string_view line) { c.lines.emplace_back(line); }, [&] { ++c.oversized; });
   }
   return c;
 }
@@ -63,7 +62,8 @@ TEST(LineFramer, NeverBuffersMoreThanTheCapWhileSkipping) {
   std::string chunk(4096, 'x');
   int oversized = 0;
   for (int i = 0; i < 1000; ++i) {
-    framer.Feed(chunk, [](std::string_view) {}, [&] { ++oversized; });
+    framer.Feed(
+        chunk, [](std::string_view) {}, [&] { ++oversized; });
     ASSERT_LE(framer.buffered(), 17u);
   }
   EXPECT_EQ(oversized, 1);

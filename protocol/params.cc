@@ -45,8 +45,7 @@ std::string Params::RequiredString(std::string_view name) const {
   return *s;
 }
 
-std::optional<int64_t> Params::OptionalInt(std::string_view name, int64_t min,
-                                           int64_t max) const {
+std::optional<int64_t> Params::OptionalInt(std::string_view name, int64_t min, int64_t max) const {
   const json::value* v = Find(name);
   if (!v || v->is_null()) return std::nullopt;
   std::string range = "an integer in [" + std::to_string(min) + ", " + std::to_string(max) + "]";

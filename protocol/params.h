@@ -26,8 +26,7 @@ class Params {
   // Integers must be whole JSON numbers within [min, max].
   std::optional<int64_t> OptionalInt(std::string_view name, int64_t min, int64_t max) const;
   int64_t RequiredInt(std::string_view name, int64_t min, int64_t max) const;
-  std::optional<uint64_t> OptionalUint(std::string_view name,
-                                       uint64_t max = UINT64_MAX) const;
+  std::optional<uint64_t> OptionalUint(std::string_view name, uint64_t max = UINT64_MAX) const;
   std::optional<bool> OptionalBool(std::string_view name) const;
   std::optional<std::vector<std::string>> OptionalStringArray(std::string_view name) const;
   const boost::json::object* OptionalObject(std::string_view name) const;

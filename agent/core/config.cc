@@ -24,8 +24,7 @@ std::string GetString(const json::value& v, std::string_view key) {
 }
 
 int64_t GetInt(const json::value& v, std::string_view key, int64_t min, int64_t max) {
-  std::string expected =
-      "an integer from " + std::to_string(min) + " to " + std::to_string(max);
+  std::string expected = "an integer from " + std::to_string(min) + " to " + std::to_string(max);
   if (v.is_int64() && v.get_int64() >= min && v.get_int64() <= max) return v.get_int64();
   if (v.is_uint64() && v.get_uint64() <= static_cast<uint64_t>(max)) {
     return static_cast<int64_t>(v.get_uint64());

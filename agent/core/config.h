@@ -1,4 +1,5 @@
-// The agent's configuration: every key of /etc/kvmmanager-agent/config.json, with the seed's defaults.
+// The agent's configuration: every key of /etc/kvmmanager-agent/config.json, with the seed's
+// defaults.
 #pragma once
 
 #include <cstdint>

@@ -46,21 +46,27 @@ TEST(Config, SeedsFullExampleParsesToDefaults) {
 
 TEST(Config, WhitelistAndOverrides) {
   Config c = ParseConfig(R"({"max_concurrent_requests": 3,
-    "security": {"command_whitelist": ["ls", "/usr/bin/df"]}})").config;
+    "security": {"command_whitelist": ["ls", "/usr/bin/df"]}})")
+                 .config;
   EXPECT_EQ(c.max_concurrent_requests, 3);
   ASSERT_TRUE(c.security.command_whitelist);
   EXPECT_EQ(c.security.command_whitelist->size(), 2u);
 }
 
 TEST(Config, WrongTypeOrValueNamesTheKey) {
-  EXPECT_NE(ErrorOf(R"({"max_message_size_kb": "64"})").find("max_message_size_kb"), std::string::npos);
-  EXPECT_NE(ErrorOf(R"({"max_concurrent_requests": 0})").find("max_concurrent_requests"), std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"max_message_size_kb": "64"})").find("max_message_size_kb"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"max_concurrent_requests": 0})").find("max_concurrent_requests"),
+            std::string::npos);
   EXPECT_NE(ErrorOf(R"({"log_level": "loud"})").find("log_level"), std::string::npos);
-  EXPECT_NE(ErrorOf(R"({"security": {"allowed_read_paths": ["relative"]}})").find("security.allowed_read_paths"),
+  EXPECT_NE(ErrorOf(R"({"security": {"allowed_read_paths": ["relative"]}})")
+                .find("security.allowed_read_paths"),
             std::string::npos);
-  EXPECT_NE(ErrorOf(R"({"security": {"command_whitelist": "ls"}})").find("security.command_whitelist"),
+  EXPECT_NE(
+      ErrorOf(R"({"security": {"command_whitelist": "ls"}})").find("security.command_whitelist"),
+      std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"request_timeout_seconds": 1.5})").find("request_timeout_seconds"),
             std::string::npos);
-  EXPECT_NE(ErrorOf(R"({"request_timeout_seconds": 1.5})").find("request_timeout_seconds"), std::string::npos);
   EXPECT_NE(ErrorOf("[1]").find("object"), std::string::npos);
   EXPECT_NE(ErrorOf("{").find("JSON"), std::string::npos);
 }

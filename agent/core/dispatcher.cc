@@ -47,7 +47,10 @@ std::string Invoke(const MethodSpec& spec, const std::string& method, const json
 
 Dispatcher::Dispatcher(EventLoop& loop, const MethodTable& methods, Logger& log,
                        std::shared_ptr<const Config> config)
-    : loop_(loop), methods_(methods), log_(log), config_(std::move(config)),
+    : loop_(loop),
+      methods_(methods),
+      log_(log),
+      config_(std::move(config)),
       pool_(static_cast<size_t>(config_->max_concurrent_requests)) {}
 
 Dispatcher::~Dispatcher() { AbandonAll(); }
@@ -79,7 +82,8 @@ void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySi
     return;
   }
   if (!message.is_array()) {
-    ProcessMessage(std::move(message), [sink](std::string reply) { sink->Finish(std::move(reply)); });
+    ProcessMessage(std::move(message),
+                   [sink](std::string reply) { sink->Finish(std::move(reply)); });
     return;
   }
   json::array& batch = message.get_array();
@@ -128,7 +132,8 @@ void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
     return;
   }
   if (shutting_down_) {
-    fail(RpcError(ErrorCode::kShuttingDown, "Agent is shutting down", {{"method", request.method}}));
+    fail(
+        RpcError(ErrorCode::kShuttingDown, "Agent is shutting down", {{"method", request.method}}));
     return;
   }
   if (spec->mode == RunMode::kInline) {
@@ -189,13 +194,13 @@ void Dispatcher::ArmTimeout(const std::shared_ptr<Job>& job) {
     job->answered = true;
     job->abandoned->store(true);
     LOG_WARN(log_, "method %s timed out; answered with a timeout error", job->method.c_str());
-    job->done(job->notification
-                  ? std::string()
-                  : jsonrpc::ErrorResponse(
-                        job->id, RpcError(ErrorCode::kTimeout,
-                                          "Request timed out (" + job->method + ")",
-                                          {{"method", job->method},
-                                           {"timeout_seconds", job->timeout_seconds}})));
+    job->done(
+        job->notification
+            ? std::string()
+            : jsonrpc::ErrorResponse(
+                  job->id,
+                  RpcError(ErrorCode::kTimeout, "Request timed out (" + job->method + ")",
+                           {{"method", job->method}, {"timeout_seconds", job->timeout_seconds}})));
   });
 }
 

@@ -85,7 +85,8 @@ TEST_F(DispatcherTest, WorkerMethodAnswersThroughTheLoop) {
 TEST_F(DispatcherTest, BusyBeyondMaxConcurrentAndTimeoutAfterRequestTimeout) {
   auto sink = std::make_shared<RecordingSink>();
   for (int i = 0; i < 3; ++i) {
-    dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"slow","id":)" + std::to_string(i) + "}", sink);
+    dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"slow","id":)" + std::to_string(i) + "}",
+                            sink);
   }
   ASSERT_EQ(sink->replies.size(), 1u);  // the third is refused at once
   auto busy = json::parse(sink->replies[0]).as_object();
@@ -121,7 +122,8 @@ TEST_F(DispatcherTest, BatchAnswersOneArrayWithoutNotifications) {
 
 TEST_F(DispatcherTest, AllNotificationBatchGetsNoReply) {
   auto sink = std::make_shared<RecordingSink>();
-  dispatcher_->HandleLine(R"([{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"x"}])", sink);
+  dispatcher_->HandleLine(R"([{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"x"}])",
+                          sink);
   ASSERT_EQ(sink->replies.size(), 1u);
   EXPECT_EQ(sink->replies[0], "");
 }

@@ -1,4 +1,5 @@
-// A single-threaded epoll loop: fd readiness callbacks, timers, and tasks posted from other threads.
+// A single-threaded epoll loop: fd readiness callbacks, timers, and tasks posted from other
+// threads.
 #pragma once
 
 #include <chrono>
@@ -31,7 +32,9 @@ class EventLoop {
   void Unwatch(int fd);
 
   TimerId AddTimer(Clock::time_point when, Task task);
-  TimerId AddTimer(Clock::duration after, Task task) { return AddTimer(Clock::now() + after, std::move(task)); }
+  TimerId AddTimer(Clock::duration after, Task task) {
+    return AddTimer(Clock::now() + after, std::move(task));
+  }
   void CancelTimer(TimerId id);
 
   // Any thread: runs `task` on the loop thread soon.

@@ -39,9 +39,10 @@ class Logger {
   std::mutex mutex_;
 };
 
-#define KVM_LOG(logger, level, ...)                                  \
-  do {                                                               \
-    if ((logger).enabled(::kvm::LogLevel::level)) (logger).Log(::kvm::LogLevel::level, __VA_ARGS__); \
+#define KVM_LOG(logger, level, ...)                      \
+  do {                                                   \
+    if ((logger).enabled(::kvm::LogLevel::level))        \
+      (logger).Log(::kvm::LogLevel::level, __VA_ARGS__); \
   } while (0)
 #define LOG_TRACE(logger, ...) KVM_LOG(logger, kTrace, __VA_ARGS__)
 #define LOG_DEBUG(logger, ...) KVM_LOG(logger, kDebug, __VA_ARGS__)

@@ -26,7 +26,9 @@ class RequestContext {
   RequestContext(std::shared_ptr<const Config> config, Logger& log,
                  std::shared_ptr<std::atomic<int64_t>> deadline_ns,
                  std::shared_ptr<std::atomic<bool>> abandoned)
-      : config_(std::move(config)), log_(log), deadline_ns_(std::move(deadline_ns)),
+      : config_(std::move(config)),
+        log_(log),
+        deadline_ns_(std::move(deadline_ns)),
         abandoned_(std::move(abandoned)) {}
 
   const Config& config() const { return *config_; }

@@ -8,10 +8,11 @@ namespace kvm {
 // One line per module; each module's Register function lists its methods by name.
 void RegisterAllMethods(MethodTable& table);
 
-void RegisterCoreMethods(MethodTable& table);    // ping, get_agent_info
-void RegisterSystemMethods(MethodTable& table);  // get_system_info, get_network_info, get_disk_usage
-void RegisterExecMethods(MethodTable& table);    // exec_command, exec_*, process_*
-void RegisterFileMethods(MethodTable& table);    // file_*
-void RegisterPowerMethods(MethodTable& table);   // shutdown, reboot, ...
+void RegisterCoreMethods(MethodTable& table);  // ping, get_agent_info
+void RegisterSystemMethods(
+    MethodTable& table);                        // get_system_info, get_network_info, get_disk_usage
+void RegisterExecMethods(MethodTable& table);   // exec_command, exec_*, process_*
+void RegisterFileMethods(MethodTable& table);   // file_*
+void RegisterPowerMethods(MethodTable& table);  // shutdown, reboot, ...
 
 }  // namespace kvm

@@ -99,7 +99,8 @@ void Listener::Accept() {
     int client = ::accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (client < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN) LOG_WARN(log_, "accept on %s: %s", address_.ToString().c_str(), std::strerror(errno));
+      if (errno != EAGAIN)
+        LOG_WARN(log_, "accept on %s: %s", address_.ToString().c_str(), std::strerror(errno));
       return;
     }
     UniqueFd fd(client);
@@ -109,9 +110,9 @@ void Listener::Accept() {
       continue;
     }
     uint64_t id = next_session_++;
-    auto session = std::make_shared<StreamSession>(
-        loop_, dispatcher_, log_, std::move(fd), address_.ToString() + "#" + std::to_string(id),
-        [this, id] { sessions_.erase(id); });
+    auto session = std::make_shared<StreamSession>(loop_, dispatcher_, log_, std::move(fd),
+                                                   address_.ToString() + "#" + std::to_string(id),
+                                                   [this, id] { sessions_.erase(id); });
     sessions_.emplace(id, session);
     session->Start();
   }

@@ -33,8 +33,12 @@ class SerialPort::HostSink : public ReplySink {
 
 SerialPort::SerialPort(EventLoop& loop, Dispatcher& dispatcher, Logger& log, std::string path,
                        int retry_seconds)
-    : loop_(loop), dispatcher_(dispatcher), log_(log), path_(std::move(path)),
-      retry_seconds_(retry_seconds), framer_(dispatcher.config()->max_message_bytes()),
+    : loop_(loop),
+      dispatcher_(dispatcher),
+      log_(log),
+      path_(std::move(path)),
+      retry_seconds_(retry_seconds),
+      framer_(dispatcher.config()->max_message_bytes()),
       out_(kMaxPortWrite) {}
 
 SerialPort::~SerialPort() {
@@ -75,7 +79,8 @@ void SerialPort::TryOpen() {
   ++generation_;
   sink_ = std::make_shared<HostSink>(this, generation_, alive_);
   LOG_INFO(log_, "serving %s", path_.c_str());
-  loop_.Watch(fd_.get(), EPOLLIN | EPOLLOUT | EPOLLET, [this](uint32_t events) { OnEvents(events); });
+  loop_.Watch(fd_.get(), EPOLLIN | EPOLLOUT | EPOLLET,
+              [this](uint32_t events) { OnEvents(events); });
   ReadAvailable();  // the host may have written before we opened
 }
 

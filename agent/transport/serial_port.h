@@ -52,7 +52,7 @@ class SerialPort {
   std::shared_ptr<HostSink> sink_;  // the current host generation
   uint64_t generation_ = 0;
   size_t outstanding_ = 0;
-  bool host_seen_ = false;  // data arrived since the last hang-up
+  bool host_seen_ = false;       // data arrived since the last hang-up
   bool hangup_pending_ = false;  // read()==0 seen with replies pending; see HangUpSeen
   bool stopped_ = false;
   bool paused_ = false;

@@ -17,8 +17,13 @@ constexpr int kReadBudget = 16;
 
 StreamSession::StreamSession(EventLoop& loop, Dispatcher& dispatcher, Logger& log, UniqueFd fd,
                              std::string peer, std::function<void()> on_closed)
-    : loop_(loop), dispatcher_(dispatcher), log_(log), fd_(std::move(fd)), peer_(std::move(peer)),
-      on_closed_(std::move(on_closed)), framer_(dispatcher.config()->max_message_bytes()) {}
+    : loop_(loop),
+      dispatcher_(dispatcher),
+      log_(log),
+      fd_(std::move(fd)),
+      peer_(std::move(peer)),
+      on_closed_(std::move(on_closed)),
+      framer_(dispatcher.config()->max_message_bytes()) {}
 
 void StreamSession::Start() {
   auto self = shared_from_this();

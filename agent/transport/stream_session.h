@@ -16,8 +16,8 @@ namespace kvm {
 
 class StreamSession : public ReplySink, public std::enable_shared_from_this<StreamSession> {
  public:
-  StreamSession(EventLoop& loop, Dispatcher& dispatcher, Logger& log, UniqueFd fd,
-                std::string peer, std::function<void()> on_closed);
+  StreamSession(EventLoop& loop, Dispatcher& dispatcher, Logger& log, UniqueFd fd, std::string peer,
+                std::function<void()> on_closed);
   void Start();
   void Finish(std::string reply) override;
   // Stops reading requests; the connection closes once in-flight replies are written.

@@ -21,8 +21,8 @@ void AddCoreCommands(CLI::App& app, Options& options) {
       json::error_code ec;
       json::value parsed = json::parse(*params_text, ec);
       if (ec || !parsed.is_object()) {
-        std::fprintf(stderr, "kvmmanager-ctl: params must be a JSON object%s%s\n",
-                     ec ? ": " : "", ec ? ec.message().c_str() : "");
+        std::fprintf(stderr, "kvmmanager-ctl: params must be a JSON object%s%s\n", ec ? ": " : "",
+                     ec ? ec.message().c_str() : "");
         options.exit_code = kExitUsage;
         return;
       }

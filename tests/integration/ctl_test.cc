@@ -14,7 +14,8 @@ namespace kvm::test {
 namespace {
 namespace json = boost::json;
 
-RunResult Ctl(std::vector<std::string> args, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+RunResult Ctl(std::vector<std::string> args,
+              std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
   args.insert(args.begin(), KVM_CTL_BINARY);
   return RunProgram(args, "", timeout);
 }
@@ -122,7 +123,8 @@ TEST(Ctl, SkipsStaleLinesAndMatchesItsOwnId) {
   FakeServer server([](int fd, const std::string& request) {
     auto id = json::serialize(json::parse(request).at("id"));
     Send(fd, "garbage from a previous client\n");
-    Send(fd, R"({"jsonrpc":"2.0","result":{"pong":false},"id":12345})" "\n");
+    Send(fd, R"({"jsonrpc":"2.0","result":{"pong":false},"id":12345})"
+             "\n");
     Send(fd, R"({"jsonrpc":"2.0","result":{"pong":true,"timestamp":1},"id":)" + id + "}\n");
   });
   RunResult r = Ctl({"--socket", server.path(), "--json", "call", "ping"});

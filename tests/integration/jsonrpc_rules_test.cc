@@ -17,15 +17,16 @@ class JsonRpcRules : public ::testing::Test {
 };
 
 TEST_F(JsonRpcRules, SeedsManualSocatPingWorksVerbatim) {
-  RunResult r = RunProgram(
-      {"bash", "-c",
-       "SOCKET=" + agent_.socket_path() +
-           "; echo '{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}' | socat - UNIX-CONNECT:$SOCKET"});
+  RunResult r = RunProgram({"bash", "-c",
+                            "SOCKET=" + agent_.socket_path() +
+                                "; echo '{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}' | "
+                                "socat - UNIX-CONNECT:$SOCKET"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::smatch m;
   std::string out = r.out;
   ASSERT_TRUE(std::regex_match(
-      out, m, std::regex(R"(\{"jsonrpc":"2.0","result":\{"pong":true,"timestamp":(\d+)\},"id":1\}\n)")))
+      out, m,
+      std::regex(R"(\{"jsonrpc":"2.0","result":\{"pong":true,"timestamp":(\d+)\},"id":1\}\n)")))
       << out;
   EXPECT_NEAR(std::stoll(m[1]), static_cast<long long>(std::time(nullptr)), 5);
 }
@@ -59,7 +60,8 @@ TEST_F(JsonRpcRules, IdsOfEveryAllowedTypeAreEchoedExactly) {
     std::string reply = agent_.RoundTrip(Request("ping", id));
     std::string tail = std::string(",\"id\":") + id + "}";
     if (std::string(id) == "\"\\u00e9\\n\"") tail = ",\"id\":\"\xc3\xa9\\n\"}";
-    EXPECT_TRUE(reply.size() > tail.size() && reply.compare(reply.size() - tail.size(), tail.size(), tail) == 0)
+    EXPECT_TRUE(reply.size() > tail.size() &&
+                reply.compare(reply.size() - tail.size(), tail.size(), tail) == 0)
         << "id " << id << " came back as: " << reply;
   }
 }
@@ -84,9 +86,9 @@ TEST_F(JsonRpcRules, NotificationsAreNeverAnsweredEvenOnError) {
 }
 
 TEST_F(JsonRpcRules, BatchIsAnsweredWithAnArrayOfNonNotificationReplies) {
-  auto reply = ParseJson(agent_.RoundTrip(
-      "[" + Request("ping", "1") + "," + Request("ping", "") + "," + Request("nope", "2") +
-      ",5," + Request("get_agent_info", "\"x\"") + "]"));
+  auto reply = ParseJson(agent_.RoundTrip("[" + Request("ping", "1") + "," + Request("ping", "") +
+                                          "," + Request("nope", "2") + ",5," +
+                                          Request("get_agent_info", "\"x\"") + "]"));
   ASSERT_TRUE(reply.is_array()) << json::serialize(reply);
   const auto& items = reply.as_array();
   ASSERT_EQ(items.size(), 4u);

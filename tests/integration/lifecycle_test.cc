@@ -48,7 +48,8 @@ TEST(AgentConfig, CheckConfigPrintsEffectiveConfigOrNamesTheBadKey) {
   auto printed = ParseJson(good.out);
   EXPECT_EQ(printed.at("max_concurrent_requests"), 4);
   EXPECT_EQ(printed.at("channel_name"), "org.kvmmanager.agent.0");
-  EXPECT_NE(good.err.find("extra_key"), std::string::npos) << "unknown key not warned: " << good.err;
+  EXPECT_NE(good.err.find("extra_key"), std::string::npos)
+      << "unknown key not warned: " << good.err;
 
   WriteFile(dir / "bad.json", R"({"security": {"max_file_size_mb": "ten"}})");
   RunResult bad = RunAgent({"--check-config", "--config", dir / "bad.json"});
@@ -66,8 +67,8 @@ TEST(AgentConfig, InvalidConfigStopsStartUpWithExitCode2) {
   for (const char* text : {"{", "[]", R"({"max_message_size_kb": -1})",
                            R"({"security": {"allowed_write_paths": "/tmp"}})"}) {
     WriteFile(dir / "c.json", text);
-    RunResult r = RunAgent({"--foreground", "--config", dir / "c.json", "--listen",
-                            "unix:" + (dir / "s.sock")});
+    RunResult r = RunAgent(
+        {"--foreground", "--config", dir / "c.json", "--listen", "unix:" + (dir / "s.sock")});
     EXPECT_EQ(r.exit_code, 2) << text;
     EXPECT_NE(r.err.find("invalid config"), std::string::npos) << r.err;
   }
@@ -141,7 +142,8 @@ TEST(AgentSignals, SighupReloadsConfigAndKeepsOldOneIfInvalid) {
     reloaded = r.ok && r.result.at("limits").at("max_message_size_kb") == 1;
   }
   ASSERT_TRUE(reloaded) << agent.Stderr();
-  auto reply = ParseJson(agent.RoundTrip(Request("ping", "1", R"({"x":")" + std::string(2000, 'a') + "\"}")));
+  auto reply = ParseJson(
+      agent.RoundTrip(Request("ping", "1", R"({"x":")" + std::string(2000, 'a') + "\"}")));
   EXPECT_EQ(ErrorCodeOf(reply), -32002);
 
   WriteFile(agent.config_path(), R"({"max_message_size_kb": "big"})");
@@ -162,7 +164,8 @@ pid_t FindProcess(const std::string& needle) {
     if (pid <= 0) continue;
     std::string cmdline = ReadFileText("/proc/" + std::string(entry->d_name) + "/cmdline");
     std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-    if (cmdline.find(needle) != std::string::npos && cmdline.find(KVM_AGENT_BINARY) == 0) found = pid;
+    if (cmdline.find(needle) != std::string::npos && cmdline.find(KVM_AGENT_BINARY) == 0)
+      found = pid;
   }
   ::closedir(proc);
   return found;
@@ -180,9 +183,11 @@ TEST(AgentDaemon, DaemonizesAndReturnsOnlyWhenServing) {
   ASSERT_GT(pid, 0);
   std::string stat = ReadFileText("/proc/" + std::to_string(pid) + "/stat");
   // Field 5 (ppid) is no longer us, and it runs in its own session.
-  EXPECT_NE(stat.find(") S ") != std::string::npos || stat.find(") R ") != std::string::npos, false);
+  EXPECT_NE(stat.find(") S ") != std::string::npos || stat.find(") R ") != std::string::npos,
+            false);
   ::kill(pid, SIGTERM);
-  for (int i = 0; i < 500 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 500 && ::kill(pid, 0) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_NE(::kill(pid, 0), 0) << "daemon did not stop";
 }
 

@@ -39,7 +39,8 @@ TEST(Transport, TwoHundredConcurrentClientsAllGetTheirOwnAnswers) {
           std::string id = "\"c" + std::to_string(t) + "-" + std::to_string(i) + "\"";
           client->SendLine(Request("ping", id));
           auto reply = json::parse(client->ReadLine());
-          if (json::serialize(reply.at("id")) == id && reply.at("result").at("pong") == true) ++good;
+          if (json::serialize(reply.at("id")) == id && reply.at("result").at("pong") == true)
+            ++good;
         }
       } catch (const std::exception&) {
       }
@@ -67,7 +68,8 @@ TEST(Transport, ClientDisconnectingMidRequestDoesNotDisturbOthers) {
   AgentProcess agent;
   for (int i = 0; i < 50; ++i) {
     auto client = agent.Connect();
-    client->SendLine(Request("get_agent_info", "1") + "\n" + Request("ping", "2") + "\n{\"jsonrpc\"");
+    client->SendLine(Request("get_agent_info", "1") + "\n" + Request("ping", "2") +
+                     "\n{\"jsonrpc\"");
     // dropped without reading: replies have nowhere to go, the partial line is discarded
   }
   CallResult r = agent.Call("ping");
@@ -118,8 +120,8 @@ TEST(Transport, ClientThatNeverReadsIsThrottledAndOthersAreServed) {
   EXPECT_TRUE(stalled) << "the agent kept reading a client that reads nothing (" << sent
                        << " bytes taken)";
   long rss_after = RssKb(agent.pid());
-  EXPECT_LT(rss_after - rss_before, 64 * 1024) << "agent RSS grew from " << rss_before << " kB to "
-                                              << rss_after << " kB";
+  EXPECT_LT(rss_after - rss_before, 64 * 1024)
+      << "agent RSS grew from " << rss_before << " kB to " << rss_after << " kB";
   ::close(fd);
   EXPECT_TRUE(agent.Call("ping").ok);
 }
@@ -130,7 +132,8 @@ class PtyPort {
  public:
   PtyPort() {
     char name[128];
-    if (::openpty(&master_, &slave_, name, nullptr, nullptr) != 0) throw std::runtime_error("openpty");
+    if (::openpty(&master_, &slave_, name, nullptr, nullptr) != 0)
+      throw std::runtime_error("openpty");
     termios raw;
     ::tcgetattr(slave_, &raw);
     ::cfmakeraw(&raw);
@@ -142,7 +145,9 @@ class PtyPort {
     ::close(slave_);
   }
   const std::string& path() const { return path_; }
-  void Write(const std::string& text) { ASSERT_EQ(::write(master_, text.data(), text.size()), (ssize_t)text.size()); }
+  void Write(const std::string& text) {
+    ASSERT_EQ(::write(master_, text.data(), text.size()), (ssize_t)text.size());
+  }
   std::string ReadLine(int timeout_ms = 10000) {
     std::string line;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -197,7 +202,8 @@ TEST(SerialDevice, MissingDeviceIsRetriedAndLoggedOnce) {
   size_t first = log.find("cannot open " + link);
   ASSERT_NE(first, std::string::npos) << log;
   EXPECT_EQ(log.find("cannot open " + link, first + 1), std::string::npos)
-      << "the missing device was logged more than once:\n" << log;
+      << "the missing device was logged more than once:\n"
+      << log;
   EXPECT_NE(log.find("serving " + link), std::string::npos) << log;
 }
 
@@ -218,8 +224,8 @@ TEST(Vsock, ListenerBindsOrFailsWithAClearError) {
 
 TEST(Vsock, BadListenAddressIsAUsageError) {
   for (const char* bad : {"vsock:", "vsock:abc", "vsock:99999999999", "tcp:1234", "unix:"}) {
-    RunResult r = RunProgram({KVM_AGENT_BINARY, "--foreground", "--config", "/nonexistent",
-                              "--listen", bad});
+    RunResult r =
+        RunProgram({KVM_AGENT_BINARY, "--foreground", "--config", "/nonexistent", "--listen", bad});
     EXPECT_EQ(r.exit_code, 2) << bad;
     EXPECT_NE(r.err.find("--listen"), std::string::npos) << r.err;
   }

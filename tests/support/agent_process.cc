@@ -141,12 +141,9 @@ std::string AgentProcess::DefaultTestConfig() const {
       {"max_command_timeout_seconds", 60},
   };
   json::object config{
-      {"log_level", "debug"},
-      {"log_file", nullptr},
-      {"max_message_size_kb", 64},
-      {"request_timeout_seconds", 30},
-      {"max_concurrent_requests", 10},
-      {"security", std::move(security)},
+      {"log_level", "debug"},          {"log_file", nullptr},
+      {"max_message_size_kb", 64},     {"request_timeout_seconds", 30},
+      {"max_concurrent_requests", 10}, {"security", std::move(security)},
   };
   return json::serialize(config);
 }
@@ -158,8 +155,8 @@ void AgentProcess::Start(Options options) {
   stderr_path_ = dir_ / "agent.stderr";
   WriteFile(config_path_, options.config_json.empty() ? DefaultTestConfig() : options.config_json);
 
-  std::vector<std::string> argv{KVM_AGENT_BINARY, "--foreground", "--config", config_path_,
-                                "--log-level", options.log_level};
+  std::vector<std::string> argv{KVM_AGENT_BINARY, "--foreground", "--config",
+                                config_path_,     "--log-level",  options.log_level};
   if (options.listen_unix) {
     argv.push_back("--listen");
     argv.push_back("unix:" + socket_path_);
@@ -171,8 +168,8 @@ void AgentProcess::Start(Options options) {
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 2, stderr_path_.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&actions, 2, stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   int rc = ::posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
   posix_spawn_file_actions_destroy(&actions);

@@ -44,8 +44,8 @@ RunResult RunProgram(const std::vector<std::string>& argv, const std::string& in
 class AgentProcess {
  public:
   struct Options {
-    std::string config_json;                 // empty: DefaultTestConfig()
-    std::vector<std::string> extra_args;     // appended to the command line
+    std::string config_json;              // empty: DefaultTestConfig()
+    std::vector<std::string> extra_args;  // appended to the command line
     bool listen_unix = true;
     std::string log_level = "debug";
   };
