@@ -83,6 +83,28 @@ std::string AgentClient::ReadLine() {
   }
 }
 
+CallResult DecodeReply(const json::object& reply, std::string_view raw) {
+  CallResult out;
+  if (auto r = reply.find("result"); r != reply.end()) {
+    out.ok = true;
+    out.result = r->value();
+    return out;
+  }
+  auto e = reply.find("error");
+  if (e == reply.end() || !e->value().is_object()) {
+    throw ClientError("malformed reply (no result, no error): " + std::string(raw));
+  }
+  const json::object& err = e->value().get_object();
+  if (auto c = err.find("code"); c != err.end() && c->value().is_int64()) {
+    out.error_code = c->value().get_int64();
+  }
+  if (auto m = err.find("message"); m != err.end() && m->value().is_string()) {
+    out.error_message = std::string(m->value().get_string());
+  }
+  if (auto d = err.find("data"); d != err.end()) out.error_data = d->value();
+  return out;
+}
+
 CallResult AgentClient::Call(std::string_view method, const json::object& params) {
   uint64_t id = next_id_++;
   json::object request{{"jsonrpc", "2.0"}, {"method", method}, {"id", id}};
@@ -102,25 +124,7 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
     if (rid == obj.end() || !rid->value().is_number()) continue;
     json::error_code nec;
     if (rid->value().to_number<uint64_t>(nec) != id || nec) continue;
-    CallResult out;
-    if (auto r = obj.find("result"); r != obj.end()) {
-      out.ok = true;
-      out.result = r->value();
-      return out;
-    }
-    auto e = obj.find("error");
-    if (e == obj.end() || !e->value().is_object()) {
-      throw ClientError("malformed reply (no result, no error): " + reply);
-    }
-    const json::object& err = e->value().get_object();
-    if (auto c = err.find("code"); c != err.end() && c->value().is_int64()) {
-      out.error_code = c->value().get_int64();
-    }
-    if (auto m = err.find("message"); m != err.end() && m->value().is_string()) {
-      out.error_message = std::string(m->value().get_string());
-    }
-    if (auto d = err.find("data"); d != err.end()) out.error_data = d->value();
-    return out;
+    return DecodeReply(obj, reply);
   }
 }
 

@@ -30,6 +30,10 @@ struct CallResult {
   boost::json::value error_data;
 };
 
+// Turns a reply object into a CallResult; throws ClientError (quoting `raw`) when it has neither
+// result nor error.
+CallResult DecodeReply(const boost::json::object& reply, std::string_view raw = {});
+
 class AgentClient {
  public:
   // Connects to a unix socket path; throws ClientError.

@@ -20,26 +20,6 @@ constexpr int64_t kBusy = -32004;
 
 std::string JsonString(std::string_view s) { return json::serialize(json::value(s)); }
 
-CallResult ToCallResult(const json::object& reply) {
-  CallResult out;
-  if (auto r = reply.find("result"); r != reply.end()) {
-    out.ok = true;
-    out.result = r->value();
-    return out;
-  }
-  auto e = reply.find("error");
-  if (e == reply.end() || !e->value().is_object()) throw ClientError("malformed reply");
-  const json::object& err = e->value().get_object();
-  if (auto c = err.find("code"); c != err.end() && c->value().is_int64()) {
-    out.error_code = c->value().get_int64();
-  }
-  if (auto m = err.find("message"); m != err.end() && m->value().is_string()) {
-    out.error_message = std::string(m->value().get_string());
-  }
-  if (auto d = err.find("data"); d != err.end()) out.error_data = d->value();
-  return out;
-}
-
 // Several requests in flight on one connection, matched to replies by id.
 class Pipeline {
  public:
@@ -76,7 +56,7 @@ class Pipeline {
       uint64_t id = rid->value().to_number<uint64_t>(nec);
       auto it = lines_.find(id);
       if (nec || it == lines_.end()) continue;
-      CallResult result = ToCallResult(obj);
+      CallResult result = DecodeReply(obj);
       if (!result.ok && result.error_code == kBusy) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
         client_.SendLine(it->second);
