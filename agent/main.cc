@@ -12,6 +12,7 @@
 
 #include "agent/agent.h"
 #include "agent/core/unique_fd.h"
+#include "protocol/malloc_tuning.h"
 
 namespace {
 
@@ -71,6 +72,7 @@ void ReportReady(int fd, const std::string& error) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvm::TuneMallocForMessages();
   kvm::AgentOptions options;
   if (auto exit = kvm::ParseAgentOptions(argc, argv, options)) {
     std::fputs(exit->text.c_str(), exit->code == 0 ? stdout : stderr);

@@ -24,6 +24,7 @@
 #include "ctl/agent_client.h"
 #include "ctl/file_transfer.h"
 #include "protocol/base64.h"
+#include "protocol/malloc_tuning.h"
 
 extern char** environ;
 
@@ -216,6 +217,7 @@ QgaFigures RunQemuGa(const std::string& qga, const std::string& dir, const std::
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvm::TuneMallocForMessages();  // as kvmmanager-ctl does
   std::string agent_bin = KVM_AGENT_BINARY_PATH;
   std::string qga = "/usr/sbin/qemu-ga";
   double mb = 10;

@@ -2,11 +2,13 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -41,27 +43,54 @@ AgentClient::~AgentClient() {
 }
 
 void AgentClient::SendLine(std::string_view line) {
-  std::string data(line);
-  data += '\n';
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::send(fd_, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+  // The line and its newline go out as two pieces of one sendmsg: no copy of a 64 KiB chunk.
+  static const char kNewline = '\n';
+  iovec parts[2] = {{const_cast<char*>(line.data()), line.size()},
+                    {const_cast<char*>(&kNewline), 1}};
+  size_t total = line.size() + 1, sent = 0;
+  while (sent < total) {
+    iovec rest[2];
+    int count = 0;
+    size_t skip = sent;
+    for (const iovec& part : parts) {
+      if (skip >= part.iov_len) {
+        skip -= part.iov_len;
+        continue;
+      }
+      rest[count++] = {static_cast<char*>(part.iov_base) + skip, part.iov_len - skip};
+      skip = 0;
+    }
+    msghdr msg{};
+    msg.msg_iov = rest;
+    msg.msg_iovlen = static_cast<size_t>(count);
+    ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
       throw ClientError(std::string("send: ") + std::strerror(errno));
     }
-    off += static_cast<size_t>(n);
+    sent += static_cast<size_t>(n);
   }
 }
 
 std::string AgentClient::ReadLine() {
   auto deadline = Clock::now() + timeout_;
   for (;;) {
-    size_t nl = buffer_.find('\n');
-    if (nl != std::string::npos) {
-      std::string line = buffer_.substr(0, nl);
-      buffer_.erase(0, nl + 1);
+    // Only bytes not yet scanned are searched: a 64 KiB line arrives in several reads.
+    const char* base = buffer_.data();
+    size_t from = std::max(start_, scanned_);
+    if (const void* nl = std::memchr(base + from, '\n', buffer_.size() - from)) {
+      size_t end = static_cast<size_t>(static_cast<const char*>(nl) - base);
+      std::string line(base + start_, end - start_);
+      start_ = end + 1;
+      scanned_ = start_;
+      if (start_ == buffer_.size()) buffer_.clear(), start_ = scanned_ = 0;
       return line;
+    }
+    scanned_ = buffer_.size();
+    if (start_ > 0 && start_ >= buffer_.size() / 2) {  // compact now and then, not per line
+      buffer_.erase(0, start_);
+      scanned_ -= start_;
+      start_ = 0;
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
@@ -83,11 +112,11 @@ std::string AgentClient::ReadLine() {
   }
 }
 
-CallResult DecodeReply(const json::object& reply, std::string_view raw) {
+CallResult DecodeReply(json::object& reply, std::string_view raw) {
   CallResult out;
   if (auto r = reply.find("result"); r != reply.end()) {
     out.ok = true;
-    out.result = r->value();
+    out.result = std::move(r->value());  // a file_read result holds up to 64 KiB of data
     return out;
   }
   auto e = reply.find("error");
@@ -119,7 +148,7 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
     json::error_code ec;
     json::value value = json::parse(reply, ec);
     if (ec || !value.is_object()) continue;  // not ours (e.g. a stale fragment)
-    const json::object& obj = value.get_object();
+    json::object& obj = value.get_object();
     auto rid = obj.find("id");
     if (rid == obj.end() || !rid->value().is_number()) continue;
     json::error_code nec;

@@ -30,9 +30,9 @@ struct CallResult {
   boost::json::value error_data;
 };
 
-// Turns a reply object into a CallResult; throws ClientError (quoting `raw`) when it has neither
-// result nor error.
-CallResult DecodeReply(const boost::json::object& reply, std::string_view raw = {});
+// Turns a reply object into a CallResult, moving the result out of `reply`; throws ClientError
+// (quoting `raw`) when it has neither result nor error.
+CallResult DecodeReply(boost::json::object& reply, std::string_view raw = {});
 
 class AgentClient {
  public:
@@ -56,6 +56,8 @@ class AgentClient {
   int fd_ = -1;
   std::chrono::milliseconds timeout_;
   std::string buffer_;
+  size_t start_ = 0;    // first unconsumed byte of buffer_
+  size_t scanned_ = 0;  // buffer_[start_, scanned_) holds no newline
   uint64_t next_id_;
   bool resynced_ = false;
 };

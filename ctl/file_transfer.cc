@@ -49,7 +49,7 @@ class Pipeline {
       json::error_code ec;
       json::value value = json::parse(text, ec);
       if (ec || !value.is_object()) continue;
-      const json::object& obj = value.get_object();
+      json::object& obj = value.get_object();
       auto rid = obj.find("id");
       if (rid == obj.end() || !rid->value().is_number()) continue;
       json::error_code nec;

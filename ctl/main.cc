@@ -3,9 +3,11 @@
 #include <cstdlib>
 
 #include "ctl/ctl.h"
+#include "protocol/malloc_tuning.h"
 #include "version.h"
 
 int main(int argc, char** argv) {
+  kvm::TuneMallocForMessages();
   using namespace kvm::ctl;
   Options options;
   if (const char* env = std::getenv("KVMMANAGER_SOCKET")) options.socket = env;

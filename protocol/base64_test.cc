@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <random>
 
 namespace kvm {
@@ -35,6 +36,46 @@ TEST(Base64, RejectsMalformedInput) {
     EXPECT_FALSE(Base64Decode(bad, out)) << bad;
   }
   EXPECT_FALSE(Base64Decode(std::string("Zm9\0", 4), out));
+}
+
+// Bit by bit, the slow obvious way, to check the table-driven encoder against.
+std::string ReferenceEncode(const std::string& data) {
+  const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string bits;
+  for (unsigned char c : data)
+    for (int b = 7; b >= 0; --b) bits += ((c >> b) & 1) ? '1' : '0';
+  while (bits.size() % 6) bits += '0';
+  std::string out;
+  for (size_t i = 0; i < bits.size(); i += 6)
+    out += alphabet[std::stoi(bits.substr(i, 6), nullptr, 2)];
+  while (out.size() % 4) out += '=';
+  return out;
+}
+
+TEST(Base64, EncoderMatchesBitByBitReferenceAtEveryLength) {
+  std::mt19937 rng(7);
+  for (size_t len = 0; len < 200; ++len) {
+    std::string data(len, '\0');
+    for (auto& ch : data) ch = static_cast<char>(rng());
+    ASSERT_EQ(Base64Encode(data), ReferenceEncode(data)) << len;
+  }
+}
+
+TEST(Base64, RejectsEveryNonAlphabetByteAtEveryPosition) {
+  std::string valid = Base64Encode(std::string(48, 'x'));  // 64 characters, no padding
+  std::string out;
+  for (int byte = 0; byte < 256; ++byte) {
+    bool in_alphabet = std::isalnum(byte) || byte == '+' || byte == '/';
+    if (in_alphabet) continue;
+    for (size_t pos = 0; pos < valid.size(); ++pos) {
+      if (byte == '=' && pos == valid.size() - 1) continue;  // that is valid padding
+      std::string bad = valid;
+      bad[pos] = static_cast<char>(byte);
+      ASSERT_FALSE(Base64Decode(bad, out)) << "byte " << byte << " at " << pos;
+    }
+  }
+  ASSERT_TRUE(Base64Decode(valid, out));
+  EXPECT_EQ(out, std::string(48, 'x'));
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <boost/json/parser.hpp>
 #include <boost/json/serialize.hpp>
 
+#include "protocol/json_write.h"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -95,12 +97,12 @@ void AppendId(std::string& out, const json::value& id) {
     out += buf;
     return;
   }
-  out += json::serialize(id);
+  AppendJson(out, id);
 }
 
 std::string ResultResponse(const json::value& id, const json::value& result) {
   std::string out = R"({"jsonrpc":"2.0","result":)";
-  out += json::serialize(result);
+  AppendJson(out, result);
   out += R"(,"id":)";
   AppendId(out, id);
   out += '}';
@@ -115,7 +117,7 @@ std::string ErrorResponse(const json::value& id, const RpcError& error) {
   data["kind"] = ErrorKind(error.code());
   err["data"] = std::move(data);
   std::string out = R"({"jsonrpc":"2.0","error":)";
-  out += json::serialize(err);
+  AppendJson(out, err);
   out += R"(,"id":)";
   AppendId(out, id);
   out += '}';
