@@ -27,6 +27,9 @@ std::optional<std::string> ReadSmallFile(const std::string& path, size_t max_byt
     }
     if (n == 0) break;
     out.append(buf, static_cast<size_t>(n));
+    // A short read is the end for regular files and for /proc and /sys (seq_file fills the
+    // buffer until its records run out): skip the read that would return 0.
+    if (static_cast<size_t>(n) < sizeof buf) break;
   }
   if (out.size() > max_bytes) out.resize(max_bytes);
   return out;

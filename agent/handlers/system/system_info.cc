@@ -1,10 +1,15 @@
 #include "agent/handlers/system/system_info.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
+#include <unistd.h>
 #include <utmp.h>
 
 #include <boost/json.hpp>
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
@@ -27,6 +32,26 @@ std::pair<std::string_view, std::string_view> KeyValue(std::string_view line, ch
   size_t colon = line.find(sep);
   if (colon == std::string_view::npos) return {Trim(line), {}};
   return {Trim(line.substr(0, colon)), Trim(line.substr(colon + 1))};
+}
+
+// Reads a /proc file through a descriptor kept in `fd` (opened on first use), from offset 0.
+std::optional<std::string> ReadProcFile(const SystemRoot& sys, std::string_view path,
+                                        UniqueFd& fd) {
+  if (!fd) fd.reset(::open(sys.Path(path).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return std::nullopt;
+  std::string out;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::pread(fd.get(), buf, sizeof buf, static_cast<off_t>(out.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      fd.reset();
+      return std::nullopt;
+    }
+    out.append(buf, static_cast<size_t>(n));
+    if (static_cast<size_t>(n) < sizeof buf || out.size() >= (1 << 20)) break;  // short: the end
+  }
+  return out;
 }
 
 }  // namespace
@@ -194,12 +219,19 @@ json::object CpuInfo(const SystemRoot& sys) {
   };
 }
 
-json::object MemoryInfo(const SystemRoot& sys) {
+json::object MemoryInfo(const SystemRoot& sys, const std::optional<std::string>* meminfo) {
+  // Only the keys used below are parsed (meminfo has ~50 lines; this runs on every call).
+  static constexpr std::string_view kKeys[] = {"MemTotal", "MemFree",      "Buffers",
+                                               "Cached",   "SReclaimable", "MemAvailable",
+                                               "Shmem",    "SwapTotal",    "SwapFree"};
   std::map<std::string_view, uint64_t> kb;
-  auto text = ReadText(sys, "/proc/meminfo", 64 * 1024);
+  std::optional<std::string> read;
+  if (!meminfo) read = ReadText(sys, "/proc/meminfo", 64 * 1024);
+  const std::optional<std::string>& text = meminfo ? *meminfo : read;
   if (text) {
     for (auto line : SplitLines(*text)) {
       auto [k, v] = KeyValue(line, ':');
+      if (std::find(std::begin(kKeys), std::end(kKeys), k) == std::end(kKeys)) continue;
       auto f = SplitFields(v);
       if (!f.empty()) {
         if (auto n = ParseU64(f[0])) kb[k] = *n;  // values are in KiB ("kB")
@@ -263,25 +295,31 @@ json::array LoggedInUsers(const SystemRoot& sys) {
   return users;
 }
 
-json::object TimezoneInfo(const SystemRoot& sys) {
+json::object TimezoneInfo(const SystemRoot& sys, bool reload_rules, const json::value* known_name) {
   std::optional<std::string> name;
-  // The zone name is the path below zoneinfo/ that /etc/localtime links to (systemd's rule),
-  // else Debian's /etc/timezone.
-  if (auto target = ResolveLink(sys.Path("/etc/localtime"))) {
-    size_t pos = target->find("/zoneinfo/");
-    if (pos != std::string::npos) {
-      name = target->substr(pos + 10);
-      if (name->rfind("posix/", 0) == 0)
-        name = name->substr(6);
-      else if (name->rfind("right/", 0) == 0)
-        name = name->substr(6);
+  if (known_name) {
+    if (known_name->is_string()) name = std::string(known_name->get_string());
+  } else {
+    // The zone name is the path below zoneinfo/ that /etc/localtime links to (systemd's rule),
+    // else Debian's /etc/timezone.
+    if (auto target = ResolveLink(sys.Path("/etc/localtime"))) {
+      size_t pos = target->find("/zoneinfo/");
+      if (pos != std::string::npos) {
+        name = target->substr(pos + 10);
+        if (name->rfind("posix/", 0) == 0)
+          name = name->substr(6);
+        else if (name->rfind("right/", 0) == 0)
+          name = name->substr(6);
+      }
+    }
+    if (!name) {
+      if (auto tz = ReadAttr(sys, "/etc/timezone"); tz && !tz->empty()) name = *tz;
     }
   }
-  if (!name) {
-    if (auto tz = ReadAttr(sys, "/etc/timezone"); tz && !tz->empty()) name = *tz;
-  }
   // The offset comes from libc's reading of the live /etc/localtime (TZif parsing is not NSS).
-  ::tzset();
+  // tzset() re-reads that file; localtime_r alone keeps the rules already loaded (and still
+  // follows their DST transitions).
+  if (reload_rules) ::tzset();
   time_t now = std::time(nullptr);
   struct tm tm {};
   ::localtime_r(&now, &tm);
@@ -319,7 +357,7 @@ json::value FindFqdn(const SystemRoot& sys, std::string_view hostname) {
   return nullptr;
 }
 
-json::object CollectSystemInfo(const SystemRoot& sys) {
+json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache) {
   // The live system answers from syscalls where /proc would cost an open/read/close each
   // (uname, clocks); a fixture root is read from its files.
   const bool live = sys.root.empty();
@@ -331,8 +369,77 @@ json::object CollectSystemInfo(const SystemRoot& sys) {
     return ValidUtf8(v && !v->empty() ? *v : std::string(fallback));
   };
   std::string hostname = from_proc("/proc/sys/kernel/hostname", uts.nodename);
-  std::optional<std::string> machine_id = ReadAttr(sys, "/etc/machine-id");
-  if (!machine_id || machine_id->empty()) machine_id = ReadAttr(sys, "/var/lib/dbus/machine-id");
+  // Slow-changing parts: from the cache while it is fresh and still describes this system.
+  json::value os, machine_id, fqdn, cpu, zone_name, users;
+  std::unique_lock<std::mutex> cache_lock;
+  bool refresh = true;
+  if (cache) {
+    cache_lock = std::unique_lock(cache->mu_);
+    refresh = !cache->filled_ || SystemInfoCache::Clock::now() - cache->loaded_ >= cache->ttl_ ||
+              cache->hostname_ != hostname;
+  }
+  if (refresh) {
+    os = OsInfo(sys);
+    std::optional<std::string> id = ReadAttr(sys, "/etc/machine-id");
+    if (!id || id->empty()) id = ReadAttr(sys, "/var/lib/dbus/machine-id");
+    machine_id = StrOrNull(id);
+    fqdn = FindFqdn(sys, hostname);
+    cpu = CpuInfo(sys);
+    json::object tz = TimezoneInfo(sys, true);
+    zone_name = tz["name"];
+    if (cache) {
+      cache->filled_ = true;
+      cache->loaded_ = SystemInfoCache::Clock::now();
+      cache->hostname_ = hostname;
+      cache->os_ = os;
+      cache->machine_id_ = machine_id;
+      cache->fqdn_ = fqdn;
+      cache->cpu_ = cpu;
+      cache->zone_name_ = zone_name;
+      cache->utmp_path_.clear();
+      for (const char* path : {"/run/utmp", "/var/run/utmp"}) {
+        if (::access(sys.Path(path).c_str(), F_OK) == 0) {
+          cache->utmp_path_ = sys.Path(path);
+          break;
+        }
+      }
+      cache->utmp_key_ = {};
+    }
+  } else {
+    os = cache->os_;
+    machine_id = cache->machine_id_;
+    fqdn = cache->fqdn_;
+    cpu = cache->cpu_;
+    zone_name = cache->zone_name_;
+  }
+  if (!cache) {
+    users = LoggedInUsers(sys);
+  } else if (cache->utmp_path_.empty()) {
+    users = json::array();  // none at the last refresh; looked for again at the next one
+  } else {
+    // utmp is rewritten at every login and logout, so its stat identity says when to re-read.
+    struct stat st {};
+    SystemInfoCache::UtmpKey key;
+    if (::stat(cache->utmp_path_.c_str(), &st) == 0) {
+      key = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+             static_cast<uint64_t>(st.st_size),
+             static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+    }
+    if (key.mtime_ns < 0 || !(key == cache->utmp_key_)) {
+      cache->users_ = LoggedInUsers(sys);
+      cache->utmp_key_ = key;
+    }
+    users = cache->users_;
+  }
+  std::optional<std::string> loadavg_text, meminfo_text;
+  if (cache) {
+    loadavg_text = ReadProcFile(sys, "/proc/loadavg", cache->loadavg_fd_);
+    meminfo_text = ReadProcFile(sys, "/proc/meminfo", cache->meminfo_fd_);
+  } else {
+    loadavg_text = ReadText(sys, "/proc/loadavg", 4096);
+    meminfo_text = ReadText(sys, "/proc/meminfo", 64 * 1024);
+  }
+  if (cache_lock) cache_lock.unlock();
 
   json::value boot_time = nullptr, uptime = nullptr;
   if (live) {
@@ -366,7 +473,7 @@ json::object CollectSystemInfo(const SystemRoot& sys) {
                     {"15m", nullptr},
                     {"running_tasks", nullptr},
                     {"total_tasks", nullptr}};
-  if (auto la = ReadText(sys, "/proc/loadavg", 4096)) {
+  if (const auto& la = loadavg_text) {
     auto f = SplitFields(Trim(*la));
     const char* keys[] = {"1m", "5m", "15m"};
     for (size_t i = 0; i < 3 && i < f.size(); ++i) {
@@ -381,22 +488,22 @@ json::object CollectSystemInfo(const SystemRoot& sys) {
     }
   }
   return json::object{
-      {"os", OsInfo(sys)},
+      {"os", std::move(os)},
       {"kernel",
        json::object{{"name", ValidUtf8(from_proc("/proc/sys/kernel/ostype", uts.sysname))},
                     {"release", from_proc("/proc/sys/kernel/osrelease", uts.release)},
                     {"version", from_proc("/proc/sys/kernel/version", uts.version)},
                     {"machine", ValidUtf8(uts.machine)}}},
       {"hostname", hostname},
-      {"fqdn", FindFqdn(sys, hostname)},
-      {"machine_id", StrOrNull(machine_id)},
+      {"fqdn", std::move(fqdn)},
+      {"machine_id", std::move(machine_id)},
       {"boot_time", boot_time},
       {"uptime_seconds", uptime},
-      {"timezone", TimezoneInfo(sys)},
-      {"cpu", CpuInfo(sys)},
+      {"timezone", TimezoneInfo(sys, false, &zone_name)},  // rules loaded at the refresh
+      {"cpu", std::move(cpu)},
       {"load_average", std::move(load)},
-      {"memory", MemoryInfo(sys)},
-      {"users", LoggedInUsers(sys)},
+      {"memory", MemoryInfo(sys, &meminfo_text)},
+      {"users", std::move(users)},
       {"agent_version", KVM_AGENT_VERSION},
   };
 }

@@ -3,20 +3,60 @@
 #pragma once
 
 #include <boost/json/object.hpp>
+#include <chrono>
+#include <mutex>
+#include <string>
 #include <string_view>
 
+#include "agent/core/unique_fd.h"
 #include "agent/handlers/system/sys_common.h"
 
 namespace kvm::sysinfo {
 
-boost::json::object CollectSystemInfo(const SystemRoot& sys);
+// The parts of get_system_info that change rarely (os-release, machine-id, the FQDN from
+// /etc/hosts, the time zone's name and rules, the CPUs from /proc/cpuinfo and sysfs) are kept
+// for `ttl`, so a dashboard polling every second does not re-read and re-parse seven files per
+// call: those syscalls were most of the call's cost. Logged-in users are re-read whenever utmp
+// changes (one stat per call). Memory, load, uptime and hostname are always live.
+class SystemInfoCache {
+ public:
+  explicit SystemInfoCache(std::chrono::milliseconds ttl) : ttl_(ttl) {}
+
+ private:
+  friend boost::json::object CollectSystemInfo(const SystemRoot&, SystemInfoCache*);
+  using Clock = std::chrono::steady_clock;
+  std::chrono::milliseconds ttl_;
+  std::mutex mu_;
+  bool filled_ = false;
+  Clock::time_point loaded_;
+  std::string hostname_;  // the FQDN below was found for this hostname
+  boost::json::value os_, machine_id_, fqdn_, cpu_, zone_name_;
+  std::string utmp_path_;  // empty: no utmp at the last refresh
+  struct UtmpKey {
+    uint64_t dev = 0, ino = 0, size = 0;
+    int64_t mtime_ns = -1;
+    bool operator==(const UtmpKey&) const = default;
+  } utmp_key_;
+  boost::json::value users_;
+  // /proc/meminfo and /proc/loadavg stay open: pread from offset 0 regenerates them, one
+  // syscall instead of open, read and close.
+  UniqueFd meminfo_fd_, loadavg_fd_;
+};
+
+// `cache` may be null (every part read afresh).
+boost::json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache = nullptr);
 
 // Pieces, exposed for fixture tests.
 boost::json::object OsInfo(const SystemRoot& sys);
 boost::json::object CpuInfo(const SystemRoot& sys);
-boost::json::object MemoryInfo(const SystemRoot& sys);
+// `meminfo`, when given, is the text of /proc/meminfo already read.
+boost::json::object MemoryInfo(const SystemRoot& sys,
+                               const std::optional<std::string>* meminfo = nullptr);
 boost::json::array LoggedInUsers(const SystemRoot& sys);
-boost::json::object TimezoneInfo(const SystemRoot& sys);
+// `reload_rules` re-reads /etc/localtime's rules (tzset) before computing the offset;
+// `known_name`, when given, is used instead of resolving the zone's name again.
+boost::json::object TimezoneInfo(const SystemRoot& sys, bool reload_rules = true,
+                                 const boost::json::value* known_name = nullptr);
 // The FQDN from /etc/hosts (no DNS: the static agent cannot use NSS); null when unknown.
 boost::json::value FindFqdn(const SystemRoot& sys, std::string_view hostname);
 // One value of an os-release style file with shell quoting removed; nullopt when absent.

@@ -171,6 +171,48 @@ TEST_F(SystemInfoFixture, UtmpLoginRecordsBecomeUsers) {
   EXPECT_EQ(users[2].as_object().at("name"), "abcdefghijklmnopqrstuvwxyz012345");
 }
 
+TEST_F(SystemInfoFixture, CacheKeepsSlowPartsForItsTtlButMemoryLoadAndUsersAreLive) {
+  Put(root, "/etc/os-release", "ID=debian\n");
+  Put(root, "/etc/machine-id", "11111111111111111111111111111111\n");
+  Put(root, "/proc/loadavg", "0.50 0.25 0.10 2/345 6789\n");
+  Put(root, "/proc/meminfo", "MemTotal: 1000 kB\nMemFree: 500 kB\n");
+  std::filesystem::create_directories(root + "/run");
+  std::string utmp = root + "/run/utmp";
+  kvm::test::WriteFile(utmp, "");
+  SystemInfoCache cache(std::chrono::hours(1));
+  json::object first = CollectSystemInfo(sys, &cache);
+  EXPECT_EQ(first["os"].at("id"), "debian");
+  EXPECT_TRUE(first["users"].as_array().empty());
+
+  Put(root, "/etc/os-release", "ID=fedora\n");
+  Put(root, "/etc/machine-id", "22222222222222222222222222222222\n");
+  Put(root, "/proc/loadavg", "3.00 2.00 1.00 7/400 6790\n");
+  Put(root, "/proc/meminfo", "MemTotal: 1000 kB\nMemFree: 100 kB\n");
+  AddUtmp(utmp, USER_PROCESS, "carol", "pts/3", "", 1700000500, 42);
+  json::object second = CollectSystemInfo(sys, &cache);
+  EXPECT_EQ(second["os"].at("id"), "debian");  // within the TTL: the cached parts
+  EXPECT_EQ(second["machine_id"], "11111111111111111111111111111111");
+  EXPECT_DOUBLE_EQ(second["load_average"].at("1m").as_double(), 3.0);  // live
+  EXPECT_EQ(second["memory"].at("free_bytes"), 100 * 1024);
+  ASSERT_EQ(second["users"].as_array().size(), 1u);  // utmp changed: re-read at once
+  EXPECT_EQ(second["users"].as_array()[0].as_object().at("name"), "carol");
+
+  SystemInfoCache expired(std::chrono::milliseconds(0));
+  json::object fresh = CollectSystemInfo(sys, &expired);
+  EXPECT_EQ(fresh["os"].at("id"), "fedora");
+  EXPECT_EQ(fresh["machine_id"], "22222222222222222222222222222222");
+  EXPECT_EQ(fresh, CollectSystemInfo(sys)) << "cached and uncached results differ";
+}
+
+TEST_F(SystemInfoFixture, CacheRefreshesWhenTheHostnameChanges) {
+  Put(root, "/proc/sys/kernel/hostname", "web1\n");
+  Put(root, "/etc/hosts", "10.0.0.5 web1.example.com web1\n10.0.0.6 db1.example.com db1\n");
+  SystemInfoCache cache(std::chrono::hours(1));
+  EXPECT_EQ(CollectSystemInfo(sys, &cache)["fqdn"], "web1.example.com");
+  Put(root, "/proc/sys/kernel/hostname", "db1\n");
+  EXPECT_EQ(CollectSystemInfo(sys, &cache)["fqdn"], "db1.example.com");
+}
+
 TEST_F(SystemInfoFixture, NoUtmpMeansNoUsers) { EXPECT_TRUE(LoggedInUsers(sys).empty()); }
 
 TEST_F(SystemInfoFixture, TimezoneNameFromLocaltimeLinkThenEtcTimezone) {

@@ -15,12 +15,15 @@ void RegisterSystemMethods(MethodTable& table) {
   // Tracks statvfs calls stuck on dead mounts across requests (one helper thread per mount).
   auto& statvfs_runner = table.Own(std::make_shared<sysinfo::BoundedStatvfs>());
   auto& disk_cache = table.Own(std::make_shared<sysinfo::DiskAttributeCache>());
+  auto& info_cache = table.Own(std::make_shared<sysinfo::SystemInfoCache>(std::chrono::seconds(5)));
   const sysinfo::SystemRoot live{};
 
-  table.Add("get_system_info", RunMode::kWorker,
-            [live](const json::object& params, RequestContext&) {
+  // Inline: a handful of reads from /proc, /sys and /etc, none of which can block; the hop to a
+  // worker and back would cost about as much as the work.
+  table.Add("get_system_info", RunMode::kInline,
+            [live, &info_cache](const json::object& params, RequestContext&) {
               Params p(params, {});
-              return json::value(sysinfo::CollectSystemInfo(live));
+              return json::value(sysinfo::CollectSystemInfo(live, &info_cache));
             });
 
   table.Add("get_network_info", RunMode::kWorker,
