@@ -40,4 +40,19 @@ CallResult CallOrPrint(AgentClient& client, std::string_view method,
   return result;
 }
 
+void CallAndShow(Options& options, std::string_view method, const boost::json::object& params,
+                 const std::function<void(const boost::json::value& result)>& show) {
+  auto client = Connect(options);
+  CallResult result = CallOrPrint(*client, method, params);
+  if (!result.ok) {
+    options.exit_code = kExitRpcError;
+    return;
+  }
+  if (options.json) {
+    std::printf("%s\n", boost::json::serialize(result.result).c_str());
+    return;
+  }
+  show(result.result);
+}
+
 }  // namespace kvm::ctl

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -30,6 +31,10 @@ CallResult CallOrPrint(AgentClient& client, std::string_view method,
                        const boost::json::object& params = {});
 // Prints "error CODE (kind): message" and data to stderr.
 void PrintRpcError(const CallResult& result);
+// The usual subcommand: connect, call `method`, then print the raw result with --json or hand it
+// to `show` for a readable form. An RPC error is printed and sets options.exit_code.
+void CallAndShow(Options& options, std::string_view method, const boost::json::object& params,
+                 const std::function<void(const boost::json::value& result)>& show);
 
 // Subcommand groups, one file each under ctl/commands/.
 void AddCoreCommands(CLI::App& app, Options& options);    // call, ping

@@ -28,14 +28,8 @@ void AddCoreCommands(CLI::App& app, Options& options) {
       }
       params = std::move(parsed.get_object());
     }
-    auto client = Connect(options);
-    CallResult result = CallOrPrint(*client, *method, params);
-    if (!result.ok) {
-      options.exit_code = kExitRpcError;
-      return;
-    }
-    std::printf("%s\n", options.json ? json::serialize(result.result).c_str()
-                                     : PrettyJson(result.result).c_str());
+    CallAndShow(options, *method, params,
+                [](const json::value& result) { std::printf("%s\n", PrettyJson(result).c_str()); });
   });
 
   auto* ping = app.add_subcommand("ping", "check that the agent answers; prints the round trip");

@@ -139,6 +139,27 @@ std::string FormatCpu(int64_t ms) {
   return buf;
 }
 
+void PrintProcesses(const json::value& result) {
+  std::printf("%7s %7s %-10s %s %9s %8s  %s\n", "PID", "PPID", "USER", "S", "RSS_KB", "TIME",
+              "COMMAND");
+  for (const auto& item : result.at("processes").as_array()) {
+    const auto& p = item.as_object();
+    std::string cmd;
+    for (const auto& a : p.at("cmdline").as_array()) {
+      if (!cmd.empty()) cmd += ' ';
+      cmd += a.as_string();
+    }
+    if (cmd.empty()) cmd = "[" + std::string(p.at("name").as_string()) + "]";
+    std::string user = p.at("user").is_string() ? std::string(p.at("user").as_string()) : "?";
+    std::printf("%7lld %7lld %-10s %s %9lld %8s  %s\n",
+                static_cast<long long>(p.at("pid").as_int64()),
+                static_cast<long long>(p.at("ppid").as_int64()), user.c_str(),
+                std::string(p.at("state").as_string()).c_str(),
+                static_cast<long long>(p.at("rss_bytes").as_int64() / 1024),
+                FormatCpu(p.at("cpu_time_ms").to_number<int64_t>()).c_str(), cmd.c_str());
+  }
+}
+
 }  // namespace
 
 void AddExecCommands(CLI::App& app, Options& options) {
@@ -161,36 +182,7 @@ void AddExecCommands(CLI::App& app, Options& options) {
   exec->callback([&options, args] { RunExec(options, *args); });
 
   auto* ps = app.add_subcommand("ps", "list the guest's processes");
-  ps->callback([&options] {
-    auto client = Connect(options);
-    CallResult r = CallOrPrint(*client, "process_list");
-    if (!r.ok) {
-      options.exit_code = kExitRpcError;
-      return;
-    }
-    if (options.json) {
-      std::printf("%s\n", json::serialize(r.result).c_str());
-      return;
-    }
-    std::printf("%7s %7s %-10s %s %9s %8s  %s\n", "PID", "PPID", "USER", "S", "RSS_KB", "TIME",
-                "COMMAND");
-    for (const auto& item : r.result.at("processes").as_array()) {
-      const auto& p = item.as_object();
-      std::string cmd;
-      for (const auto& a : p.at("cmdline").as_array()) {
-        if (!cmd.empty()) cmd += ' ';
-        cmd += a.as_string();
-      }
-      if (cmd.empty()) cmd = "[" + std::string(p.at("name").as_string()) + "]";
-      std::string user = p.at("user").is_string() ? std::string(p.at("user").as_string()) : "?";
-      std::printf("%7lld %7lld %-10s %s %9lld %8s  %s\n",
-                  static_cast<long long>(p.at("pid").as_int64()),
-                  static_cast<long long>(p.at("ppid").as_int64()), user.c_str(),
-                  std::string(p.at("state").as_string()).c_str(),
-                  static_cast<long long>(p.at("rss_bytes").as_int64() / 1024),
-                  FormatCpu(p.at("cpu_time_ms").to_number<int64_t>()).c_str(), cmd.c_str());
-    }
-  });
+  ps->callback([&options] { CallAndShow(options, "process_list", {}, PrintProcesses); });
 
   auto* kill = app.add_subcommand("kill", "send a signal to a guest process (see docs/exec.md)");
   auto pid = std::make_shared<int64_t>(0);
@@ -198,7 +190,6 @@ void AddExecCommands(CLI::App& app, Options& options) {
   kill->add_option("pid", *pid, "process id in the guest")->required();
   kill->add_option("-s,--signal", *signal, "signal name or number")->capture_default_str();
   kill->callback([&options, pid, signal] {
-    auto client = Connect(options);
     json::object params{{"pid", *pid}};
     int64_t number = 0;
     auto [end, ec] = std::from_chars(signal->data(), signal->data() + signal->size(), number);
@@ -207,18 +198,10 @@ void AddExecCommands(CLI::App& app, Options& options) {
     } else {
       params["signal"] = *signal;
     }
-    CallResult r = CallOrPrint(*client, "process_kill", params);
-    if (!r.ok) {
-      options.exit_code = kExitRpcError;
-      return;
-    }
-    if (options.json) {
-      std::printf("%s\n", json::serialize(r.result).c_str());
-    } else {
-      std::printf(
-          "sent %s to %lld (%s)\n", std::string(r.result.at("signal_name").as_string()).c_str(),
-          static_cast<long long>(*pid), std::string(r.result.at("name").as_string()).c_str());
-    }
+    CallAndShow(options, "process_kill", params, [&](const json::value& r) {
+      std::printf("sent %s to %lld (%s)\n", std::string(r.at("signal_name").as_string()).c_str(),
+                  static_cast<long long>(*pid), std::string(r.at("name").as_string()).c_str());
+    });
   });
 }
 

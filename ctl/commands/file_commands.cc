@@ -245,16 +245,10 @@ void AddFileCommands(CLI::App& app, Options& options) {
   stat_cmd->add_option("path", *stat_path, ":REMOTE path")->required();
   stat_cmd->add_flag("--sha256", *with_sha, "also compute the file's sha256 in the guest");
   stat_cmd->callback([&options, stat_path, with_sha] {
-    auto client = Connect(options);
     json::object params{{"path", StripColon(*stat_path)}};
     if (*with_sha) params["sha256"] = true;
-    CallResult r = CallOrPrint(*client, "file_stat", params);
-    if (!r.ok) {
-      options.exit_code = kExitRpcError;
-      return;
-    }
-    std::printf("%s\n",
-                options.json ? json::serialize(r.result).c_str() : PrettyJson(r.result).c_str());
+    CallAndShow(options, "file_stat", params,
+                [](const json::value& r) { std::printf("%s\n", PrettyJson(r).c_str()); });
   });
 
   // rm

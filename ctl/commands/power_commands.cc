@@ -28,28 +28,20 @@ void AddPowerAction(CLI::App& app, Options& options, const char* name, const cha
   sub->callback([&options, args, method] {
     json::object params{{"delay_seconds", args->delay}, {"force", args->force}};
     if (!args->message.empty()) params["message"] = args->message;
-    auto client = Connect(options);
-    CallResult result = CallOrPrint(*client, method, params);
-    if (!result.ok) {
-      options.exit_code = kExitRpcError;
-      return;
-    }
-    if (options.json) {
-      std::printf("%s\n", json::serialize(result.result).c_str());
-      return;
-    }
-    const auto& r = result.result.as_object();
-    auto text = [&](const char* key) -> std::string {
-      const json::value* v = r.if_contains(key);
-      return v && v->is_string() ? std::string(v->get_string()) : std::string("?");
-    };
-    auto number = [&](const char* key) -> long long {
-      const json::value* v = r.if_contains(key);
-      return v && v->is_int64() ? static_cast<long long>(v->get_int64()) : 0;
-    };
-    std::printf("%s scheduled via %s in %lld s (at unix time %lld); %lld terminal(s) notified\n",
-                text("action").c_str(), text("method").c_str(), number("delay_seconds"),
-                number("execute_at"), number("message_recipients"));
+    CallAndShow(options, method, params, [](const json::value& result) {
+      const auto& r = result.as_object();
+      auto text = [&](const char* key) -> std::string {
+        const json::value* v = r.if_contains(key);
+        return v && v->is_string() ? std::string(v->get_string()) : std::string("?");
+      };
+      auto number = [&](const char* key) -> long long {
+        const json::value* v = r.if_contains(key);
+        return v && v->is_int64() ? static_cast<long long>(v->get_int64()) : 0;
+      };
+      std::printf("%s scheduled via %s in %lld s (at unix time %lld); %lld terminal(s) notified\n",
+                  text("action").c_str(), text("method").c_str(), number("delay_seconds"),
+                  number("execute_at"), number("message_recipients"));
+    });
   });
 }
 
@@ -62,19 +54,11 @@ void AddPowerCommands(CLI::App& app, Options& options) {
   AddPowerAction(app, options, "halt", "halt", "halt the guest without powering off");
   auto* cancel = app.add_subcommand("power-cancel", "cancel a delayed shutdown/reboot/halt");
   cancel->callback([&options] {
-    auto client = Connect(options);
-    CallResult result = CallOrPrint(*client, "power_cancel");
-    if (!result.ok) {
-      options.exit_code = kExitRpcError;
-      return;
-    }
-    if (options.json) {
-      std::printf("%s\n", json::serialize(result.result).c_str());
-      return;
-    }
-    const json::value* action = result.result.as_object().if_contains("action");
-    std::printf("cancelled the scheduled %s\n",
-                action && action->is_string() ? action->get_string().c_str() : "power action");
+    CallAndShow(options, "power_cancel", {}, [](const json::value& result) {
+      const json::value* action = result.as_object().if_contains("action");
+      std::printf("cancelled the scheduled %s\n",
+                  action && action->is_string() ? action->get_string().c_str() : "power action");
+    });
   });
 }
 

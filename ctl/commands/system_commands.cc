@@ -85,22 +85,6 @@ class Table {
   std::vector<std::vector<std::string>> rows_;
 };
 
-// Calls the method, prints raw JSON with --json, else hands the result to `print`.
-template <class Print>
-void Run(Options& options, const char* method, const json::object& params, Print print) {
-  auto client = Connect(options);
-  CallResult r = CallOrPrint(*client, method, params);
-  if (!r.ok) {
-    options.exit_code = kExitRpcError;
-    return;
-  }
-  if (options.json) {
-    std::printf("%s\n", json::serialize(r.result).c_str());
-    return;
-  }
-  print(r.result);
-}
-
 void PrintInfo(const json::value& r) {
   auto row = [](const char* k, const std::string& v) { std::printf("%-13s %s\n", k, v.c_str()); };
   const auto& os = At(r, "os");
@@ -242,7 +226,7 @@ void AddSystemCommands(CLI::App& app, Options& options) {
   auto* info =
       app.add_subcommand("info", "OS, kernel, CPU, memory, uptime, users (get_system_info)");
   info->add_flag("--json", options.json, "print the raw JSON result");
-  info->callback([&options] { Run(options, "get_system_info", {}, PrintInfo); });
+  info->callback([&options] { CallAndShow(options, "get_system_info", {}, PrintInfo); });
 
   auto* net = app.add_subcommand("net", "interfaces, addresses, routes, DNS (get_network_info)");
   auto iface = std::make_shared<std::string>();
@@ -254,7 +238,7 @@ void AddSystemCommands(CLI::App& app, Options& options) {
     json::object params;
     if (!iface->empty()) params["interface"] = *iface;
     if (*no_lo) params["exclude_loopback"] = true;
-    Run(options, "get_network_info", params, PrintNet);
+    CallAndShow(options, "get_network_info", params, PrintNet);
   });
 
   auto* df = app.add_subcommand("df", "mounted filesystems, usage and disks (get_disk_usage)");
@@ -268,7 +252,7 @@ void AddSystemCommands(CLI::App& app, Options& options) {
     json::object params;
     if (*all) params["all"] = true;
     if (*timeout_ms > 0) params["timeout_ms"] = *timeout_ms;
-    Run(options, "get_disk_usage", params, PrintDf);
+    CallAndShow(options, "get_disk_usage", params, PrintDf);
   });
 }
 
