@@ -25,11 +25,23 @@ struct Dispatcher::Job {
 
 namespace {
 
+// All of `callbacks` as one (empty when there are none).
+SentCallback Combine(std::vector<std::function<void()>> callbacks) {
+  if (callbacks.empty()) return {};
+  if (callbacks.size() == 1) return std::move(callbacks.front());
+  return [callbacks = std::move(callbacks)] {
+    for (const auto& callback : callbacks) callback();
+  };
+}
+
 // Runs a handler and turns whatever it does into the reply text ("" for notifications).
+// `on_sent` receives the handler's AfterReplySent callbacks when it returned normally.
 std::string Invoke(const MethodSpec& spec, const std::string& method, const json::object& params,
-                   const json::value& id, bool notification, RequestContext& ctx, Logger& log) {
+                   const json::value& id, bool notification, RequestContext& ctx, Logger& log,
+                   SentCallback& on_sent) {
   try {
     json::value result = spec.handler(params, ctx);
+    on_sent = Combine(ctx.TakeAfterReplySent());
     return notification ? std::string() : jsonrpc::ResultResponse(id, result);
   } catch (const RpcError& e) {
     return notification ? std::string() : jsonrpc::ErrorResponse(id, e);
@@ -66,11 +78,13 @@ void Dispatcher::AbandonAll() {
 
 void Dispatcher::HandleOversized(const std::shared_ptr<ReplySink>& sink) {
   size_t limit = config_->max_message_bytes();
-  sink->Finish(jsonrpc::ErrorResponse(
-      nullptr, RpcError(ErrorCode::kTooLarge,
-                        "Request line exceeds max_message_size_kb (" +
-                            std::to_string(config_->max_message_size_kb) + " KiB); discarded",
-                        {{"limit_bytes", limit}})));
+  sink->Finish(
+      jsonrpc::ErrorResponse(
+          nullptr, RpcError(ErrorCode::kTooLarge,
+                            "Request line exceeds max_message_size_kb (" +
+                                std::to_string(config_->max_message_size_kb) + " KiB); discarded",
+                            {{"limit_bytes", limit}})),
+      {});
 }
 
 void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySink>& sink) {
@@ -78,19 +92,21 @@ void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySi
   try {
     message = jsonrpc::ParseLine(line);
   } catch (const RpcError& e) {
-    sink->Finish(jsonrpc::ErrorResponse(nullptr, e));
+    sink->Finish(jsonrpc::ErrorResponse(nullptr, e), {});
     return;
   }
   if (!message.is_array()) {
-    ProcessMessage(std::move(message),
-                   [sink](std::string reply) { sink->Finish(std::move(reply)); });
+    ProcessMessage(std::move(message), [sink](std::string reply, SentCallback on_sent) {
+      sink->Finish(std::move(reply), std::move(on_sent));
+    });
     return;
   }
   json::array& batch = message.get_array();
   if (batch.empty()) {
     sink->Finish(jsonrpc::ErrorResponse(
-        nullptr, RpcError(ErrorCode::kInvalidRequest, "Invalid Request: empty batch",
-                          {{"detail", "empty batch"}})));
+                     nullptr, RpcError(ErrorCode::kInvalidRequest, "Invalid Request: empty batch",
+                                       {{"detail", "empty batch"}})),
+                 {});
     return;
   }
   // Replies are gathered in order of completion; the batch answers once all are done.
@@ -98,17 +114,19 @@ void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySi
     std::shared_ptr<ReplySink> sink;
     std::string joined;
     size_t remaining;
+    std::vector<std::function<void()>> on_sent;  // the members', run when the batch is sent
   };
-  auto state = std::make_shared<BatchState>(BatchState{sink, std::string(), batch.size()});
+  auto state = std::make_shared<BatchState>(BatchState{sink, std::string(), batch.size(), {}});
   for (auto& element : batch) {
-    ProcessMessage(std::move(element), [state](std::string reply) {
+    ProcessMessage(std::move(element), [state](std::string reply, SentCallback on_sent) {
       if (!reply.empty()) {
         state->joined += state->joined.empty() ? '[' : ',';
         state->joined += reply;
       }
+      if (on_sent) state->on_sent.push_back(std::move(on_sent));
       if (--state->remaining == 0) {
         if (!state->joined.empty()) state->joined += ']';
-        state->sink->Finish(std::move(state->joined));
+        state->sink->Finish(std::move(state->joined), Combine(std::move(state->on_sent)));
       }
     });
   }
@@ -117,13 +135,13 @@ void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySi
 void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
   auto validated = jsonrpc::ValidateRequest(std::move(message));
   if (auto* invalid = std::get_if<jsonrpc::InvalidRequest>(&validated)) {
-    done(jsonrpc::ErrorResponse(invalid->id, invalid->error));
+    done(jsonrpc::ErrorResponse(invalid->id, invalid->error), {});
     return;
   }
   auto& request = std::get<jsonrpc::Request>(validated);
   bool notification = request.is_notification();
   auto fail = [&](RpcError error) {
-    done(notification ? std::string() : jsonrpc::ErrorResponse(request.id, error));
+    done(notification ? std::string() : jsonrpc::ErrorResponse(request.id, error), {});
   };
   const MethodSpec* spec = methods_.Find(request.method);
   if (!spec) {
@@ -138,7 +156,10 @@ void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
   }
   if (spec->mode == RunMode::kInline) {
     RequestContext ctx(config_, log_, nullptr, nullptr);
-    done(Invoke(*spec, request.method, request.params, request.id, notification, ctx, log_));
+    SentCallback on_sent;
+    std::string reply =
+        Invoke(*spec, request.method, request.params, request.id, notification, ctx, log_, on_sent);
+    done(std::move(reply), std::move(on_sent));
     return;
   }
   if (in_flight_ >= static_cast<size_t>(config_->max_concurrent_requests)) {
@@ -170,14 +191,18 @@ void Dispatcher::StartWorker(std::string method, const MethodSpec& spec, json::o
   pool_.Submit([this, job, &spec, method = std::move(method), params = std::move(params),
                 id = std::move(id), notification, config = std::move(config)]() mutable {
     RequestContext ctx(config, log_, job->deadline_ns, job->abandoned);
-    std::string reply = Invoke(spec, method, params, id, notification, ctx, log_);
-    loop_.Post([this, job, reply = std::move(reply)]() mutable {
+    SentCallback on_sent;
+    std::string reply = Invoke(spec, method, params, id, notification, ctx, log_, on_sent);
+    loop_.Post([this, job, reply = std::move(reply), on_sent = std::move(on_sent)]() mutable {
       --in_flight_;
       jobs_.erase(job);
-      if (job->answered) return;  // already answered "timeout"
+      if (job->answered) {  // already answered "timeout": this reply will never be sent
+        if (on_sent) on_sent();
+        return;
+      }
       job->answered = true;
       loop_.CancelTimer(job->timer);
-      job->done(std::move(reply));
+      job->done(std::move(reply), std::move(on_sent));
     });
   });
 }
@@ -200,7 +225,8 @@ void Dispatcher::ArmTimeout(const std::shared_ptr<Job>& job) {
             : jsonrpc::ErrorResponse(
                   job->id,
                   RpcError(ErrorCode::kTimeout, "Request timed out (" + job->method + ")",
-                           {{"method", job->method}, {"timeout_seconds", job->timeout_seconds}})));
+                           {{"method", job->method}, {"timeout_seconds", job->timeout_seconds}})),
+        {});
   });
 }
 

@@ -19,13 +19,19 @@
 
 namespace kvm {
 
+// Runs on the loop thread once a reply has been handed to the kernel, or once it never will be
+// (the peer left, or the reply was discarded). "Answer first" actions (power) wait for it.
+using SentCallback = std::function<void()>;
+
 // Where the reply to one line goes (one client connection, or one host session on the port).
 class ReplySink {
  public:
   virtual ~ReplySink() = default;
   // Loop thread; called exactly once per line given to Dispatcher::HandleLine. `reply` is a
   // serialized JSON text without newline, or empty when nothing is to be sent (notifications).
-  virtual void Finish(std::string reply) = 0;
+  // `on_sent` may be empty; if not, the sink runs it exactly once (see SentCallback), unless
+  // the agent is being torn down.
+  virtual void Finish(std::string reply, SentCallback on_sent) = 0;
 };
 
 class Dispatcher {
@@ -50,7 +56,7 @@ class Dispatcher {
 
  private:
   struct Job;
-  using Completion = std::function<void(std::string reply)>;
+  using Completion = std::function<void(std::string reply, SentCallback on_sent)>;
 
   void ProcessMessage(boost::json::value&& message, Completion done);
   void StartWorker(std::string method, const MethodSpec& spec, boost::json::object params,

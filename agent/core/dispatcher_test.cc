@@ -13,7 +13,10 @@ namespace json = boost::json;
 
 class RecordingSink : public ReplySink {
  public:
-  void Finish(std::string reply) override { replies.push_back(std::move(reply)); }
+  void Finish(std::string reply, SentCallback on_sent) override {
+    replies.push_back(std::move(reply));
+    if (on_sent) on_sent();
+  }
   std::vector<std::string> replies;
 };
 

@@ -40,12 +40,20 @@ class RequestContext {
   // True once the dispatcher has answered "timeout" or the agent is stopping; long handlers
   // should check it and give up early.
   bool abandoned() const { return abandoned_ && abandoned_->load(); }
+  // Runs `callback` on the I/O thread once this request's reply has been handed to the kernel
+  // for the peer, or once it never will be (peer gone, reply discarded after a timeout). Only
+  // honoured when the handler returns normally; after a throw the callback is dropped.
+  void AfterReplySent(std::function<void()> callback) {
+    after_sent_.push_back(std::move(callback));
+  }
+  std::vector<std::function<void()>> TakeAfterReplySent() { return std::move(after_sent_); }
 
  private:
   std::shared_ptr<const Config> config_;
   Logger& log_;
   std::shared_ptr<std::atomic<int64_t>> deadline_ns_;
   std::shared_ptr<std::atomic<bool>> abandoned_;
+  std::vector<std::function<void()>> after_sent_;
 };
 
 // Returns the result, or throws RpcError (any other exception becomes -32603).

@@ -7,6 +7,12 @@
 
 namespace kvm {
 
+void OutputQueue::AppendLine(std::string_view line, std::function<void()> on_sent) {
+  buffer_.append(line);
+  buffer_ += '\n';
+  if (on_sent) on_sent_.emplace_back(erased_ + buffer_.size(), std::move(on_sent));
+}
+
 int OutputQueue::Flush(int fd) {
   while (offset_ < buffer_.size()) {
     size_t chunk = std::min(buffer_.size() - offset_, max_write_);
@@ -18,13 +24,35 @@ int OutputQueue::Flush(int fd) {
     }
     offset_ += static_cast<size_t>(n);
   }
+  RunSentCallbacks();
   if (offset_ == buffer_.size()) {
-    Clear();
+    buffer_.clear();
+    erased_ = 0;
+    offset_ = 0;
   } else if (offset_ > (1 << 20) && offset_ * 2 > buffer_.size()) {
     buffer_.erase(0, offset_);  // don't let a slow reader keep already-sent bytes alive
+    erased_ += offset_;
     offset_ = 0;
   }
   return 0;
+}
+
+void OutputQueue::RunSentCallbacks() {
+  uint64_t sent = erased_ + offset_;
+  while (!on_sent_.empty() && on_sent_.front().first <= sent) {
+    auto callback = std::move(on_sent_.front().second);
+    on_sent_.pop_front();
+    callback();
+  }
+}
+
+void OutputQueue::Clear() {
+  buffer_.clear();
+  offset_ = 0;
+  erased_ = 0;
+  auto dropped = std::move(on_sent_);
+  on_sent_.clear();
+  for (auto& [end, callback] : dropped) callback();
 }
 
 }  // namespace kvm

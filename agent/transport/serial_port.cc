@@ -21,8 +21,12 @@ class SerialPort::HostSink : public ReplySink {
  public:
   HostSink(SerialPort* port, uint64_t generation, std::shared_ptr<bool> alive)
       : port_(port), generation_(generation), alive_(std::move(alive)) {}
-  void Finish(std::string reply) override {
-    if (*alive_) port_->Send(generation_, std::move(reply));
+  void Finish(std::string reply, SentCallback on_sent) override {
+    if (*alive_) {
+      port_->Send(generation_, std::move(reply), std::move(on_sent));
+    } else if (on_sent) {
+      on_sent();
+    }
   }
 
  private:
@@ -183,10 +187,13 @@ void SerialPort::ReadAvailable() {
   FlushOutput();
 }
 
-void SerialPort::Send(uint64_t generation, std::string reply) {
+void SerialPort::Send(uint64_t generation, std::string reply, SentCallback on_sent) {
   --outstanding_;
-  if (!fd_ || generation != generation_ || reply.empty()) return;
-  out_.AppendLine(reply);
+  if (!fd_ || generation != generation_ || reply.empty()) {
+    if (on_sent) on_sent();  // the host it was for is gone, or nothing to send
+    return;
+  }
+  out_.AppendLine(reply, std::move(on_sent));
   if (out_.pending() > kPauseAbove) paused_ = true;
   if (!in_read_) FlushOutput();
 }

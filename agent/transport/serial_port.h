@@ -38,7 +38,7 @@ class SerialPort {
   void ReadAvailable();
   void HangUpSeen();
   void HostLeft();
-  void Send(uint64_t generation, std::string reply);
+  void Send(uint64_t generation, std::string reply, SentCallback on_sent);
   void FlushOutput();
 
   EventLoop& loop_;

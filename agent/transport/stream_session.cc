@@ -92,10 +92,14 @@ void StreamSession::ReadAvailable(bool drain) {
   MaybeClose();
 }
 
-void StreamSession::Finish(std::string reply) {
+void StreamSession::Finish(std::string reply, SentCallback on_sent) {
   --outstanding_;
-  if (!fd_) return;
-  if (!reply.empty()) out_.AppendLine(reply);
+  if (!fd_ || reply.empty()) {
+    if (on_sent) on_sent();  // gone, or nothing to send
+    if (!fd_) return;
+  } else {
+    out_.AppendLine(reply, std::move(on_sent));
+  }
   if (out_.pending() > kPauseAbove) paused_ = true;
   if (!in_read_) {
     FlushOutput();

@@ -19,7 +19,7 @@ class StreamSession : public ReplySink, public std::enable_shared_from_this<Stre
   StreamSession(EventLoop& loop, Dispatcher& dispatcher, Logger& log, UniqueFd fd, std::string peer,
                 std::function<void()> on_closed);
   void Start();
-  void Finish(std::string reply) override;
+  void Finish(std::string reply, SentCallback on_sent) override;
   // Stops reading requests; the connection closes once in-flight replies are written.
   void StopReading();
   void Close();

@@ -68,8 +68,11 @@ json::value RequestPower(power::Scheduler& scheduler, Action action, const json:
   }
   auto scheduled = scheduler.Schedule(std::move(plan), std::chrono::seconds(delay),
                                       std::move(cancel_notice), ctx.log());
-  // Nothing runs before `release` is destroyed, i.e. after this handler has returned.
+  // Nothing runs before the reply has been sent ("answer first"); a throw below cancels.
   power::Scheduler::Release release(scheduler, scheduled.pending);
+  ctx.AfterReplySent([weak = scheduler.weak_from_this(), pending = scheduled.pending] {
+    if (auto live = weak.lock()) live->ReplySent(pending);
+  });
   int recipients = notice.empty() ? 0 : power::BroadcastToTerminals(scheduler.env(), notice);
   LOG_INFO(ctx.log(), "power: %s via %s scheduled in %llds%s", power::ActionName(action),
            method.c_str(), static_cast<long long>(delay),

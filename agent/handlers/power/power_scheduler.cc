@@ -21,7 +21,7 @@ struct Scheduler::Pending {
   Clock::time_point due;        // accepted + delay
   int64_t execute_at_unix = 0;  // for the host: wall-clock seconds of `due`, rounded up
   std::string cancel_notice;
-  bool released = false;  // the handler returned: its reply is being written
+  bool released = false;  // the reply has been sent (ReplySent)
   Clock::time_point released_at;
   bool cancelled = false;
   bool executing = false;
@@ -47,7 +47,11 @@ Scheduler::Release::Release(Scheduler& scheduler, std::shared_ptr<Pending> pendi
       exceptions_(std::uncaught_exceptions()) {}
 
 Scheduler::Release::~Release() {
-  scheduler_.Released(pending_, std::uncaught_exceptions() > exceptions_);
+  if (std::uncaught_exceptions() > exceptions_) scheduler_.Released(pending_, /*failed=*/true);
+}
+
+void Scheduler::ReplySent(const std::shared_ptr<Pending>& pending) {
+  Released(pending, /*failed=*/false);
 }
 
 boost::json::object Scheduler::Describe(const Pending& p) const {

@@ -16,13 +16,13 @@
 
 namespace kvm::power {
 
-class Scheduler {
+class Scheduler : public std::enable_shared_from_this<Scheduler> {
  public:
   using Clock = std::chrono::steady_clock;
 
-  // The reply is written by the I/O thread right after the handler returns; the action waits
-  // this long after that return so the reply is on its way to the host first.
-  static constexpr std::chrono::milliseconds kReplyLead{500};
+  // The action starts no earlier than this after the reply was handed to the kernel
+  // (RequestContext::AfterReplySent), so the host has a moment to read it.
+  static constexpr std::chrono::milliseconds kReplyLead{100};
   // After a helper reported success the system should be going down; until this has passed,
   // new requests are refused as "executing". Then the slot is freed with a warning.
   static constexpr std::chrono::seconds kExecutingHold{120};
@@ -37,8 +37,8 @@ class Scheduler {
   const Environment& env() const { return env_; }
 
   struct Pending;
-  // Holds the action back until destroyed: the handler keeps it until it returns. Destroyed
-  // during stack unwinding (the handler failed after scheduling), it cancels the action.
+  // Destroyed during stack unwinding (the handler failed after scheduling), it cancels the
+  // action: the host gets an error, so nothing may happen.
   class Release {
    public:
     Release(Scheduler& scheduler, std::shared_ptr<Pending> pending);
@@ -59,6 +59,10 @@ class Scheduler {
   // Takes the single slot (throws RpcError kConflict when taken). `cancel_notice` is broadcast
   // to terminals if the action is cancelled ("" = nothing).
   Scheduled Schedule(Plan plan, std::chrono::seconds delay, std::string cancel_notice, Logger& log);
+
+  // Lets the action go ahead: its reply has been sent (or can no longer be: the host left, and
+  // an accepted request stands). Nothing runs before this.
+  void ReplySent(const std::shared_ptr<Pending>& pending);
 
   // Cancels the scheduled action; throws kNotFound (none) or kConflict (already executing).
   boost::json::object Cancel();

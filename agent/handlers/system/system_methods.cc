@@ -26,7 +26,9 @@ void RegisterSystemMethods(MethodTable& table) {
               return json::value(sysinfo::CollectSystemInfo(live, &info_cache));
             });
 
-  table.Add("get_network_info", RunMode::kWorker,
+  // Inline too: three netlink dumps (the kernel builds them during our recvmsg, never waiting
+  // on anything outside) and resolv.conf.
+  table.Add("get_network_info", RunMode::kInline,
             [live](const json::object& params, RequestContext&) {
               Params p(params, {"interface", "exclude_loopback"});
               sysinfo::NetworkFilter filter;
