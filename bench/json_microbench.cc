@@ -9,6 +9,7 @@
 #include <simdjson.h>
 
 #include <boost/json.hpp>
+#include <cstdlib>
 #include <string>
 
 #include "protocol/base64.h"
@@ -198,10 +199,10 @@ BENCHMARK(RapidSerializeRead);
 BENCHMARK(ConcatSerializeRead);
 BENCHMARK(Base64Encode48K);
 BENCHMARK(Base64Decode48K);
-// The agent's heap settings (protocol/malloc_tuning.h); run with
-// GLIBC_TUNABLES=glibc.malloc.trim_threshold=131072 to see glibc's defaults' page-fault cost.
+// The agent's heap settings (protocol/malloc_tuning.h); KVM_DEFAULT_MALLOC=1 keeps glibc's
+// defaults, to see what their page faults cost.
 int main(int argc, char** argv) {
-  kvm::TuneMallocForMessages();
+  if (!std::getenv("KVM_DEFAULT_MALLOC")) kvm::TuneMallocForMessages();
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
