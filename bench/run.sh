@@ -213,13 +213,15 @@ fi
 needed() { readelf -d "$1" 2>/dev/null | awk '/NEEDED/ {gsub(/[\[\]]/, "", $5); printf "%s ", $5}'; }
 qga_path=$(command -v qemu-ga)
 cp "$agent_bin" "$tmp/agent-dyn" && strip "$tmp/agent-dyn"
-row "stripped size, dynamic build, bytes" "$(stat -c %s "$tmp/agent-dyn")" "$(stat -c %s "$qga_path")" "$(ratio "$(stat -c %s "$tmp/agent-dyn")" "$(stat -c %s "$qga_path")")x" "-"
+kind=$([[ -n $(needed "$agent_bin") ]] && echo dynamic || echo static)  # build/ is static under scripts/test.sh
+row "stripped size, $kind $build/ build, bytes" "$(stat -c %s "$tmp/agent-dyn")" "$(stat -c %s "$qga_path")" "$(ratio "$(stat -c %s "$tmp/agent-dyn")" "$(stat -c %s "$qga_path")")x" "-"
 if [[ -n $static_bin ]]; then
   st=$static_bin
   row "stripped static release binary, bytes" "$(stat -c %s $st)" "-" "-" "-"
   row "static binary NEEDED" "$(needed $st)none" "-" "-" "-"
 fi
-row "NEEDED (dynamic)" "$(needed "$agent_bin")" "$(needed "$qga_path")" "-" "-"
+agent_needed=$(needed "$agent_bin")
+row "NEEDED ($kind $build/ build)" "${agent_needed:-none}" "$(needed "$qga_path")" "-" "-"
 
 ((qga_restarts > 0)) && notes+=("qemu-ga exited by itself $qga_restarts time(s) after 8-client rounds and was restarted.")
 echo
