@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -310,21 +311,52 @@ json::array DisksOfDevice(const SystemRoot& sys, unsigned major, unsigned minor,
   return out;
 }
 
-struct BoundedStatvfs::Shared {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::set<std::string> hung;  // paths whose abandoned call has not returned yet
-};
-
 namespace {
 struct Slot {
   std::string path;
+  StatFn fn;
   bool done = false;
   bool abandoned = false;
   int error = 0;
   struct statvfs st {};
 };
+// A helper with no work for this long exits, so an idle agent keeps no helper threads.
+constexpr auto kHelperIdleExit = std::chrono::seconds(10);
 }  // namespace
+
+// Helper threads are reused across calls (starting a thread cost about as much as the rest of
+// get_disk_usage); a helper stuck in a hung statvfs is simply not idle, so the next call
+// starts another one.
+struct BoundedStatvfs::Shared {
+  std::mutex mu;
+  std::condition_variable done_cv;  // a slot finished
+  std::condition_variable work_cv;  // a slot was queued
+  std::set<std::string> hung;       // paths whose abandoned call has not returned yet
+  std::deque<std::shared_ptr<Slot>> queue;
+  size_t idle = 0;  // helpers waiting for work
+
+  static void HelperMain(std::shared_ptr<Shared> self) {
+    std::unique_lock lock(self->mu);
+    for (;;) {
+      ++self->idle;
+      bool work =
+          self->work_cv.wait_for(lock, kHelperIdleExit, [&] { return !self->queue.empty(); });
+      --self->idle;
+      if (!work) return;
+      std::shared_ptr<Slot> slot = std::move(self->queue.front());
+      self->queue.pop_front();
+      lock.unlock();
+      struct statvfs st {};
+      int err = slot->fn(slot->path, &st);
+      lock.lock();
+      slot->done = true;
+      slot->error = err;
+      slot->st = st;
+      if (slot->abandoned) self->hung.erase(slot->path);
+      self->done_cv.notify_all();
+    }
+  }
+};
 
 BoundedStatvfs::BoundedStatvfs() : shared_(std::make_shared<Shared>()) {}
 
@@ -339,37 +371,40 @@ std::vector<BoundedStatvfs::Outcome> BoundedStatvfs::Run(const std::vector<std::
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::vector<Outcome> out(paths.size());
   std::vector<std::shared_ptr<Slot>> slots(paths.size());
+  std::unique_lock lock(shared_->mu);
+  size_t queued = 0;
   for (size_t i = 0; i < paths.size(); ++i) {
-    {
-      std::lock_guard lock(shared_->mu);
-      if (shared_->hung.count(paths[i])) {
-        out[i].still_hung = true;
-        continue;
-      }
+    if (shared_->hung.count(paths[i])) {
+      out[i].still_hung = true;
+      continue;
     }
     auto slot = std::make_shared<Slot>();
     slot->path = paths[i];
+    slot->fn = fn;
+    shared_->queue.push_back(slot);
+    slots[i] = std::move(slot);
+    ++queued;
+  }
+  // One helper per queued path, so every path starts at once: reuse idle ones, start the rest.
+  // Detached: a call stuck in the kernel cannot be cancelled; the shared state it holds
+  // outlives this request (and the method table).
+  size_t pending = shared_->queue.size();
+  for (size_t have = shared_->idle; have < pending; ++have) {
     try {
-      // Detached: a call stuck in the kernel cannot be cancelled; the shared state it holds
-      // outlives this request (and the method table).
-      std::thread([slot, shared = shared_, fn] {
-        struct statvfs st {};
-        int err = fn(slot->path, &st);
-        std::lock_guard lock(shared->mu);
-        slot->done = true;
-        slot->error = err;
-        slot->st = st;
-        if (slot->abandoned) shared->hung.erase(slot->path);
-        shared->cv.notify_all();
-      }).detach();
-      slots[i] = std::move(slot);
+      std::thread(&Shared::HelperMain, shared_).detach();
     } catch (const std::system_error& e) {
-      out[i].done = true;
-      out[i].error = e.code().value() ? e.code().value() : EAGAIN;
+      // No thread for the rest: answer them with the error instead of waiting.
+      while (shared_->queue.size() > have) {
+        auto slot = std::move(shared_->queue.back());
+        shared_->queue.pop_back();
+        slot->done = true;
+        slot->error = e.code().value() ? e.code().value() : EAGAIN;
+      }
+      break;
     }
   }
-  std::unique_lock lock(shared_->mu);
-  shared_->cv.wait_until(lock, deadline, [&] {
+  if (queued > 0) shared_->work_cv.notify_all();
+  shared_->done_cv.wait_until(lock, deadline, [&] {
     for (const auto& s : slots) {
       if (s && !s->done) return false;
     }
@@ -381,6 +416,9 @@ std::vector<BoundedStatvfs::Outcome> BoundedStatvfs::Run(const std::vector<std::
       out[i].done = true;
       out[i].error = slots[i]->error;
       out[i].st = slots[i]->st;
+    } else if (auto it = std::find(shared_->queue.begin(), shared_->queue.end(), slots[i]);
+               it != shared_->queue.end()) {
+      shared_->queue.erase(it);  // never started: reported as not answering, not as hung
     } else {
       slots[i]->abandoned = true;
       shared_->hung.insert(slots[i]->path);

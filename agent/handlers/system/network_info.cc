@@ -13,6 +13,7 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <map>
 
 #include "agent/core/unique_fd.h"
@@ -215,7 +216,8 @@ void ParseResolvConf(std::string_view text, json::array& servers, json::array* s
 
 // One rtnetlink dump request on `fd`; returns the concatenated reply messages, or nullopt
 // when the kernel flagged the dump as interrupted by a concurrent change (retry it).
-std::optional<std::string> Dump(int fd, uint16_t type, uint8_t family, uint32_t seq) {
+std::optional<std::string> Dump(int fd, uint16_t type, uint8_t family, uint32_t seq, char* buf,
+                                size_t buf_size) {
   // Header plus a zeroed family-specific body whose first byte is the address family.
   size_t body_len = type == RTM_GETLINK   ? sizeof(ifinfomsg)
                     : type == RTM_GETADDR ? sizeof(ifaddrmsg)
@@ -235,16 +237,15 @@ std::optional<std::string> Dump(int fd, uint16_t type, uint8_t family, uint32_t 
                    {{"errno", errno}, {"detail", std::strerror(errno)}});
   }
   std::string out;
-  std::string buf(64 * 1024, '\0');
   bool interrupted = false;
   for (;;) {
-    ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    ssize_t n = ::recv(fd, buf, buf_size, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       throw RpcError(ErrorCode::kIoError, "netlink receive failed",
                      {{"errno", errno}, {"detail", std::strerror(errno)}});
     }
-    std::string_view chunk(buf.data(), static_cast<size_t>(n));
+    std::string_view chunk(buf, static_cast<size_t>(n));
     while (chunk.size() >= sizeof(nlmsghdr)) {
       nlmsghdr m;
       std::memcpy(&m, chunk.data(), sizeof m);
@@ -553,27 +554,40 @@ json::object BuildNetworkInfo(const std::vector<LinkInfo>& links,
                       {"dns", std::move(dns_obj)}};
 }
 
-json::object CollectNetworkInfo(const SystemRoot& sys, const NetworkFilter& filter) {
-  UniqueFd fd(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
-  if (!fd) {
-    throw RpcError(ErrorCode::kIoError, "cannot open a netlink socket",
-                   {{"errno", errno}, {"detail", std::strerror(errno)}});
-  }
-  timeval tv{5, 0};  // the kernel answers at once; this only guards against the impossible
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::optional<std::string> link_buf, addr_buf, route_buf;
-  uint32_t seq = 1;
-  // A dump interrupted by a concurrent change is retried a few times.
-  for (int attempt = 0;; ++attempt) {
-    link_buf = Dump(fd.get(), RTM_GETLINK, AF_UNSPEC, seq++);
-    addr_buf = Dump(fd.get(), RTM_GETADDR, AF_UNSPEC, seq++);
-    route_buf = Dump(fd.get(), RTM_GETROUTE, AF_UNSPEC, seq++);
-    if (link_buf && addr_buf && route_buf) break;
-    if (attempt == 4) {
-      throw RpcError(ErrorCode::kIoError, "netlink dumps kept changing under us",
-                     {{"errno", EAGAIN}, {"detail", "NLM_F_DUMP_INTR"}});
+json::object CollectNetworkInfo(const SystemRoot& sys, const NetworkFilter& filter,
+                                NetlinkSession* session) {
+  NetlinkSession own;
+  NetlinkSession& nl = session ? *session : own;
+  std::unique_lock lock(nl.mu);
+  if (!nl.fd) {
+    nl.fd.reset(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE));
+    if (!nl.fd) {
+      throw RpcError(ErrorCode::kIoError, "cannot open a netlink socket",
+                     {{"errno", errno}, {"detail", std::strerror(errno)}});
     }
+    timeval tv{5, 0};  // the kernel answers at once; this only guards against the impossible
+    ::setsockopt(nl.fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   }
+  constexpr size_t kRecvSize = 64 * 1024;
+  std::unique_ptr<char[]> buf(new char[kRecvSize]);  // not zeroed: recv fills what it returns
+  std::optional<std::string> link_buf, addr_buf, route_buf;
+  try {
+    // A dump interrupted by a concurrent change is retried a few times.
+    for (int attempt = 0;; ++attempt) {
+      link_buf = Dump(nl.fd.get(), RTM_GETLINK, AF_UNSPEC, nl.seq++, buf.get(), kRecvSize);
+      addr_buf = Dump(nl.fd.get(), RTM_GETADDR, AF_UNSPEC, nl.seq++, buf.get(), kRecvSize);
+      route_buf = Dump(nl.fd.get(), RTM_GETROUTE, AF_UNSPEC, nl.seq++, buf.get(), kRecvSize);
+      if (link_buf && addr_buf && route_buf) break;
+      if (attempt == 4) {
+        throw RpcError(ErrorCode::kIoError, "netlink dumps kept changing under us",
+                       {{"errno", EAGAIN}, {"detail", "NLM_F_DUMP_INTR"}});
+      }
+    }
+  } catch (...) {
+    nl.fd.reset();  // a half-read dump must not be seen by the next call
+    throw;
+  }
+  lock.unlock();
   DnsSources dns{ReadText(sys, "/etc/resolv.conf", 256 * 1024),
                  ReadText(sys, "/run/systemd/resolve/resolv.conf", 256 * 1024)};
   return BuildNetworkInfo(ParseLinkMessages(*link_buf), ParseAddrMessages(*addr_buf),

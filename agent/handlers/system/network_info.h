@@ -6,10 +6,12 @@
 #include <boost/json/object.hpp>
 #include <cstdint>
 #include <optional>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "agent/core/unique_fd.h"
 #include "agent/handlers/system/sys_common.h"
 
 namespace kvm::sysinfo {
@@ -76,8 +78,18 @@ boost::json::object BuildNetworkInfo(const std::vector<LinkInfo>& links,
                                      const std::vector<RouteInfo>& routes, const DnsSources& dns,
                                      const NetworkFilter& filter);
 
-// Live system: dumps over an AF_NETLINK socket; DNS files read under `sys`.
-boost::json::object CollectNetworkInfo(const SystemRoot& sys, const NetworkFilter& filter);
+// A netlink socket kept between calls (socket, setsockopt and close were a fifth of the call's
+// syscalls). Dropped after any error so no stale reply is read by the next call.
+struct NetlinkSession {
+  std::mutex mu;
+  UniqueFd fd;
+  uint32_t seq = 1;
+};
+
+// Live system: dumps over an AF_NETLINK socket (`session`'s, or a fresh one when null); DNS
+// files read under `sys`.
+boost::json::object CollectNetworkInfo(const SystemRoot& sys, const NetworkFilter& filter,
+                                       NetlinkSession* session = nullptr);
 
 // Formatting helpers (exposed for tests).
 std::string FormatIp(int family, std::string_view raw);

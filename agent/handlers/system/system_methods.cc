@@ -16,6 +16,7 @@ void RegisterSystemMethods(MethodTable& table) {
   auto& statvfs_runner = table.Own(std::make_shared<sysinfo::BoundedStatvfs>());
   auto& disk_cache = table.Own(std::make_shared<sysinfo::DiskAttributeCache>());
   auto& info_cache = table.Own(std::make_shared<sysinfo::SystemInfoCache>(std::chrono::seconds(5)));
+  auto& netlink = table.Own(std::make_shared<sysinfo::NetlinkSession>());
   const sysinfo::SystemRoot live{};
 
   // Inline: a handful of reads from /proc, /sys and /etc, none of which can block; the hop to a
@@ -29,7 +30,7 @@ void RegisterSystemMethods(MethodTable& table) {
   // Inline too: three netlink dumps (the kernel builds them during our recvmsg, never waiting
   // on anything outside) and resolv.conf.
   table.Add("get_network_info", RunMode::kInline,
-            [live](const json::object& params, RequestContext&) {
+            [live, &netlink](const json::object& params, RequestContext&) {
               Params p(params, {"interface", "exclude_loopback"});
               sysinfo::NetworkFilter filter;
               filter.interface = p.OptionalString("interface");
@@ -37,7 +38,7 @@ void RegisterSystemMethods(MethodTable& table) {
                 Params::Fail("interface", "a non-empty interface name");
               }
               filter.exclude_loopback = p.OptionalBool("exclude_loopback").value_or(false);
-              return json::value(sysinfo::CollectNetworkInfo(live, filter));
+              return json::value(sysinfo::CollectNetworkInfo(live, filter, &netlink));
             });
 
   table.Add("get_disk_usage", RunMode::kWorker,
