@@ -10,9 +10,9 @@ harness=${1:?usage: fuzz/run.sh HARNESS|all [SECONDS] [BUILD_DIR]}
 secs=${2:-20}
 dir=$(realpath -m "${3:-build-fuzz}")
 command -v clang++ >/dev/null || { echo "fuzz: clang++ not installed (scripts/deps.sh)"; exit 77; }
-[[ -x $dir/fuzz_base64 ]] || bash fuzz/build.sh "$dir"
 list=("$harness")
-[[ $harness == all ]] && list=(jsonrpc config base64)
+[[ $harness == all ]] && list=(jsonrpc config base64 path_policy)
+for h in "${list[@]}"; do [[ -x $dir/fuzz_$h ]] || bash fuzz/build.sh "$dir"; done
 for h in "${list[@]}"; do
   work=${FUZZ_WORK:-/tmp/kvm-fuzz}/$h
   mkdir -p "$work"
