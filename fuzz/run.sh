@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs libFuzzer harnesses for a bounded time on the seed corpus in fuzz/corpus/<harness>.
 #   bash fuzz/run.sh HARNESS|all [SECONDS] [BUILD_DIR]      e.g. bash fuzz/run.sh all 3600
+# HARNESS: jsonrpc, config, base64 or path_policy (e.g. bash fuzz/run.sh path_policy 600).
 # New interesting inputs go to $FUZZ_WORK (default /tmp/kvm-fuzz/<harness>), not the repo; a crash
 # leaves crash-* there: add it to fuzz/corpus/<harness>/ and a regression test beside the code.
 set -euo pipefail
