@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs libFuzzer harnesses for a bounded time on the seed corpus in fuzz/corpus/<harness>.
 #   bash fuzz/run.sh HARNESS|all [SECONDS] [BUILD_DIR]      e.g. bash fuzz/run.sh all 3600
+# HARNESS: jsonrpc, config, base64 or path_policy (e.g. bash fuzz/run.sh path_policy 600).
 # New interesting inputs go to $FUZZ_WORK (default /tmp/kvm-fuzz/<harness>), not the repo; a crash
 # leaves crash-* there: add it to fuzz/corpus/<harness>/ and a regression test beside the code.
 set -euo pipefail
@@ -10,9 +11,9 @@ harness=${1:?usage: fuzz/run.sh HARNESS|all [SECONDS] [BUILD_DIR]}
 secs=${2:-20}
 dir=$(realpath -m "${3:-build-fuzz}")
 command -v clang++ >/dev/null || { echo "fuzz: clang++ not installed (scripts/deps.sh)"; exit 77; }
-[[ -x $dir/fuzz_base64 ]] || bash fuzz/build.sh "$dir"
 list=("$harness")
-[[ $harness == all ]] && list=(jsonrpc config base64)
+[[ $harness == all ]] && list=(jsonrpc config base64 path_policy)
+for h in "${list[@]}"; do [[ -x $dir/fuzz_$h ]] || bash fuzz/build.sh "$dir"; done
 for h in "${list[@]}"; do
   work=${FUZZ_WORK:-/tmp/kvm-fuzz}/$h
   mkdir -p "$work"

@@ -13,11 +13,18 @@
 
 namespace kvm::files {
 
+std::string ShortForMessage(std::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  size_t cut = max_bytes;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return std::string(text.substr(0, cut)) + "...";
+}
+
 void ThrowIo(int err, std::string_view what, std::string_view path) {
-  throw RpcError(ErrorCode::kIoError,
-                 std::string(what) + " failed for " + std::string(path.substr(0, 256)) + ": " +
-                     std::strerror(err),
-                 {{"errno", err}, {"detail", std::strerror(err)}, {"path", path}});
+  throw RpcError(
+      ErrorCode::kIoError,
+      std::string(what) + " failed for " + ShortForMessage(path) + ": " + std::strerror(err),
+      {{"errno", err}, {"detail", std::strerror(err)}, {"path", path}});
 }
 
 std::string RandomHex() {

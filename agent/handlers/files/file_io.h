@@ -64,6 +64,10 @@ size_t SweepStrayTemps(const std::vector<SweepRoot>& roots, size_t max_entries, 
 // is only an incomplete (but so far valid) sequence at the very end.
 size_t ValidUtf8Prefix(std::string_view data, bool* truncated);
 
+// At most `max_bytes` of host-supplied text for an error message, with "..." when cut. Cuts only
+// at a UTF-8 character boundary: half a character would make the JSON reply invalid UTF-8.
+std::string ShortForMessage(std::string_view text, size_t max_bytes = 256);
+
 // 16 random bytes as hex (handles, temp names).
 std::string RandomHex();
 

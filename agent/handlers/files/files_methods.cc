@@ -82,10 +82,10 @@ class UploadStore {
     ExpireLocked();
     auto it = sessions_.find(handle);
     if (it == sessions_.end()) {
-      throw RpcError(
-          ErrorCode::kNotFound,
-          "No upload session " + handle.substr(0, 64) + " (unknown, committed, aborted or expired)",
-          {{"handle", handle}});
+      throw RpcError(ErrorCode::kNotFound,
+                     "No upload session " + files::ShortForMessage(handle, 64) +
+                         " (unknown, committed, aborted or expired)",
+                     {{"handle", handle}});
     }
     auto session = it->second;
     session->last_used = Clock::now();
@@ -198,7 +198,7 @@ std::string OctalMode(mode_t mode) {
 
 [[noreturn]] void ThrowNotRegular(std::string_view path, mode_t mode) {
   throw RpcError(ErrorCode::kPermissionDenied,
-                 "Only regular files can be read or written; " + std::string(path.substr(0, 256)) +
+                 "Only regular files can be read or written; " + files::ShortForMessage(path) +
                      " is a " + TypeName(mode),
                  {{"policy", "regular_files_only"}, {"path", path}, {"type", TypeName(mode)}});
 }
@@ -207,7 +207,7 @@ std::string OctalMode(mode_t mode) {
 // trees (a hard link planted by a local user), so it is never read or appended to.
 [[noreturn]] void ThrowHardLinked(std::string_view path, nlink_t links) {
   throw RpcError(ErrorCode::kPermissionDenied,
-                 "File " + std::string(path.substr(0, 256)) + " has " + std::to_string(links) +
+                 "File " + files::ShortForMessage(path) + " has " + std::to_string(links) +
                      " hard links; its content is not read or appended to",
                  {{"policy", "no_hard_links"}, {"path", path}});
 }

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "agent/handlers/files/file_io.h"
 #include "protocol/errors.h"
 
 namespace kvm::files {
@@ -26,10 +27,7 @@ void SplitLast(const std::string& rel, std::string& parent, std::string& name) {
   }
 }
 
-std::string Shorten(std::string_view path) {
-  if (path.size() <= 256) return std::string(path);
-  return std::string(path.substr(0, 256)) + "...";
-}
+std::string Shorten(std::string_view path) { return ShortForMessage(path); }
 
 [[noreturn]] void ThrowOs(int err, std::string_view what, std::string_view path) {
   if (err == ENOENT) {

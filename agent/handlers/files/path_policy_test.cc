@@ -230,5 +230,30 @@ TEST(Utf8Prefix, AcceptsValidAndStopsAtInvalidOrCutSequences) {
   EXPECT_EQ(ValidUtf8Prefix("\xF4\x90\x80\x80", &truncated), 0u);  // > U+10FFFF
 }
 
+// Found by fuzz_path_policy: the refusal quoted the first 256 bytes of the path, which could
+// end inside a multi-byte character and made the JSON reply line invalid UTF-8.
+TEST(PathPolicyLexical, RefusalMessageOfALongUtf8PathStaysValidUtf8) {
+  std::string path = "/srv/";
+  for (int i = 0; i < 200; ++i) path += "\xC3\xA9";  // 'é': byte 256 falls inside one
+  PathPolicy policy({"/tmp"}, {}, Resolver::kWalk);
+  try {
+    policy.Check(path, Access::kRead);
+    FAIL() << "a path outside /tmp was allowed";
+  } catch (const RpcError& e) {
+    std::string_view message = e.what();
+    bool truncated = false;
+    EXPECT_EQ(ValidUtf8Prefix(message, &truncated), message.size()) << message;
+    EXPECT_NE(message.find("\xC3\xA9..."), std::string_view::npos) << message;
+  }
+}
+
+TEST(ShortForMessage, CutsOnlyAtCharacterBoundaries) {
+  EXPECT_EQ(ShortForMessage("abc", 3), "abc");
+  EXPECT_EQ(ShortForMessage("abcd", 3), "abc...");
+  EXPECT_EQ(ShortForMessage("a\xC3\xA9", 2), "a...");             // 2-byte char cut
+  EXPECT_EQ(ShortForMessage("ab\xF0\x9F\x98\x80z", 5), "ab...");  // 4-byte char cut
+  EXPECT_EQ(ShortForMessage("ab\xF0\x9F\x98\x80z", 6), "ab\xF0\x9F\x98\x80...");
+}
+
 }  // namespace
 }  // namespace kvm::files
