@@ -69,6 +69,13 @@ std::vector<MountEntry> ParseMountinfo(std::string_view text) {
   return out;
 }
 
+bool IsInMemoryStatfs(std::string_view fstype) {
+  static const std::set<std::string_view> kLocal = {
+      "ext2", "ext3",    "ext4", "xfs",   "btrfs",    "vfat",  "msdos", "exfat",    "f2fs",
+      "jfs",  "iso9660", "udf",  "erofs", "squashfs", "tmpfs", "ramfs", "devtmpfs", "ntfs3"};
+  return kLocal.count(fstype) != 0;
+}
+
 bool IsPseudoFilesystem(std::string_view fstype) {
   static const std::set<std::string_view> kPseudo = {
       "autofs",       "binfmt_misc",   "bpf",
@@ -444,12 +451,40 @@ json::object CollectDiskUsage(const SystemRoot& sys, const DiskOptions& options,
     if (!options.all && IsPseudoFilesystem(mounts[i].fstype)) continue;
     shown.push_back(&mounts[i]);
   }
-  std::vector<std::string> paths;
-  for (const auto* m : shown) paths.push_back(m->mount_point);
   StatFn fn = options.stat ? options.stat : [](const std::string& p, struct statvfs* st) {
     return ::statvfs(p.c_str(), st) == 0 ? 0 : errno;
   };
-  auto results = runner.Run(paths, options.timeout, fn);
+  // Filesystems whose statfs reads counters in memory are asked directly, saving two thread
+  // hand-offs; anything that can wait on a server or a daemon (nfs, cifs, fuse, 9p, virtiofs,
+  // overlay over those...) goes through the bounded helpers. So does a local filesystem
+  // mounted below such a mount, since reaching its mount point walks the path through it.
+  std::map<int, const MountEntry*> by_id;
+  for (const auto& m : mounts) by_id[m.id] = &m;
+  auto direct = [&](const MountEntry* m) {
+    for (int depth = 0; m && depth < 64; ++depth) {
+      if (!IsInMemoryStatfs(m->fstype)) return false;
+      if (m->parent == m->id) break;
+      auto it = by_id.find(m->parent);
+      m = it == by_id.end() ? nullptr : it->second;
+    }
+    return true;
+  };
+  std::vector<BoundedStatvfs::Outcome> results(shown.size());
+  std::vector<std::string> paths;
+  std::vector<size_t> bounded;  // indexes into shown
+  for (size_t i = 0; i < shown.size(); ++i) {
+    if (direct(shown[i])) {
+      results[i].done = true;
+      results[i].error = fn(shown[i]->mount_point, &results[i].st);
+    } else {
+      paths.push_back(shown[i]->mount_point);
+      bounded.push_back(i);
+    }
+  }
+  if (!paths.empty()) {
+    auto outcomes = runner.Run(paths, options.timeout, fn);
+    for (size_t k = 0; k < bounded.size(); ++k) results[bounded[k]] = outcomes[k];
+  }
 
   std::set<std::pair<unsigned, unsigned>> devices_seen;
   json::array filesystems;

@@ -35,6 +35,8 @@ std::vector<MountEntry> ParseMountinfo(std::string_view text);
 std::string UnescapeOctal(std::string_view s);
 // proc, sysfs, cgroup, tmpfs, overlay... : left out unless "all" is asked for.
 bool IsPseudoFilesystem(std::string_view fstype);
+// Local filesystems whose statfs only reads in-memory counters (it cannot wait on a server).
+bool IsInMemoryStatfs(std::string_view fstype);
 
 // Serial, model and vendor of disks, kept between calls: reading a virtio disk's serial asks the
 // device (a host round trip, ~0.5 ms). Entries are keyed by the sysfs directory and its inode,

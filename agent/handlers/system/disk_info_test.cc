@@ -327,6 +327,38 @@ TEST_F(DiskUsageFixture, HungMountIsReportedWithinTheTimeoutAndNotRetriedWhileSt
   EXPECT_EQ(FindMount(r, "/mnt/hang")->at("error"), "Input/output error");
 }
 
+TEST_F(DiskUsageFixture, LocalFilesystemsAreAskedDirectlyButNotBelowANetworkMount) {
+  Put(root, "/proc/self/mountinfo",
+      "26 1 254:1 / / rw - ext4 /dev/vda1 rw\n"
+      "40 26 0:50 / /mnt/nfs rw - nfs4 srv:/x rw\n"
+      "41 40 8:17 / /mnt/nfs/hang-local rw - ext4 /dev/sdb1 rw\n"
+      "42 26 8:18 / /data rw - xfs /dev/sdb2 rw\n");
+  std::mutex mu;
+  std::map<std::string, bool> on_caller;  // path -> statvfs ran on the calling thread
+  auto caller = std::this_thread::get_id();
+  DiskOptions o;
+  o.timeout = std::chrono::milliseconds(300);
+  o.stat = [&, f = fake](const std::string& p, struct statvfs* st) {
+    {
+      std::lock_guard lock(mu);
+      on_caller[p] = std::this_thread::get_id() == caller;
+    }
+    return (*f)(p, st);
+  };
+  auto start = Clock::now();
+  json::object r = CollectDiskUsage(sys, o, runner);
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(2000));
+  // The ext4 below the NFS mount hangs (its path walk crosses NFS): bounded, not waited for.
+  EXPECT_EQ(FindMount(r, "/mnt/nfs/hang-local")->at("available"), false);
+  EXPECT_EQ(FindMount(r, "/")->at("available"), true);
+  EXPECT_EQ(FindMount(r, "/data")->at("available"), true);
+  std::lock_guard lock(mu);
+  EXPECT_TRUE(on_caller["/"]);
+  EXPECT_TRUE(on_caller["/data"]);
+  EXPECT_FALSE(on_caller["/mnt/nfs"]);
+  fake->Release();
+}
+
 TEST_F(DiskUsageFixture, MissingMountinfoIsAnIoError) { EXPECT_THROW(Collect(false), RpcError); }
 
 }  // namespace
