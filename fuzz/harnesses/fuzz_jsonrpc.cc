@@ -22,7 +22,10 @@ namespace json = boost::json;
 
 struct RecordingSink : kvm::ReplySink {
   std::vector<std::string> replies;
-  void Finish(std::string reply) override { replies.push_back(std::move(reply)); }
+  void Finish(std::string reply, kvm::SentCallback on_sent) override {
+    replies.push_back(std::move(reply));
+    if (on_sent) on_sent();
+  }
 };
 
 void CheckResponse(const json::value& v, const std::string& text) {
