@@ -16,6 +16,7 @@ std::optional<std::string> ReadSmallFile(const std::string& path, size_t max_byt
     if (error_number) *error_number = errno;
     return std::nullopt;
   }
+  const bool kernel_file = path.rfind("/proc/", 0) == 0 || path.rfind("/sys/", 0) == 0;
   std::string out;
   char buf[8192];
   while (out.size() < max_bytes) {
@@ -27,9 +28,10 @@ std::optional<std::string> ReadSmallFile(const std::string& path, size_t max_byt
     }
     if (n == 0) break;
     out.append(buf, static_cast<size_t>(n));
-    // A short read is the end for regular files and for /proc and /sys (seq_file fills the
-    // buffer until its records run out): skip the read that would return 0.
-    if (static_cast<size_t>(n) < sizeof buf) break;
+    // In /proc and /sys a short read is the end (seq_file fills the buffer until its records
+    // run out): skip the read that would return 0. Elsewhere (a config given as a pipe) it
+    // is not, so keep reading.
+    if (kernel_file && static_cast<size_t>(n) < sizeof buf) break;
   }
   if (out.size() > max_bytes) out.resize(max_bytes);
   return out;

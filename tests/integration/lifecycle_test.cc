@@ -62,6 +62,17 @@ TEST(AgentConfig, CheckConfigPrintsEffectiveConfigOrNamesTheBadKey) {
   EXPECT_EQ(ParseJson(absent.out).at("max_message_size_kb"), 64);
 }
 
+TEST(AgentConfig, ConfigFromASlowPipeIsReadToTheEnd) {
+  // The writer pauses mid-text: a reader that took a short read for the end would see "{".
+  RunResult r =
+      RunProgram({"/bin/sh", "-c",
+                  "{ printf '{\"max_concurrent_requests\"'; sleep 0.3; printf ': 3}'; } | \"$0\" "
+                  "--check-config --config /dev/stdin",
+                  KVM_AGENT_BINARY});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(ParseJson(r.out).at("max_concurrent_requests"), 3) << r.out;
+}
+
 TEST(AgentConfig, InvalidConfigStopsStartUpWithExitCode2) {
   TempDir dir;
   for (const char* text : {"{", "[]", R"({"max_message_size_kb": -1})",
