@@ -384,7 +384,7 @@ TEST(HostileInput, HalfClosedConnectionStillGetsItsRepliesThenCloses) {
 
 TEST(HostileInput, ClientsVanishingMidRequestLeaveNoTrace) {
   AgentProcess agent(Quiet());
-  int fds_before = OpenFdCount(agent.pid());
+  int fds_before = SettledFdCount(agent.pid());
   for (int i = 0; i < 200; ++i) {
     RawClient c(agent.socket_path());
     switch (i % 4) {

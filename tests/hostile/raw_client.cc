@@ -8,10 +8,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 
 namespace kvm::test {
 using Clock = std::chrono::steady_clock;
@@ -134,6 +136,16 @@ int OpenFdCount(pid_t pid) {
   }
   ::closedir(d);
   return count;
+}
+
+int SettledFdCount(pid_t pid) {
+  int fewest = OpenFdCount(pid);
+  for (int i = 0; i < 5; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    int now = OpenFdCount(pid);
+    if (now >= 0 && (fewest < 0 || now < fewest)) fewest = now;
+  }
+  return fewest;
 }
 
 }  // namespace kvm::test

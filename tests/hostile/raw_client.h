@@ -45,5 +45,8 @@ inline constexpr bool kSanitizedBuild = false;
 // Resident set size of a process in KiB, and its open file descriptor count.
 long RssKib(pid_t pid);
 int OpenFdCount(pid_t pid);
+// The fewest open fds seen over ~100 ms: a baseline that a descriptor the agent holds for a
+// moment (its orphan reaper reads /proc every 2 s) does not inflate.
+int SettledFdCount(pid_t pid);
 
 }  // namespace kvm::test
