@@ -14,32 +14,22 @@ secs=${SECS:-2}
 idle_secs=${IDLE_SECS:-10}
 methods=${METHODS:-bench/methods.txt}
 
-command -v qemu-ga >/dev/null || { echo "bench: qemu-ga missing (apt-get install qemu-guest-agent)"; exit 2; }
+source bench/lib.sh
+require_qga
 [[ -f $build/build.ninja ]] || bash scripts/build.sh >/dev/null
 ninja -C "$build" kvmmanager-agent kvm-loadgen kvm-echo-server >/dev/null
 agent_bin=$root/$build/agent/kvmmanager-agent
 lg=$root/$build/bench/kvm-loadgen
 echo_bin=$root/$build/bench/kvm-echo-server
 
-tmp=$(mktemp -d /tmp/kvmbench-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-mkdir -p "$tmp/sandbox" "$tmp/qga-state" "$tmp/st-state"
+bench_init kvmbench
+mkdir -p "$tmp/sandbox" "$tmp/st-state"
 cat >"$tmp/config.json" <<EOF
 {"log_level":"warn","log_file":"","max_concurrent_requests":16,
  "security":{"allowed_read_paths":["$tmp/sandbox"],"allowed_write_paths":["$tmp/sandbox"],
              "max_file_size_mb":64}}
 EOF
 agent_cmd=("$agent_bin" --foreground --config "$tmp/config.json" --log-level warn)
-qga_cmd=(qemu-ga -m unix-listen -t "$tmp/qga-state" -f "$tmp/qga.pid" -l "$tmp/qga.log")
-
-wait_sock() { for _ in $(seq 200); do [[ -S $1 ]] && return 0; sleep 0.05; done; echo "bench: $1 never appeared"; exit 1; }
 static_bin=
 if [[ ${NO_STATIC:-0} != 1 ]]; then
   cmake -S . -B build-static -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVM_STATIC_AGENT=ON \
@@ -48,18 +38,16 @@ if [[ ${NO_STATIC:-0} != 1 ]]; then
   static_bin=$root/build-static/agent/kvmmanager-agent
 fi
 "${agent_cmd[@]}" --listen "unix:$tmp/agent.sock" 2>"$tmp/agent.err" & agent_pid=$!; pids+=($agent_pid)
-"${qga_cmd[@]}" -p "$tmp/qga.sock" & qga_pid=$!; pids+=($qga_pid)
+start_qga "$tmp/qga.sock"
 "$echo_bin" "$tmp/echo.sock" & echo_pid=$!; pids+=($echo_pid)
-wait_sock "$tmp/agent.sock"; wait_sock "$tmp/qga.sock"; wait_sock "$tmp/echo.sock"
+wait_sock "$tmp/agent.sock"; wait_sock "$tmp/echo.sock"
 # qemu-ga 7.2 in unix-listen mode exits (status 0) after some rounds of 8 concurrent clients;
 # it is restarted before each measurement that needs it, and the restarts are counted.
 qga_restarts=0
 ensure_qga() {
   kill -0 "$qga_pid" 2>/dev/null && return 0
   qga_restarts=$((qga_restarts + 1))
-  rm -f "$tmp/qga.sock"
-  "${qga_cmd[@]}" -p "$tmp/qga.sock" & qga_pid=$!; pids+=($qga_pid)
-  wait_sock "$tmp/qga.sock"
+  start_qga "$tmp/qga.sock"
 }
 A=$tmp/agent.sock Q=$tmp/qga.sock E=$tmp/echo.sock
 PING='{"jsonrpc":"2.0","method":"ping","id":{id}}'

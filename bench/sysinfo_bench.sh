@@ -9,16 +9,9 @@ iterations=${1:-300}
 build_dir=${BUILD_DIR:-build}
 agent_bin="$build_dir/agent/kvmmanager-agent"
 [[ -x $agent_bin ]] || { echo "no $agent_bin: run scripts/build.sh first" >&2; exit 1; }
-command -v qemu-ga >/dev/null || { echo "qemu-ga missing: apt-get install qemu-guest-agent" >&2; exit 1; }
-
-tmp=$(mktemp -d /tmp/sysinfo-bench-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+source bench/lib.sh
+require_qga
+bench_init sysinfo-bench
 
 client="$tmp/sysinfo_bench_client"
 g++ -std=c++20 -O2 -o "$client" bench/sysinfo_bench_client.cc
@@ -26,13 +19,8 @@ g++ -std=c++20 -O2 -o "$client" bench/sysinfo_bench_client.cc
 echo '{"log_level":"warn"}' >"$tmp/agent.json"
 "$agent_bin" --foreground --config "$tmp/agent.json" --listen "unix:$tmp/agent.sock" 2>"$tmp/agent.log" &
 pids+=($!)
-mkdir -p "$tmp/qga-state"
-qemu-ga -m unix-listen -p "$tmp/qga.sock" -t "$tmp/qga-state" -f "$tmp/qga.pid" 2>"$tmp/qga.log" &
-pids+=($!)
-for _ in $(seq 100); do
-  [[ -S $tmp/agent.sock && -S $tmp/qga.sock ]] && break
-  sleep 0.05
-done
+start_qga "$tmp/qga.sock"
+wait_sock "$tmp/agent.sock"
 
 echo "## System information methods: per-call latency, $iterations sequential calls each"
 echo "host: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), $(uname -r)"

@@ -1,11 +1,13 @@
 // exec_command and exec_start/status/kill/list through the real agent binary.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 #include "agent/handlers/exec/exec_test_util.h"
@@ -337,6 +339,44 @@ TEST(ExecTimeout, StoppingTheAgentKillsRunningCommands) {
   caller.join();
   EXPECT_EQ(status, 0);
   EXPECT_EQ(WaitGone("1000.8181"), std::vector<pid_t>{});
+}
+
+// Context switches of every thread of `pid`: a thread that sleeps without a timeout adds none.
+uint64_t ContextSwitches(pid_t pid) {
+  uint64_t total = 0;
+  std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  DIR* dir = ::opendir(tasks.c_str());
+  if (!dir) return 0;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    std::string status = Slurp(tasks + "/" + e->d_name + "/status");
+    for (const char* key : {"\nvoluntary_ctxt_switches:", "\nnonvoluntary_ctxt_switches:"}) {
+      size_t at = status.find(key);
+      if (at != std::string::npos)
+        total += std::strtoull(status.c_str() + at + std::strlen(key), nullptr, 10);
+    }
+  }
+  ::closedir(dir);
+  return total;
+}
+
+TEST(ExecIdle, AgentSleepsWithoutWakeupsBeforeAndAfterCommands) {
+  // The orphan reaper looks for zombies only while the agent has children; an idle agent
+  // must not wake at all (a VM host runs many of them).
+  AgentProcess agent;
+  ASSERT_TRUE(agent.Call("ping").ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  uint64_t before = ContextSwitches(agent.pid());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(ContextSwitches(agent.pid()) - before, 0u) << "wake-ups while idle from the start";
+
+  Ok(agent.Call("exec_command", Sh("sleep 0.2 &")));
+  // The reaper takes one more look kReaperPeriod (2 s) after the last child is gone.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2600));
+  before = ContextSwitches(agent.pid());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(ContextSwitches(agent.pid()) - before, 0u) << "wake-ups once the commands are gone";
+  EXPECT_EQ(ZombieChildrenOf(agent.pid()), std::vector<pid_t>{});
 }
 
 // --- output floods -------------------------------------------------------------------------

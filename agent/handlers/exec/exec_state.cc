@@ -17,6 +17,9 @@ namespace kvm::exec {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+// How often orphans are looked for while the agent has children. With none, nothing can be
+// orphaned to it until it spawns again, so the reaper sleeps without a timeout: an idle agent
+// has no periodic wake-ups.
 constexpr auto kReaperPeriod = std::chrono::seconds(2);
 
 int64_t NowNs() { return Clock::now().time_since_epoch().count(); }
@@ -71,8 +74,19 @@ ExecState::~ExecState() {
 }
 
 void ExecState::AddChild(pid_t pid) {
-  std::lock_guard lock(mutex_);
-  children_.insert(pid);
+  {
+    std::lock_guard lock(mutex_);
+    children_.insert(pid);
+  }
+  NoteSpawn();
+}
+
+void ExecState::NoteSpawn() {
+  {
+    std::lock_guard lock(reaper_mutex_);
+    ++spawns_;
+  }
+  reaper_cv_.notify_all();
 }
 
 void ExecState::RemoveChild(pid_t pid) {
@@ -115,6 +129,7 @@ std::shared_ptr<AsyncHandle> ExecState::Adopt(std::unique_ptr<Execution> exec, s
     raw->finished_at_ns = NowNs();
   });
   handles_.emplace(h->id, h);
+  NoteSpawn();
   return h;
 }
 
@@ -170,25 +185,49 @@ size_t ExecState::running() const {
   return n;
 }
 
+std::optional<Clock::time_point> ExecState::NextExpiry() const {
+  std::optional<Clock::time_point> next;
+  for (const auto& [id, h] : handles_) {
+    int64_t done = h->finished_at_ns;
+    if (done == 0) continue;
+    auto due = Clock::time_point(std::chrono::nanoseconds(done)) + h->retain;
+    if (!next || due < *next) next = due;
+  }
+  return next;
+}
+
 void ExecState::ReaperLoop() {
   std::unique_lock lock(reaper_mutex_);
-  while (!reaper_cv_.wait_for(lock, kReaperPeriod, [this] { return stopping_; })) {
+  while (!stopping_) {
+    uint64_t spawns = spawns_;
     lock.unlock();
-    ReapOrphans();
+    bool has_children = ReapOrphans();
+    std::optional<Clock::time_point> expiry;
     {
       std::lock_guard state_lock(mutex_);
       Expire();
+      expiry = NextExpiry();
     }
     lock.lock();
+    auto woken = [&] { return stopping_ || spawns_ != spawns; };
+    if (has_children) {
+      reaper_cv_.wait_for(lock, kReaperPeriod, woken);
+    } else if (expiry) {
+      // Finished handles hold their output until they expire; free it on time.
+      reaper_cv_.wait_until(lock, *expiry, woken);
+    } else {
+      reaper_cv_.wait(lock, woken);
+    }
   }
 }
 
-void ExecState::ReapOrphans() {
+bool ExecState::ReapOrphans() {
   // A zombie child nobody registered is an orphan the agent inherited as subreaper. Reaped
   // only when seen twice in a row, so a child another module spawned and is about to wait
   // for is never taken from it.
   std::set<pid_t> seen;
-  for (pid_t pid : ListChildren()) {
+  std::vector<pid_t> children = ListChildren();
+  for (pid_t pid : children) {
     {
       std::lock_guard lock(mutex_);
       if (children_.count(pid)) continue;
@@ -202,6 +241,7 @@ void ExecState::ReapOrphans() {
     }
   }
   zombie_seen_.swap(seen);
+  return !children.empty();
 }
 
 }  // namespace kvm::exec

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -57,8 +58,11 @@ class ExecState {
 
  private:
   void Expire();  // under mutex_
+  // When the next finished handle is due to expire; nullopt if none. Under mutex_.
+  std::optional<std::chrono::steady_clock::time_point> NextExpiry() const;
+  void NoteSpawn();  // wakes the reaper: a new child may have orphans later
   void ReaperLoop();
-  void ReapOrphans();
+  bool ReapOrphans();  // false when the agent has no children left to watch
 
   mutable std::mutex mutex_;
   std::map<uint64_t, std::shared_ptr<AsyncHandle>> handles_;
@@ -69,6 +73,7 @@ class ExecState {
   std::mutex reaper_mutex_;
   std::condition_variable reaper_cv_;
   bool stopping_ = false;
+  uint64_t spawns_ = 0;  // bumped by NoteSpawn so the reaper never misses one
   std::thread reaper_;
 };
 
