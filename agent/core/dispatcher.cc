@@ -16,7 +16,8 @@ struct Dispatcher::Job {
   json::value id;
   bool notification = false;
   Completion done;
-  bool answered = false;  // loop thread only
+  bool answered = false;               // loop thread only
+  std::atomic<bool> timed_out{false};  // answered "timeout": a worker that has not begun skips it
   EventLoop::TimerId timer = 0;
   int64_t timeout_seconds = 0;
   std::shared_ptr<std::atomic<int64_t>> deadline_ns = std::make_shared<std::atomic<int64_t>>(0);
@@ -187,12 +188,22 @@ void Dispatcher::StartWorker(std::string method, const MethodSpec& spec, json::o
   jobs_.insert(job);
   ArmTimeout(job);
 
+  std::string lane;
+  if (!spec.serialize_by.empty()) {
+    if (const json::value* key = params.if_contains(spec.serialize_by); key && key->is_string()) {
+      lane = spec.serialize_by + '=' + std::string(key->get_string());
+    }
+  }
   auto config = config_;
-  pool_.Submit([this, job, &spec, method = std::move(method), params = std::move(params),
-                id = std::move(id), notification, config = std::move(config)]() mutable {
-    RequestContext ctx(config, log_, job->deadline_ns, job->abandoned);
+  auto task = [this, job, &spec, method = std::move(method), params = std::move(params),
+               id = std::move(id), notification, config = std::move(config)]() mutable {
+    std::string reply;
     SentCallback on_sent;
-    std::string reply = Invoke(spec, method, params, id, notification, ctx, log_, on_sent);
+    // Already answered "timeout" while it waited for a worker or its lane: never run it late.
+    if (!job->timed_out.load()) {
+      RequestContext ctx(config, log_, job->deadline_ns, job->abandoned);
+      reply = Invoke(spec, method, params, id, notification, ctx, log_, on_sent);
+    }
     loop_.Post([this, job, reply = std::move(reply), on_sent = std::move(on_sent)]() mutable {
       --in_flight_;
       jobs_.erase(job);
@@ -204,7 +215,36 @@ void Dispatcher::StartWorker(std::string method, const MethodSpec& spec, json::o
       loop_.CancelTimer(job->timer);
       job->done(std::move(reply), std::move(on_sent));
     });
+  };
+  if (lane.empty()) {
+    pool_.Submit(std::move(task));
+    return;
+  }
+  {
+    std::lock_guard lock(lanes_mutex_);
+    auto [it, idle] = lanes_.try_emplace(lane);
+    if (!idle) {  // the worker running this lane takes it next
+      it->second.push_back(std::move(task));
+      return;
+    }
+  }
+  pool_.Submit([this, lane = std::move(lane), task = std::move(task)]() mutable {
+    // One worker drains the lane: consecutive requests (upload chunks) follow each other with
+    // no hand-off through the loop thread in between.
+    for (std::function<void()> next = std::move(task); next; next = NextInLane(lane)) next();
   });
+}
+
+std::function<void()> Dispatcher::NextInLane(const std::string& lane) {
+  std::lock_guard lock(lanes_mutex_);
+  auto it = lanes_.find(lane);
+  if (it->second.empty()) {
+    lanes_.erase(it);
+    return {};
+  }
+  std::function<void()> next = std::move(it->second.front());
+  it->second.pop_front();
+  return next;
 }
 
 void Dispatcher::ArmTimeout(const std::shared_ptr<Job>& job) {
@@ -217,6 +257,7 @@ void Dispatcher::ArmTimeout(const std::shared_ptr<Job>& job) {
       return;
     }
     job->answered = true;
+    job->timed_out.store(true);
     job->abandoned->store(true);
     LOG_WARN(log_, "method %s timed out; answered with a timeout error", job->method.c_str());
     job->done(

@@ -5,10 +5,13 @@
 #include <boost/json/value.hpp>
 
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "agent/core/config.h"
@@ -62,6 +65,8 @@ class Dispatcher {
   void StartWorker(std::string method, const MethodSpec& spec, boost::json::object params,
                    boost::json::value id, bool notification, Completion done);
   void ArmTimeout(const std::shared_ptr<Job>& job);
+  // Worker thread: the lane's next queued request, or empty after closing the lane.
+  std::function<void()> NextInLane(const std::string& lane);
 
   EventLoop& loop_;
   const MethodTable& methods_;
@@ -71,6 +76,10 @@ class Dispatcher {
   size_t in_flight_ = 0;
   bool shutting_down_ = false;
   std::unordered_set<std::shared_ptr<Job>> jobs_;  // in flight, loop thread only
+  // MethodSpec::serialize_by lanes with a request running; their queued requests wait in
+  // arrival order for the worker that runs the lane.
+  std::mutex lanes_mutex_;
+  std::unordered_map<std::string, std::deque<std::function<void()>>> lanes_;
 };
 
 }  // namespace kvm

@@ -3,6 +3,8 @@
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "protocol/errors.h"
@@ -109,6 +111,88 @@ TEST_F(DispatcherTest, BusyBeyondMaxConcurrentAndTimeoutAfterRequestTimeout) {
   }
   EXPECT_EQ(dispatcher_->in_flight(), 0u);
   EXPECT_EQ(sink->replies.size(), 3u);
+}
+
+// Records what the "ordered" method saw: which requests ran, in which order, and how many of
+// one lane ran at once.
+struct LaneLog {
+  std::mutex mu;
+  std::vector<std::string> started;  // "key:seq"
+  std::map<std::string, int> running;
+  int max_same_lane = 0;
+  bool lanes_overlapped = false;  // another key's request ran while one of "a" did
+};
+
+class SerializedDispatcherTest : public DispatcherTest {
+ protected:
+  SerializedDispatcherTest() {
+    table_.Add(
+        "ordered", RunMode::kWorker,
+        [this](const json::object& p, RequestContext&) {
+          std::string key(p.at("key").as_string());
+          {
+            std::lock_guard lock(lanes.mu);
+            lanes.started.push_back(key + ":" + std::to_string(p.at("seq").as_int64()));
+            int now = ++lanes.running[key];
+            lanes.max_same_lane = std::max(lanes.max_same_lane, now);
+            for (auto& [other, n] : lanes.running) {
+              if (other != key && n > 0) lanes.lanes_overlapped = true;
+            }
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(p.at("ms").as_int64()));
+          std::lock_guard lock(lanes.mu);
+          --lanes.running[key];
+          return json::value(p.at("seq"));
+        },
+        "key");
+    Config c;
+    c.request_timeout_seconds = 1;
+    c.max_concurrent_requests = 8;
+    dispatcher_ = std::make_unique<Dispatcher>(loop_, table_, log_, std::make_shared<Config>(c));
+  }
+  void Send(RecordingSink& sink, const std::string& key, int seq, int ms) {
+    auto owner = std::shared_ptr<RecordingSink>(&sink, [](RecordingSink*) {});
+    dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"ordered","id":)" + std::to_string(seq) +
+                                R"(,"params":{"key":")" + key + R"(","seq":)" +
+                                std::to_string(seq) + R"(,"ms":)" + std::to_string(ms) + "}}",
+                            owner);
+  }
+  LaneLog lanes;
+};
+
+TEST_F(SerializedDispatcherTest, SameKeyRunsOneAtATimeInArrivalOrderOtherKeysAlongside) {
+  RecordingSink sink;
+  for (int seq = 1; seq <= 4; ++seq) Send(sink, "a", seq, 30);
+  Send(sink, "b", 5, 30);
+  RunUntil(sink, 5);
+  ASSERT_EQ(sink.replies.size(), 5u);
+  std::vector<std::string> a_order;
+  for (auto& s : lanes.started) {
+    if (s[0] == 'a') a_order.push_back(s);
+  }
+  EXPECT_EQ(a_order, (std::vector<std::string>{"a:1", "a:2", "a:3", "a:4"}));
+  EXPECT_EQ(lanes.max_same_lane, 1);
+  EXPECT_TRUE(lanes.lanes_overlapped) << "key b waited for key a's lane";
+}
+
+TEST_F(SerializedDispatcherTest, QueuedRequestThatTimedOutNeverRuns) {
+  RecordingSink sink;
+  Send(sink, "a", 1, 1500);  // holds the lane past the 1 s request timeout
+  Send(sink, "a", 2, 0);     // waits behind it, and times out while waiting
+  RunUntil(sink, 2);
+  ASSERT_EQ(sink.replies.size(), 2u);
+  for (auto& reply : sink.replies) {
+    EXPECT_EQ(json::parse(reply).as_object()["error"].as_object()["code"],
+              static_cast<int>(ErrorCode::kTimeout));
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (dispatcher_->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    loop_.AddTimer(std::chrono::milliseconds(5), [&] { loop_.Stop(); });
+    loop_.Run();
+  }
+  EXPECT_EQ(dispatcher_->in_flight(), 0u);
+  std::lock_guard lock(lanes.mu);
+  EXPECT_EQ(lanes.started, std::vector<std::string>{"a:1"});
 }
 
 TEST_F(DispatcherTest, BatchAnswersOneArrayWithoutNotifications) {

@@ -12,8 +12,12 @@ void RequestContext::ExtendDeadline(Clock::duration from_now) {
   }
 }
 
-void MethodTable::Add(std::string name, RunMode mode, Handler handler) {
-  auto [it, inserted] = methods_.emplace(std::move(name), MethodSpec{std::move(handler), mode});
+void MethodTable::Add(std::string name, RunMode mode, Handler handler, std::string serialize_by) {
+  if (mode == RunMode::kInline && !serialize_by.empty()) {
+    throw std::logic_error("inline method cannot be serialized: " + name);
+  }
+  auto [it, inserted] = methods_.emplace(
+      std::move(name), MethodSpec{std::move(handler), mode, std::move(serialize_by)});
   if (!inserted) throw std::logic_error("method registered twice: " + it->first);
 }
 

@@ -68,11 +68,15 @@ enum class RunMode {
 struct MethodSpec {
   Handler handler;
   RunMode mode = RunMode::kWorker;
+  // Worker methods: requests whose params hold the same string under this key run one at a
+  // time, in arrival order (the chunks of one upload: no lock contention, no re-ordering).
+  // Empty: requests run concurrently.
+  std::string serialize_by;
 };
 
 class MethodTable {
  public:
-  void Add(std::string name, RunMode mode, Handler handler);
+  void Add(std::string name, RunMode mode, Handler handler, std::string serialize_by = {});
   const MethodSpec* Find(std::string_view name) const;
   std::vector<std::string> Names() const;  // sorted
 

@@ -791,13 +791,16 @@ void RegisterFileMethods(MethodTable& table) {
       [&state](const json::object& p, RequestContext& c) { return UploadBegin(p, c, state); });
   table.Add(
       "file_upload_chunk", RunMode::kWorker,
-      [&state](const json::object& p, RequestContext& c) { return UploadChunk(p, c, state); });
+      [&state](const json::object& p, RequestContext& c) { return UploadChunk(p, c, state); },
+      "handle");
   table.Add(
       "file_upload_commit", RunMode::kWorker,
-      [&state](const json::object& p, RequestContext& c) { return UploadCommit(p, c, state); });
+      [&state](const json::object& p, RequestContext& c) { return UploadCommit(p, c, state); },
+      "handle");
   table.Add(
       "file_upload_abort", RunMode::kWorker,
-      [&state](const json::object& p, RequestContext& c) { return UploadAbort(p, c, state); });
+      [&state](const json::object& p, RequestContext& c) { return UploadAbort(p, c, state); },
+      "handle");
 }
 
 }  // namespace kvm
