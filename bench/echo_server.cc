@@ -16,7 +16,8 @@
 
 namespace {
 struct Client {
-  std::string pending;  // bytes the peer has not taken yet
+  std::string pending;    // bytes the peer has not taken yet
+  bool want_out = false;  // EPOLLOUT watched (only while bytes are pending, like the agent)
 };
 }  // namespace
 
@@ -62,7 +63,7 @@ int main(int argc, char** argv) {
         for (;;) {
           int c = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
           if (c < 0) break;
-          epoll_event cev{EPOLLIN | EPOLLOUT | EPOLLET, {.fd = c}};
+          epoll_event cev{EPOLLIN | EPOLLET, {.fd = c}};
           ::epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
           clients[c];
         }
@@ -94,7 +95,16 @@ int main(int argc, char** argv) {
         if (r == 0 || errno != EAGAIN) closed = true;
         break;
       }
-      if (closed) drop(fd);
+      if (closed) {
+        drop(fd);
+        continue;
+      }
+      Client& c = it->second;
+      if (c.pending.empty() == c.want_out) {
+        c.want_out = !c.pending.empty();
+        epoll_event mev{EPOLLIN | EPOLLET | (c.want_out ? EPOLLOUT : 0u), {.fd = fd}};
+        ::epoll_ctl(ep, EPOLL_CTL_MOD, fd, &mev);
+      }
     }
   }
 }

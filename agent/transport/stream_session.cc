@@ -13,6 +13,7 @@ constexpr size_t kPauseAbove = 4 << 20;
 constexpr size_t kResumeBelow = 1 << 20;
 // Reads per readiness event before yielding to other clients (fairness under floods).
 constexpr int kReadBudget = 16;
+constexpr uint32_t kReadEvents = EPOLLIN | EPOLLRDHUP | EPOLLET;
 }  // namespace
 
 StreamSession::StreamSession(EventLoop& loop, Dispatcher& dispatcher, Logger& log, UniqueFd fd,
@@ -27,8 +28,9 @@ StreamSession::StreamSession(EventLoop& loop, Dispatcher& dispatcher, Logger& lo
 
 void StreamSession::Start() {
   auto self = shared_from_this();
-  loop_.Watch(fd_.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-              [self](uint32_t events) { self->OnEvents(events); });
+  // No EPOLLOUT until a write comes up short: otherwise every reply the peer reads would wake
+  // the loop once more for nothing (measured: ~0.8 extra epoll_wait per ping).
+  loop_.Watch(fd_.get(), kReadEvents, [self](uint32_t events) { self->OnEvents(events); });
   LOG_DEBUG(log_, "client connected: %s", peer_.c_str());
 }
 
@@ -113,6 +115,10 @@ void StreamSession::FlushOutput() {
     LOG_DEBUG(log_, "client %s write error: %s", peer_.c_str(), std::strerror(err));
     Close();
     return;
+  }
+  if (out_.empty() == want_writable_) {
+    want_writable_ = !out_.empty();
+    loop_.Modify(fd_.get(), want_writable_ ? kReadEvents | EPOLLOUT : kReadEvents);
   }
   if (paused_ && out_.pending() < kResumeBelow) {
     paused_ = false;

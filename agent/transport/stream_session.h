@@ -44,6 +44,7 @@ class StreamSession : public ReplySink, public std::enable_shared_from_this<Stre
   bool paused_ = false;      // too many unsent replies: the peer is not reading
   bool in_read_ = false;     // batching reply writes while a read burst is processed
   bool read_scheduled_ = false;
+  bool want_writable_ = false;  // EPOLLOUT is watched only while replies wait for the peer
 };
 
 }  // namespace kvm
