@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -451,6 +452,49 @@ TEST_F(FileMethodsTest, ChunkedUploadOutOfOrderIsVerifiedAndCommitted) {
   EXPECT_TRUE(TempNames(sb_).empty());
   // The handle is gone after commit.
   EXPECT_EQ(client->Call("file_upload_abort", {{"handle", handle}}).error_code, -32001);
+}
+
+TEST_F(FileMethodsTest, CommitSentRightBehindPipelinedChunksIsHandledAfterThem) {
+  // Every chunk and the commit go out in one burst, before any reply is read: requests naming
+  // one handle run in arrival order, so the commit sees every chunk (PROTOCOL.md). 9 chunks
+  // and the commit: within the default max_concurrent_requests (10), so none is "busy".
+  std::string data = RandomBytes(400000, 11);
+  CallResult b = f_.Call("file_upload_begin", {{"path", sb_ + "/burst"}, {"size", data.size()}});
+  ASSERT_TRUE(b.ok) << b.error_message;
+  std::string handle = Str(b.result, "handle");
+  size_t chunk = b.result.at("chunk_size").to_number<size_t>();
+  auto client = f_.agent().Connect();
+  int id = 0;
+  std::string burst;
+  for (size_t off = 0; off < data.size(); off += chunk) {
+    burst += json::serialize(json::object{
+        {"jsonrpc", "2.0"},
+        {"id", ++id},
+        {"method", "file_upload_chunk"},
+        {"params",
+         {{"handle", handle}, {"offset", off}, {"data", Base64Encode(data.substr(off, chunk))}}}});
+    burst += '\n';
+  }
+  int commit_id = ++id;
+  burst +=
+      json::serialize(json::object{{"jsonrpc", "2.0"},
+                                   {"id", commit_id},
+                                   {"method", "file_upload_commit"},
+                                   {"params", {{"handle", handle}, {"sha256", Sha256Hex(data)}}}});
+  // Written from a thread: the agent's replies fill the socket while the burst is still going.
+  std::thread writer([&] { client->SendLine(burst); });
+  std::map<int64_t, json::object> replies;
+  while (static_cast<int>(replies.size()) < id) {
+    json::object reply = json::parse(client->ReadLine()).as_object();
+    replies[reply.at("id").as_int64()] = reply;
+  }
+  writer.join();
+  for (auto& [rid, reply] : replies) {
+    EXPECT_TRUE(reply.contains("result")) << rid << ": " << json::serialize(reply);
+  }
+  EXPECT_EQ(Str(replies[commit_id].at("result"), "sha256"), Sha256Hex(data));
+  EXPECT_EQ(ReadFileText(sb_ + "/burst"), data);
+  EXPECT_TRUE(TempNames(sb_).empty());
 }
 
 TEST_F(FileMethodsTest, ChunkedUploadWithWrongChecksumLeavesTargetUntouched) {
