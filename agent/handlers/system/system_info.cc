@@ -16,6 +16,7 @@
 #include <ctime>
 #include <map>
 
+#include "agent/core/file_util.h"
 #include "version.h"
 
 namespace kvm::sysinfo {
@@ -32,26 +33,6 @@ std::pair<std::string_view, std::string_view> KeyValue(std::string_view line, ch
   size_t colon = line.find(sep);
   if (colon == std::string_view::npos) return {Trim(line), {}};
   return {Trim(line.substr(0, colon)), Trim(line.substr(colon + 1))};
-}
-
-// Reads a /proc file through a descriptor kept in `fd` (opened on first use), from offset 0.
-std::optional<std::string> ReadProcFile(const SystemRoot& sys, std::string_view path,
-                                        UniqueFd& fd) {
-  if (!fd) fd.reset(::open(sys.Path(path).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return std::nullopt;
-  std::string out;
-  char buf[8192];
-  for (;;) {
-    ssize_t n = ::pread(fd.get(), buf, sizeof buf, static_cast<off_t>(out.size()));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      fd.reset();
-      return std::nullopt;
-    }
-    out.append(buf, static_cast<size_t>(n));
-    if (static_cast<size_t>(n) < sizeof buf || out.size() >= (1 << 20)) break;  // short: the end
-  }
-  return out;
 }
 
 }  // namespace
@@ -433,8 +414,8 @@ json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache) {
   }
   std::optional<std::string> loadavg_text, meminfo_text;
   if (cache) {
-    loadavg_text = ReadProcFile(sys, "/proc/loadavg", cache->loadavg_fd_);
-    meminfo_text = ReadProcFile(sys, "/proc/meminfo", cache->meminfo_fd_);
+    loadavg_text = RereadKernelFile(sys.Path("/proc/loadavg"), cache->loadavg_fd_);
+    meminfo_text = RereadKernelFile(sys.Path("/proc/meminfo"), cache->meminfo_fd_);
   } else {
     loadavg_text = ReadText(sys, "/proc/loadavg", 4096);
     meminfo_text = ReadText(sys, "/proc/meminfo", 64 * 1024);
