@@ -72,14 +72,15 @@ class Dispatcher {
   const MethodTable& methods_;
   Logger& log_;
   std::shared_ptr<const Config> config_;
+  // MethodSpec::serialize_by lanes with a request running; their queued requests wait in
+  // arrival order for the worker that runs the lane. Declared before pool_ so that they
+  // outlive the workers, which use them until the pool has joined.
+  std::mutex lanes_mutex_;
+  std::unordered_map<std::string, std::deque<std::function<void()>>> lanes_;
   WorkerPool pool_;
   size_t in_flight_ = 0;
   bool shutting_down_ = false;
   std::unordered_set<std::shared_ptr<Job>> jobs_;  // in flight, loop thread only
-  // MethodSpec::serialize_by lanes with a request running; their queued requests wait in
-  // arrival order for the worker that runs the lane.
-  std::mutex lanes_mutex_;
-  std::unordered_map<std::string, std::deque<std::function<void()>>> lanes_;
 };
 
 }  // namespace kvm

@@ -195,6 +195,15 @@ TEST_F(SerializedDispatcherTest, QueuedRequestThatTimedOutNeverRuns) {
   EXPECT_EQ(lanes.started, std::vector<std::string>{"a:1"});
 }
 
+TEST_F(SerializedDispatcherTest, DestroyedWhileALaneHasQueuedRequestsFinishesThemSafely) {
+  RecordingSink sink;
+  for (int seq = 1; seq <= 3; ++seq) Send(sink, "a", seq, 50);
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the lane's worker is busy
+  dispatcher_.reset();  // joins the workers; the lane must still be there for them
+  std::lock_guard lock(lanes.mu);
+  EXPECT_EQ(lanes.started, (std::vector<std::string>{"a:1", "a:2", "a:3"}));
+}
+
 TEST_F(DispatcherTest, BatchAnswersOneArrayWithoutNotifications) {
   auto sink = std::make_shared<RecordingSink>();
   dispatcher_->HandleLine(
