@@ -95,6 +95,14 @@ std::string_view GetView(const json::value& v, std::string_view key) {
   throw ClientError("reply lacks \"" + std::string(key) + "\"");
 }
 
+bool GetBool(const json::value& v, std::string_view key) {
+  if (const json::value* f = v.is_object() ? v.get_object().if_contains(key) : nullptr;
+      f && f->is_bool()) {
+    return f->get_bool();
+  }
+  throw ClientError("reply lacks \"" + std::string(key) + "\"");
+}
+
 uint64_t GetUint(const json::value& v, std::string_view key) {
   if (const json::value* f = v.is_object() ? v.get_object().if_contains(key) : nullptr;
       f && f->is_number()) {
@@ -212,6 +220,30 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
   if (chunk == 0 && size > 0) throw ClientError("agent returned an empty chunk");
 
   std::string path_json = JsonString(remote);
+  if (size == 0 && !GetBool(first.result, "eof")) {
+    // A procfs/sysfs file: size 0 yet content, so one read at a time until the agent says eof.
+    for (;;) {
+      pipe.Send("file_read", R"({"path":)" + path_json + R"(,"offset":)" + std::to_string(done) +
+                                 R"(,"length":)" + std::to_string(chunk) + "}");
+      std::pair<uint64_t, CallResult> reply = pipe.Receive();
+      if (extra_id && reply.first == *extra_id && extra_result != nullptr) {
+        *extra_result = std::move(reply.second);
+        reply = pipe.Receive();
+      }
+      const CallResult& result = reply.second;
+      if (!result.ok) {
+        pipe.Drain();
+        throw TransferError("file_read failed", result);
+      }
+      if (!Base64Decode(GetView(result.result, "data"), decoded)) {
+        throw ClientError("agent sent invalid base64");
+      }
+      sink(std::string_view(decoded));
+      done += decoded.size();
+      if (options.progress) options.progress(done, done);
+      if (GetBool(result.result, "eof") || decoded.empty()) break;
+    }
+  }
   std::map<uint64_t, uint64_t> offsets;   // id -> offset
   std::map<uint64_t, std::string> ready;  // offset -> bytes, waiting for their turn
   uint64_t next_offset = done;
@@ -251,7 +283,7 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
       if (options.progress) options.progress(done, size);
     }
   }
-  return size;
+  return done;
 }
 
 }  // namespace
@@ -268,7 +300,7 @@ Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
   // The agent hashes the file on another worker while the reads go on.
   CallResult hash_result;
   Sha256 hash;
-  ReadPipelined(
+  uint64_t received = ReadPipelined(
       client, remote, size, options, pipe,
       [&](std::string_view bytes) {
         hash.Update(bytes);
@@ -276,11 +308,14 @@ Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
       },
       "file_stat", R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result);
   if (!hash_result.ok) throw TransferError("file_stat (sha256) failed", hash_result);
-  Outcome out{size, hash.FinishHex()};
+  Outcome out{received, hash.FinishHex()};
   std::string remote_sha = GetString(hash_result.result, "sha256");
   if (remote_sha != out.sha256 || GetUint(hash_result.result, "size") != size) {
     throw TransferError("sha256 mismatch: agent " + remote_sha + ", received " + out.sha256 +
-                            " (the file changed during the copy?)",
+                            (size == 0 && received > 0
+                                 ? " (a procfs/sysfs file can change from one read to the next; "
+                                   "use cat for those)"
+                                 : " (the file changed during the copy?)"),
                         CallResult{});
   }
   return out;

@@ -344,6 +344,47 @@ TEST_F(FileMethodsTest, ReadHonoursOffsetAndLength) {
   EXPECT_TRUE(r.result.at("eof").as_bool());
 }
 
+TEST_F(FileMethodsTest, ProcfsFilesThatReportSizeZeroAreReadUntilEof) {
+  std::string expected = ReadFileText("/proc/version");
+  ASSERT_FALSE(expected.empty());
+  CallResult r = f_.Read("/proc/version");
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(Str(r.result, "data"), Base64Encode(expected));
+  EXPECT_EQ(r.result.at("size").to_number<uint64_t>(), 0u);
+  EXPECT_TRUE(r.result.at("eof").as_bool());
+
+  r = f_.Call("file_read", {{"path", "/proc/version"}, {"length", 5}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(Str(r.result, "data"), Base64Encode(expected.substr(0, 5)));
+  EXPECT_FALSE(r.result.at("eof").as_bool());
+  r = f_.Call("file_read", {{"path", "/proc/version"}, {"offset", 5}, {"length", 4096}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(Str(r.result, "data"), Base64Encode(expected.substr(5)));
+  EXPECT_TRUE(r.result.at("eof").as_bool());
+
+  CallResult st = f_.Call("file_stat", {{"path", "/proc/version"}, {"sha256", true}});
+  ASSERT_TRUE(st.ok) << st.error_message;
+  EXPECT_EQ(Str(st.result, "sha256"), Sha256Hex(expected));
+
+  std::string status = "/proc/" + std::to_string(f_.agent().pid()) + "/status";
+  r = f_.Call("file_read", {{"path", status}, {"encoding", "utf8"}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(Str(r.result, "data").rfind("Name:\tkvmmanager-agen", 0), 0u) << Str(r.result, "data");
+}
+
+TEST(FileLimits, ProcfsFileLongerThanTheLimitIsRefusedPastIt) {
+  FilesFixture f("", 1);  // max_file_size_mb 1
+  size_t local = ReadFileText("/proc/kallsyms").size();
+  if (local <= (1u << 20)) GTEST_SKIP() << "/proc/kallsyms holds only " << local << " bytes here";
+  CallResult r = f.Call("file_read", {{"path", "/proc/kallsyms"}, {"offset", (1 << 20) - 10}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(r.result.at("length").to_number<uint64_t>(), 10u);
+  r = f.Call("file_read", {{"path", "/proc/kallsyms"}, {"offset", 1 << 20}});
+  EXPECT_EQ(r.error_code, -32002);
+  CallResult st = f.Call("file_stat", {{"path", "/proc/kallsyms"}, {"sha256", true}});
+  EXPECT_EQ(st.error_code, -32002);
+}
+
 TEST_F(FileMethodsTest, ReadReplyFitsInOneMessage) {
   std::string big = RandomBytes(200000, 1);
   WriteFile(sb_ + "/big", big);
@@ -754,6 +795,26 @@ TEST_F(FileMethodsTest, CtlCopiesBothWaysAndVerifies) {
   RunResult clobber = ctl({"cp", "-n", local, ":" + sb_ + "/hello.txt"});
   EXPECT_EQ(clobber.exit_code, 1);
   EXPECT_EQ(ReadFileText(sb_ + "/hello.txt"), "hello\n");
+}
+
+TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesStableOnes) {
+  std::string sock = f_.agent().socket_path();
+  auto ctl = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunProgram(argv, "", std::chrono::seconds(60));
+  };
+  // /proc/kallsyms: megabytes behind a size of 0, so many chunks (the agent allows 10 MB here).
+  std::string expected = ReadFileText("/proc/kallsyms");
+  RunResult cat = ctl({"cat", ":/proc/kallsyms"});
+  ASSERT_EQ(cat.exit_code, 0) << cat.err;
+  EXPECT_GT(cat.out.size(), 48384u);
+  EXPECT_EQ(cat.out.size(), expected.size());
+  EXPECT_TRUE(cat.out == expected);
+
+  RunResult cp = ctl({"cp", ":/proc/version", f_.box("version")});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  EXPECT_EQ(ReadFileText(f_.box("version")), ReadFileText("/proc/version"));
 }
 
 }  // namespace

@@ -262,10 +262,17 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
   size_t cap = enc == Encoding::kBase64 ? files::MaxBinaryChunk(ctx.config())
                                         : files::MaxUtf8Chunk(ctx.config());
   uint64_t want = std::min<uint64_t>(length.value_or(cap), cap);
-  want = offset >= size ? 0 : std::min(want, size - offset);
+  // procfs and sysfs files report size 0 yet have content: those are read until a short read.
+  bool size_known = size > 0;
+  if (size_known) {
+    want = offset >= size ? 0 : std::min(want, size - offset);
+  } else if (want > 0) {
+    if (offset >= limit) ThrowTooLarge("Content of a size-0 (procfs/sysfs) file", limit);
+    want = std::min(want, limit - offset);
+  }
   std::unique_ptr<char[]> buf(new char[want > 0 ? want : 1]);
   size_t got = files::ReadAt(fd.get(), buf.get(), want, offset, path);
-  bool eof = offset + got >= size;
+  bool eof = size_known ? offset + got >= size : got < want;
 
   json::object result;
   json::string data;
@@ -391,10 +398,14 @@ json::object StatObject(const struct stat& st) {
   return o;
 }
 
-std::string HashFile(int fd, uint64_t size, RequestContext& ctx, std::string_view path) {
+// Hashes `size` bytes, or, for size 0 (a procfs/sysfs file), what one pass reads up to `limit`.
+std::string HashFile(int fd, uint64_t size, uint64_t limit, RequestContext& ctx,
+                     std::string_view path) {
   Sha256 hash;
   std::unique_ptr<char[]> buf(new char[1 << 20]);
   uint64_t offset = 0;
+  bool size_known = size > 0;
+  if (!size_known) size = limit + 1;
   while (offset < size) {
     if (ctx.abandoned()) {
       throw RpcError(ErrorCode::kTimeout, "Hashing " + std::string(path) + " was abandoned");
@@ -405,6 +416,8 @@ std::string HashFile(int fd, uint64_t size, RequestContext& ctx, std::string_vie
     hash.Update(buf.get(), got);
     offset += got;
   }
+  if (!size_known && offset > limit)
+    ThrowTooLarge("Content of a size-0 (procfs/sysfs) file", limit);
   return hash.FinishHex();
 }
 
@@ -427,7 +440,8 @@ json::value FileStat(const json::object& params, RequestContext& ctx, const File
       throw RpcError(ErrorCode::kConflict, "File was replaced while being hashed; retry",
                      {{"path", path}});
     }
-    result["sha256"] = HashFile(rfd.get(), static_cast<uint64_t>(rst.st_size), ctx, path);
+    result["sha256"] = HashFile(rfd.get(), static_cast<uint64_t>(rst.st_size),
+                                ctx.config().max_file_bytes(), ctx, path);
   }
   return result;
 }
@@ -699,9 +713,10 @@ json::value UploadCommit(const json::object& params, RequestContext& ctx, FilesS
                        std::to_string(*want_size) + "; nothing was written",
                    {{"expected_size", *want_size}, {"actual_size", size}});
   }
-  std::string actual = session->in_order && session->hashed == size
-                           ? session->hash.FinishHex()
-                           : HashFile(file->fd(), size, ctx, session->path);
+  std::string actual =
+      session->in_order && session->hashed == size
+          ? session->hash.FinishHex()
+          : HashFile(file->fd(), size, ctx.config().max_file_bytes(), ctx, session->path);
   if (actual != expected) {
     throw RpcError(
         ErrorCode::kConflict,
