@@ -193,6 +193,12 @@ void RunClient(const std::string& socket, const LineMaker& maker, Clock::time_po
     total += got;
     if (got) send(got);
   }
+  // Read the replies still in flight (not counted) before closing: on a VM channel they would
+  // otherwise go to whoever connects next.
+  auto drain_deadline = Clock::now() + std::chrono::seconds(2);
+  while (answered < sent && Clock::now() < drain_deadline) {
+    if (!reader.Read(fd, 20, [&](std::string_view) { ++answered; })) break;
+  }
   ::close(fd);
 }
 

@@ -2,8 +2,10 @@
 # Builds the test VM: a Debian cloud kernel plus an initramfs holding busybox, the agent, its config and
 # an /init that starts the agent the way the systemd unit does. Installs its host tools with apt-get.
 #
-#   build-initramfs.sh --agent PATH --out DIR [--cache DIR]
+#   build-initramfs.sh --agent PATH --out DIR [--cache DIR] [--qemu-ga PATH]
 #
+# --qemu-ga adds that qemu-ga binary with its shared libraries, started by init on the port named
+# org.qemu.guest_agent.0 (bench/vm_bench.sh compares the two agents in one VM).
 # Writes DIR/vmlinuz, DIR/initramfs.cpio.gz and DIR/kernel-release. Downloads are cached in --cache
 # (default $KVMM_VM_CACHE, else ~/.cache/kvmmanager-vm) so later runs need no network.
 set -euo pipefail
@@ -11,16 +13,18 @@ set -euo pipefail
 die() { echo "build-initramfs: $*" >&2; exit 1; }
 log() { echo "build-initramfs: $*" >&2; }
 
-agent="" out="" cache="${KVMM_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvmmanager-vm}"
+agent="" out="" qga="" cache="${KVMM_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvmmanager-vm}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --agent) agent="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --cache) cache="$2"; shift 2 ;;
+    --qemu-ga) qga="$2"; shift 2 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
-[ -n "$agent" ] && [ -n "$out" ] || die "usage: $0 --agent PATH --out DIR [--cache DIR]"
+[ -n "$agent" ] && [ -n "$out" ] || die "usage: $0 --agent PATH --out DIR [--cache DIR] [--qemu-ga PATH]"
+[ -z "$qga" ] || [ -x "$qga" ] || die "qemu-ga binary not found or not executable: $qga"
 [ -x "$agent" ] || die "agent binary not found or not executable: $agent"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mkdir -p "$out" "$cache"
@@ -88,15 +92,27 @@ cp /bin/busybox "$stage/bin/busybox"
   [ -e "$stage/$applet" ] || ln -s /bin/busybox "$stage/$applet"
 done
 
+# copy_libs BINARY: its shared libraries (and the loader) at the same paths in the initramfs.
+copy_libs() {
+  ldd "$1" | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$stage$(dirname "$lib")"
+    cp -L "$lib" "$stage$lib"
+  done
+}
+
 # The agent at the path the seed's unit runs it from. A dynamic binary brings its libraries along, but
 # the project ships it static; say so loudly if it is not.
 install -m 0755 "$agent" "$stage/usr/local/bin/kvmmanager-agent"
 if readelf -l "$agent" 2>/dev/null | grep -q 'Requesting program interpreter'; then
   log "WARNING: $agent is not statically linked; copying its shared libraries into the initramfs"
-  ldd "$agent" | grep -o '/[^ ]*' | while read -r lib; do
-    mkdir -p "$stage$(dirname "$lib")"
-    cp -L "$lib" "$stage$lib"
-  done
+  copy_libs "$agent"
+fi
+
+if [ -n "$qga" ]; then
+  install -m 0755 "$qga" "$stage/usr/sbin/qemu-ga"
+  copy_libs "$qga"
+  cp "$here/guest/qemu-ga-service" "$stage/usr/local/sbin/qemu-ga-service"
+  chmod 0755 "$stage/usr/local/sbin/qemu-ga-service"
 fi
 
 # virtio modules in dependency order: the PCI transport, the console (the port), net and block.
@@ -117,6 +133,8 @@ cp "$here/guest/init" "$stage/init"
 cp "$here/guest/hotplug" "$stage/sbin/hotplug"
 cp "$here/guest/kvmm-agent-service" "$stage/usr/local/sbin/kvmm-agent-service"
 cp "$here/guest/inittab" "$stage/etc/inittab"
+# qemu-ga as a second respawned service.
+[ -z "$qga" ] || sed -i '1a ::respawn:/usr/local/sbin/qemu-ga-service' "$stage/etc/inittab"
 cp "$here/guest/config.json" "$stage/etc/kvmmanager-agent/config.json"
 chmod 0755 "$stage/init" "$stage/sbin/hotplug" "$stage/usr/local/sbin/kvmm-agent-service"
 echo kvmm-testvm >"$stage/etc/hostname"

@@ -3,21 +3,24 @@
 # and a virtserialport named org.kvmmanager.agent.0 whose chardev is a unix socket the host connects to.
 #
 #   run-vm.sh --dir DIR --sock PATH [--qmp PATH] [--console FILE] [--disk FILE] [--no-port]
-#             [--no-reboot] [--accel auto|kvm|tcg] [--timeout SECONDS]
+#             [--no-reboot] [--accel auto|kvm|tcg] [--timeout SECONDS] [--extra-port NAME=PATH]...
 #
 # DIR holds vmlinuz and initramfs.cpio.gz (build-initramfs.sh). --no-port defines the chardev but attaches
-# no port, so a test can hot-plug one over QMP (id "agentport", chardev "agentch"). Prints the accelerator
+# no port, so a test can hot-plug one over QMP (id "agentport", chardev "agentch"). --extra-port adds
+# another port named NAME on the unix socket PATH (bench/vm_bench.sh: qemu-ga's channel and an echo). Prints the accelerator
 # chosen, then runs QEMU in the foreground; with --timeout QEMU is killed after that many seconds.
 # Exit status is QEMU's (124 on timeout).
 set -euo pipefail
 
 die() { echo "run-vm: $*" >&2; exit 2; }
+extra=()
 dir="" sock="" qmp="" console="" disk="" port=1 noreboot=0 accel=auto limit=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
     --sock) sock="$2"; shift 2 ;;
     --qmp) qmp="$2"; shift 2 ;;
+    --extra-port) extra+=("$2"); shift 2 ;;
     --console) console="$2"; shift 2 ;;
     --disk) disk="$2"; shift 2 ;;
     --no-port) port=0; shift ;;
@@ -68,6 +71,14 @@ args=(-accel "$accel" -M pc -m 256 -smp 1 -nodefaults -no-user-config -display n
   -chardev "socket,id=agentch,path=$sock,server=on,wait=off")
 [ "$accel" = kvm ] && args+=(-cpu host)
 [ "$port" -eq 1 ] && args+=(-device "virtserialport,bus=vser0.0,chardev=agentch,id=agentport,name=org.kvmmanager.agent.0")
+n=0
+for spec in ${extra[@]+"${extra[@]}"}; do
+  name="${spec%%=*}" path="${spec#*=}"
+  [ -n "$name" ] && [ "$path" != "$spec" ] || die "--extra-port wants NAME=PATH, got: $spec"
+  n=$((n + 1))
+  args+=(-chardev "socket,id=extrach$n,path=$path,server=on,wait=off"
+    -device "virtserialport,bus=vser0.0,chardev=extrach$n,id=extraport$n,name=$name")
+done
 args+=(-serial "file:${console:-/dev/null}")
 # A user-mode NIC with a fixed MAC: network info must show the VM's interface. restrict=on: no traffic out.
 args+=(-nic "user,model=virtio-net-pci,mac=52:54:00:4b:56:4d,restrict=on")

@@ -70,9 +70,10 @@ std::vector<MountEntry> ParseMountinfo(std::string_view text) {
 }
 
 bool IsInMemoryStatfs(std::string_view fstype) {
-  static const std::set<std::string_view> kLocal = {
-      "ext2", "ext3",    "ext4", "xfs",   "btrfs",    "vfat",  "msdos", "exfat",    "f2fs",
-      "jfs",  "iso9660", "udf",  "erofs", "squashfs", "tmpfs", "ramfs", "devtmpfs", "ntfs3"};
+  static const std::set<std::string_view> kLocal =
+      {"ext2",  "ext3",  "ext4",     "xfs",     "btrfs", "vfat",  "msdos",
+       "exfat", "f2fs",  "jfs",      "iso9660", "udf",   "erofs", "squashfs",
+       "tmpfs", "ramfs", "devtmpfs", "ntfs3",   "rootfs"};  // an initramfs root (ramfs or tmpfs)
   return kLocal.count(fstype) != 0;
 }
 

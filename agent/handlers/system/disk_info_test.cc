@@ -359,6 +359,20 @@ TEST_F(DiskUsageFixture, LocalFilesystemsAreAskedDirectlyButNotBelowANetworkMoun
   fake->Release();
 }
 
+TEST_F(DiskUsageFixture, InitramfsRootIsAskedDirectly) {
+  Put(root, "/proc/self/mountinfo", "1 1 0:2 / / rw - rootfs rootfs rw\n");
+  bool on_caller = false;
+  auto caller = std::this_thread::get_id();
+  DiskOptions o;
+  o.stat = [&, f = fake](const std::string& p, struct statvfs* st) {
+    on_caller = std::this_thread::get_id() == caller;
+    return (*f)(p, st);
+  };
+  json::object r = CollectDiskUsage(sys, o, runner);
+  EXPECT_EQ(FindMount(r, "/")->at("available"), true);
+  EXPECT_TRUE(on_caller);
+}
+
 TEST_F(DiskUsageFixture, MissingMountinfoIsAnIoError) { EXPECT_THROW(Collect(false), RpcError); }
 
 }  // namespace
