@@ -5,9 +5,9 @@ namespace kvm {
 void RegisterAllMethods(MethodTable& table) {
   RegisterCoreMethods(table);
   RegisterSystemMethods(table);
-  RegisterExecMethods(table);
+  ChildSpawned child_spawned = RegisterExecMethods(table);
   RegisterFileMethods(table);
-  RegisterPowerMethods(table);
+  RegisterPowerMethods(table, child_spawned);
 }
 
 }  // namespace kvm

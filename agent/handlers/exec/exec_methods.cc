@@ -226,8 +226,9 @@ json::value ExecList(ExecState& state, const json::object& params, RequestContex
 
 void RegisterProcessMethods(MethodTable& table);  // process_methods.cc
 
-void RegisterExecMethods(MethodTable& table) {
-  auto& state = table.Own(std::make_shared<ExecState>());
+ChildSpawned RegisterExecMethods(MethodTable& table) {
+  auto owned = std::make_shared<ExecState>();
+  auto& state = table.Own(owned);
   table.Add("exec_command", RunMode::kWorker,
             [&state](const json::object& params, RequestContext& ctx) {
               return ExecCommand(state, params, ctx);
@@ -249,6 +250,10 @@ void RegisterExecMethods(MethodTable& table) {
               return ExecList(state, params, ctx);
             });
   RegisterProcessMethods(table);
+  // Weak: the table destroys this state before the modules registered after it.
+  return [weak = std::weak_ptr<ExecState>(owned)] {
+    if (auto s = weak.lock()) s->NoteSpawn();
+  };
 }
 
 }  // namespace kvm

@@ -18,9 +18,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 // How often orphans are looked for while the agent has children. With none, the reaper sleeps
-// without a timeout (an idle agent has no periodic wake-ups) until exec spawns again. Power
-// commands do not wake it: power waits for its own child, and a grandchild that child leaves
-// behind is reaped only once the reaper next runs.
+// without a timeout (an idle agent has no periodic wake-ups) until the next spawn: exec's own,
+// or another module's reported through NoteSpawn (power's helpers).
 constexpr auto kReaperPeriod = std::chrono::seconds(2);
 
 int64_t NowNs() { return Clock::now().time_since_epoch().count(); }

@@ -44,6 +44,9 @@ class ExecState {
   ExecState();
   ~ExecState();  // kills every running command
 
+  // Wakes the orphan reaper: the agent spawned a child (here or in another module), and that
+  // child may leave orphans the agent inherits as their subreaper.
+  void NoteSpawn();
   // Children being waited for by someone: the orphan reaper leaves them alone.
   void AddChild(pid_t pid);
   void RemoveChild(pid_t pid);
@@ -60,7 +63,6 @@ class ExecState {
   void Expire();  // under mutex_
   // When the next finished handle is due to expire; nullopt if none. Under mutex_.
   std::optional<std::chrono::steady_clock::time_point> NextExpiry() const;
-  void NoteSpawn();  // wakes the reaper: a new child may have orphans later
   void ReaperLoop();
   bool ReapOrphans();  // false when the agent has no children left to watch
 

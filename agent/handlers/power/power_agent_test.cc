@@ -13,9 +13,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "agent/core/file_util.h"
 #include "agent/handlers/power/power_backend.h"
@@ -338,6 +341,43 @@ TEST_F(PowerAgentTest, FailedHelperIsLoggedAndFreesTheSlot) {
   EXPECT_NE(agent_->Stderr().find("Access denied by polkit"), std::string::npos)
       << agent_->Stderr();
   EXPECT_TRUE(Call("power_cancel").ok);
+}
+
+// Zombie children of `pid` (from /proc/PID/task/*/children).
+std::vector<std::string> ZombieChildren(pid_t pid) {
+  std::vector<std::string> zombies;
+  std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& task : std::filesystem::directory_iterator(task_dir)) {
+    std::istringstream children(ReadOrEmpty(task.path().string() + "/children"));
+    std::string child;
+    while (children >> child) {
+      std::string stat = ReadOrEmpty("/proc/" + child + "/stat");
+      size_t paren = stat.rfind(')');
+      if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z')
+        zombies.push_back(child);
+    }
+  }
+  return zombies;
+}
+
+// The agent is the subreaper of what its children leave behind; a power helper's orphan must
+// be reaped too, even though no exec command has run (the exec module's reaper sleeps until a
+// spawn is reported to it).
+TEST_F(PowerAgentTest, OrphansAHelperLeavesAreReaped) {
+  SystemdRunning();
+  FakeProgram("systemctl", "(sleep 0.3) & exit 0");
+  StartAgent();
+  ASSERT_TRUE(Call("reboot").ok);
+  ASSERT_TRUE(WaitForFile(record(), 10s)) << agent_->Stderr();
+  std::this_thread::sleep_for(1s);  // the orphan has exited: a zombie until someone reaps it
+  std::vector<std::string> zombies;
+  auto end = std::chrono::steady_clock::now() + 15s;
+  do {
+    zombies = ZombieChildren(agent_->pid());
+    if (zombies.empty()) break;
+    std::this_thread::sleep_for(200ms);
+  } while (std::chrono::steady_clock::now() < end);
+  EXPECT_TRUE(zombies.empty()) << "zombie children of the agent: " << zombies.front();
 }
 
 void AppendUtmpUser(const std::string& path, const char* line) {

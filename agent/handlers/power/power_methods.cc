@@ -92,9 +92,9 @@ json::value RequestPower(power::Scheduler& scheduler, Action action, const json:
 
 }  // namespace
 
-void RegisterPowerMethods(MethodTable& table) {
-  auto& scheduler =
-      table.Own(std::make_shared<power::Scheduler>(power::Environment::FromProcessEnvironment()));
+void RegisterPowerMethods(MethodTable& table, ChildSpawned child_spawned) {
+  auto& scheduler = table.Own(std::make_shared<power::Scheduler>(
+      power::Environment::FromProcessEnvironment(), std::move(child_spawned)));
   table.Add("shutdown", RunMode::kWorker,
             [&scheduler](const json::object& params, RequestContext& ctx) {
               return RequestPower(scheduler, Action::kPowerOff, params, ctx);

@@ -181,6 +181,9 @@ Outcome Scheduler::RunHelper(const Plan& plan) {
   std::string error;
   pid_t pid = SpawnPlan(plan, &err_fd, &error);
   if (pid < 0) return {false, error};
+  // The helper may leave children behind (a backgrounded sysv script); they become the
+  // agent's, and whoever reaps orphans must look for them from now on.
+  if (child_spawned_) child_spawned_();
   UniqueFd err(err_fd);
   std::string err_text;
   auto limit = Clock::now() + kHelperTimeout;

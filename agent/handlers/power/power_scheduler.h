@@ -6,6 +6,7 @@
 #include <boost/json/object.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -29,7 +30,9 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   // A helper still running after this is reported as failed (it is not killed).
   static constexpr std::chrono::seconds kHelperTimeout{90};
 
-  explicit Scheduler(Environment env) : env_(std::move(env)) {}
+  // `child_spawned` runs after each helper is spawned (see ChildSpawned in register_all.h).
+  explicit Scheduler(Environment env, std::function<void()> child_spawned = {})
+      : env_(std::move(env)), child_spawned_(std::move(child_spawned)) {}
   ~Scheduler();  // cancels a scheduled action and waits for its thread
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -75,6 +78,7 @@ class Scheduler : public std::enable_shared_from_this<Scheduler> {
   boost::json::object Describe(const Pending& pending) const;
 
   Environment env_;
+  std::function<void()> child_spawned_;
   std::mutex mutex_;
   std::condition_variable changed_;
   std::shared_ptr<Pending> pending_;  // the slot; null when free
