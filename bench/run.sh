@@ -181,17 +181,19 @@ for hold in 0 1; do
 done
 
 # --- start-up time to the first answered ping ------------------------------------------------------
+# A failed round gives no sample (rather than ending the whole bench under set -e).
+startup_ms() { { "$lg" startup "$@" || true; } | awk '/^startup_ms/ {print $2}'; }
 sa=() sq=()
 for ((i = 0; i < rounds; i++)); do
-  sa+=("$("$lg" startup "$tmp/st-agent.sock" "${PING//\{id\}/1}" -- "${agent_cmd[@]}" --listen "unix:$tmp/st-agent.sock" | awk '{print $2}')")
-  sq+=("$("$lg" startup "$tmp/st-qga.sock" "${QPING//\{id\}/1}" -- "$(command -v qemu-ga)" -m unix-listen -p "$tmp/st-qga.sock" -t "$tmp/st-state" -f "$tmp/st.pid" -l "$tmp/st.log" | awk '{print $2}')")
+  sa+=($(startup_ms "$tmp/st-agent.sock" "${PING//\{id\}/1}" -- "${agent_cmd[@]}" --listen "unix:$tmp/st-agent.sock"))
+  sq+=($(startup_ms "$tmp/st-qga.sock" "${QPING//\{id\}/1}" -- "$(command -v qemu-ga)" -m unix-listen -p "$tmp/st-qga.sock" -t "$tmp/st-state" -f "$tmp/st.pid" -l "$tmp/st.log"))
 done
 a=$(median "${sa[@]}") q=$(median "${sq[@]}")
 row "start-up to first answered ping, ms" "$a" "$q" "$(ratio "$a" "$q")x" "-"
 if [[ -n $static_bin ]]; then
   ss=()
   for ((i = 0; i < rounds; i++)); do
-    ss+=("$("$lg" startup "$tmp/st-static.sock" "${PING//\{id\}/1}" -- "$static_bin" --foreground --config "$tmp/config.json" --log-level warn --listen "unix:$tmp/st-static.sock" | awk '{print $2}')")
+    ss+=($(startup_ms "$tmp/st-static.sock" "${PING//\{id\}/1}" -- "$static_bin" --foreground --config "$tmp/config.json" --log-level warn --listen "unix:$tmp/st-static.sock"))
   done
   s_=$(median "${ss[@]}")
   row "static agent: start-up to first answered ping, ms" "$s_" "$q" "$(ratio "$s_" "$q")x" "-"
