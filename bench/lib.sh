@@ -44,3 +44,42 @@ start_qga() {
   pids+=("$qga_pid")
   wait_sock "$1"
 }
+
+# Medians of samples ("-" when there are none), a/b with two decimals ("-" if either is
+# missing), and a kvm-loadgen rate (needs $lg) where a failed round gives no sample.
+median() { printf '%s\n' "$@" | sort -g | awk 'NF {a[++n]=$1} END {if (n==0) print "-"; else if (n%2) print a[(n+1)/2]; else print (a[n/2]+a[n/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b+0==0 || a=="-" || b=="-") print "-"; else printf "%.2f", a/b}'; }
+rate() { { "$lg" rate "$@" || true; } | awk '/^rate/ {print $2}'; }
+
+# method_rows AGENT_SOCK QGA_SOCK: one row (via the script's row()) per line of $methods
+# (label | agent request | qemu-ga request; "@exec" = guest-exec + status), medians of $rounds
+# rounds of $secs s. A method the agent does not serve is skipped with a line in $notes. Runs
+# the script's ensure_qga, if it has one, before each qemu-ga round.
+method_rows() {
+  local sa=$1 sq=$2 label aline qline probe a q qname i
+  while IFS='|' read -r label aline qline; do
+    [[ -z $label || $label == \#* ]] && continue
+    probe=$("$lg" probe "$sa" "${aline//\{id\}/1}" || true)
+    if [[ $probe == *'"code":-32601'* ]]; then
+      notes+=("$label: not served by this build (-32601), skipped.")
+      continue
+    fi
+    if [[ $probe != *'"result"'* ]]; then
+      notes+=("$label: agent answered ${probe:0:160} ; skipped (adjust $methods).")
+      continue
+    fi
+    local as=() qs=()
+    for ((i = 0; i < rounds; i++)); do
+      if declare -F ensure_qga >/dev/null; then ensure_qga; fi
+      as+=("$(rate "$sa" "$aline" "$secs" 1 1 '"result"')")
+      if [[ $qline == @exec ]]; then
+        qs+=("$({ "$lg" qga-exec "$sq" "$secs" || true; } | awk '/^rate/ {print $2}')")
+      else
+        qs+=("$(rate "$sq" "$qline" "$secs" 1 1 '"return"')")
+      fi
+    done
+    a=$(median "${as[@]}") q=$(median "${qs[@]}")
+    qname=$([[ $qline == @exec ]] && echo "guest-exec+status" || echo "$qline" | sed 's/.*"execute":"\([^"]*\)".*/\1/')
+    row "$label calls/s (qemu-ga: $qname)" "$a" "$q" "$(ratio "$a" "$q")x" "-"
+  done <"$methods"
+}

@@ -59,9 +59,6 @@ pss_kb() { awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup"; }
 # Sum of voluntary+involuntary context switches over all threads, and utime+stime ticks.
 wakeups() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s+=$2} END {print s}'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b+0==0 || a=="-" || b=="-") print "-"; else printf "%.2f", a/b}'; }
-rate() { { "$lg" rate "$@" || true; } | awk '/^rate/ {print $2}'; }  # failed round: no sample
 
 rows=()
 notes=()
@@ -99,31 +96,7 @@ done
 notes+=("qemu-ga serves one connection at a time: with 8 clients, 7 wait unanswered until the first leaves.")
 
 # --- methods vs qemu-ga counterparts ---------------------------------------------------------
-while IFS='|' read -r label aline qline; do
-  [[ -z $label || $label == \#* ]] && continue
-  probe=$("$lg" probe "$A" "${aline//\{id\}/1}" || true)
-  if [[ $probe == *'"code":-32601'* ]]; then
-    notes+=("$label: not served by this build (-32601), skipped.")
-    continue
-  fi
-  if [[ $probe != *'"result"'* ]]; then
-    notes+=("$label: agent answered ${probe:0:160} ; skipped (adjust $methods).")
-    continue
-  fi
-  as=() qs=()
-  for ((i = 0; i < rounds; i++)); do
-    ensure_qga
-    as+=("$(rate "$A" "$aline" "$secs" 1 1 '"result"')")
-    if [[ $qline == @exec ]]; then
-      qs+=("$("$lg" qga-exec "$Q" "$secs" | awk '/^rate/ {print $2}')")
-    else
-      qs+=("$(rate "$Q" "$qline" "$secs" 1 1 '"return"')")
-    fi
-  done
-  a=$(median "${as[@]}") q=$(median "${qs[@]}")
-  qname=$([[ $qline == @exec ]] && echo "guest-exec+status" || echo "$qline" | sed 's/.*"execute":"\([^"]*\)".*/\1/')
-  row "$label calls/s (qemu-ga: $qname)" "$a" "$q" "$(ratio "$a" "$q")x" "-"
-done <"$methods"
+method_rows "$A" "$Q"
 
 # --- file transfer, 10 MB each way -------------------------------------------------------------
 # bench/transfer_bench moves the file through a private agent the way kvmmanager-ctl cp does

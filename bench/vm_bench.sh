@@ -55,14 +55,12 @@ done
 agent_pid=$("$ctl" -s "$A" exec -- sh -c 'echo $PPID')
 accel=$(sed -n 's/^run-vm: accel=//p' "$tmp/run-vm.log")
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR==0) print "-"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b+0==0 || a=="-" || b=="-") print "-"; else printf "%.2f", a/b}'; }
-rate() { { "$lg" rate "$@" || true; } | awk '/^rate/ {print $2}'; }
 # From smaps_rollup, which walks the page tables: the 6.1 guest kernel's VmRSS lags behind
 # (per-thread counters synced every 64 faults) and read 112 KiB for a freshly started agent.
 guest_rss() { "$ctl" -s "$A" cat ":/proc/$1/smaps_rollup" | awk '/^Rss:/ {print $2}'; }
 guest_name() { "$ctl" -s "$A" cat ":/proc/$1/status" | awk '/^Name/ {print $2}'; }
 rows=()
+notes=()
 row() { rows+=("$(printf '| %s | %s | %s | %s | %s |' "$1" "$2" "$3" "$4" "${5:--}")"); }
 
 echo "vm_bench: accel $accel; guest: 1 vCPU, 256 MB; $rounds rounds x ${secs}s; agent $("$ctl" -s "$A" --json call get_agent_info | grep -o '"version":"[^"]*"')"
@@ -98,21 +96,7 @@ for spec in "seq|ping, sequential round trips/s" "pipe|ping/s, 8 in flight on on
   row "$label" "$a" "$q" "$(ratio "$a" "$q")x" "$e (agent at $(awk -v a="$a" -v e="$e" 'BEGIN {printf "%.0f", 100*a/e}')%, qemu-ga at $(awk -v q="$q" -v e="$e" 'BEGIN {printf "%.0f", 100*q/e}')%)"
 done
 
-while IFS='|' read -r label aline qline; do
-  [[ -z $label || $label == \#* ]] && continue
-  as=() qs=()
-  for ((i = 0; i < rounds; i++)); do
-    as+=("$(rate "$A" "$aline" "$secs" 1 1 '"result"')")
-    if [[ $qline == @exec ]]; then
-      qs+=("$({ "$lg" qga-exec "$Q" "$secs" || true; } | awk '/^rate/ {print $2}')")
-    else
-      qs+=("$(rate "$Q" "$qline" "$secs" 1 1 '"return"')")
-    fi
-  done
-  a=$(median "${as[@]}") q=$(median "${qs[@]}")
-  qname=$([[ $qline == @exec ]] && echo "guest-exec+status" || echo "$qline" | sed 's/.*"execute":"\([^"]*\)".*/\1/')
-  row "$label calls/s (qemu-ga: $qname)" "$a" "$q" "$(ratio "$a" "$q")x"
-done <"$methods"
+method_rows "$A" "$Q"
 
 # Transfers of $mb MiB into the guest's /tmp (tmpfs) and back: the agent the way a user does it
 # (kvmmanager-ctl cp: 4 chunks in flight, sha256 checked by both ends, fsync'd commit); qemu-ga
@@ -154,3 +138,4 @@ echo
 echo "- Transfers: the agent's figures include sha256 on both ends and a durable commit; qemu-ga's"
 echo "  include neither. Under TCG the guest CPU (qemu64) has no SHA-NI, so the agent hashes in software."
 echo "- qemu-ga is dynamically linked: its libraries sit on the initramfs (tmpfs) and count in its RSS."
+for n in "${notes[@]}"; do echo "- $n"; done
