@@ -10,7 +10,7 @@ bench_init() {
 
 bench_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  # qemu-ga 7.2 was once seen ignoring SIGTERM (blocked in a futex): do not wait forever.
+  # qemu-ga 7.2 has been seen ignoring SIGTERM (blocked in a futex): do not wait forever.
   for _ in $(seq 20); do
     local alive=0
     for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done

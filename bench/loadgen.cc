@@ -268,8 +268,8 @@ int Startup(const std::string& socket, const std::string& line, char** argv) {
     ::close(fd);
     break;
   }
-  // qemu-ga 7.2 sometimes ignores SIGTERM right after start-up (seen once: blocked in a futex
-  // for minutes); a bench must not hang on it.
+  // qemu-ga 7.2 sometimes ignores SIGTERM right after start-up (seen twice: blocked in a
+  // futex for minutes); a bench must not hang on it.
   ::kill(pid, SIGTERM);
   int status;
   for (int i = 0; ::waitpid(pid, &status, WNOHANG) == 0; ++i) {

@@ -114,12 +114,13 @@ for ((i = 0; i < rounds; i++)); do
   ar+=("$(mibps "$(awk -v a="$t1" -v b="$t2" 'BEGIN {print b - a}')")")
   bw=0 br=0
   for chunk in 49152 4096; do
-    out=$("$lg" qga-transfer "$Q" /tmp/qga.bin "$mb" "$chunk")
+    out=$("$lg" qga-transfer "$Q" /tmp/qga.bin "$mb" "$chunk" || true)  # failed: no sample
     bw=$(awk -v a="$bw" -v b="$(awk '/^write_mbps/ {print $2}' <<<"$out")" 'BEGIN {print (b > a ? b : a)}')
     br=$(awk -v a="$br" -v b="$(awk '/^read_mbps/ {print $2}' <<<"$out")" 'BEGIN {print (b > a ? b : a)}')
   done
-  "$ctl" -s "$A" rm :/tmp/qga.bin
-  qw+=("$bw") qr+=("$br")
+  "$ctl" -s "$A" rm :/tmp/qga.bin 2>/dev/null || true
+  [[ $bw == 0 ]] || qw+=("$bw")
+  [[ $br == 0 ]] || qr+=("$br")
 done
 a=$(median "${aw[@]}") q=$(median "${qw[@]}")
 row "file host -> guest, $mb MiB, MiB/s" "$a" "$q" "$(ratio "$a" "$q")x"

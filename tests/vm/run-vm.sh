@@ -7,8 +7,9 @@
 #
 # DIR holds vmlinuz and initramfs.cpio.gz (build-initramfs.sh). --no-port defines the chardev but attaches
 # no port, so a test can hot-plug one over QMP (id "agentport", chardev "agentch"). --extra-port adds
-# another port named NAME on the unix socket PATH (bench/vm_bench.sh: qemu-ga's channel and an echo). Prints the accelerator
-# chosen, then runs QEMU in the foreground; with --timeout QEMU is killed after that many seconds.
+# another port named NAME on the unix socket PATH (bench/vm_bench.sh: qemu-ga's channel, an echo).
+# Prints the accelerator chosen, then runs QEMU in the foreground; with --timeout QEMU is killed
+# after that many seconds.
 # Exit status is QEMU's (124 on timeout).
 set -euo pipefail
 

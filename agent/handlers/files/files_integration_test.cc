@@ -797,7 +797,7 @@ TEST_F(FileMethodsTest, CtlCopiesBothWaysAndVerifies) {
   EXPECT_EQ(ReadFileText(sb_ + "/hello.txt"), "hello\n");
 }
 
-TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesStableOnes) {
+TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesOnlyStableOnes) {
   std::string sock = f_.agent().socket_path();
   auto ctl = [&](std::vector<std::string> args) {
     std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
@@ -815,6 +815,16 @@ TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesStableOnes) {
   RunResult cp = ctl({"cp", ":/proc/version", f_.box("version")});
   ASSERT_EQ(cp.exit_code, 0) << cp.err;
   EXPECT_EQ(ReadFileText(f_.box("version")), ReadFileText("/proc/version"));
+
+  // The agent's own /proc/PID/io counts the bytes it has read, so the agent's hash pass and
+  // the reads never see the same content: the sha256 check fails, with a hint, and nothing
+  // is left behind.
+  std::string io = "/proc/" + std::to_string(f_.agent().pid()) + "/io";
+  RunResult changing = ctl({"cp", ":" + io, f_.box("io")});
+  EXPECT_EQ(changing.exit_code, 1);
+  EXPECT_NE(changing.err.find("use cat for those"), std::string::npos) << changing.err;
+  EXPECT_FALSE(fs::exists(f_.box("io")));
+  EXPECT_FALSE(fs::exists(f_.box("io.kvmctl-part")));
 }
 
 }  // namespace
