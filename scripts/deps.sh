@@ -5,7 +5,7 @@ packages=(
   cmake ninja-build g++ pkg-config
   libboost-json1.81-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
   socat procps iproute2 util-linux ccache
-  clang libclang-rt-14-dev rapidjson-dev libsimdjson-dev
+  libssl-dev clang libclang-rt-14-dev rapidjson-dev libsimdjson-dev
   debootstrap lintian rpm fakeroot dpkg-dev qemu-system-x86 busybox-static e2fsprogs cpio
 )
 missing=()
