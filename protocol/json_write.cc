@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace kvm {
 namespace json = boost::json;
 namespace {
@@ -37,6 +41,24 @@ bool NeedsJsonEscape(std::string_view text) {
   const char* p = text.data();
   size_t n = text.size();
   size_t i = 0;
+#if defined(__SSE2__)
+  // 64 bytes per step with SSE2 (every x86-64 has it): a file_read reply scans 64 KiB of base64,
+  // and this was ~5% of a download's agent CPU at 8 bytes per step.
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+  const __m128i below_space = _mm_set1_epi8(0x1f);
+  auto special = [&](const char* at) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
+    // Unsigned v <= 0x1f exactly when min(v, 0x1f) == v.
+    __m128i control = _mm_cmpeq_epi8(_mm_min_epu8(v, below_space), v);
+    return _mm_or_si128(control,
+                        _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)));
+  };
+  for (; i + 64 <= n; i += 64) {
+    __m128i any = _mm_or_si128(_mm_or_si128(special(p + i), special(p + i + 16)),
+                               _mm_or_si128(special(p + i + 32), special(p + i + 48)));
+    if (_mm_movemask_epi8(any) != 0) return true;
+  }
+#endif
   // Eight bytes at a time; the compiler keeps the word in a register.
   for (; i + 8 <= n; i += 8) {
     uint64_t w;

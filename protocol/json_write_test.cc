@@ -24,8 +24,9 @@ TEST(JsonWrite, MatchesBoostSerializeForEveryKind) {
 
 TEST(JsonWrite, EscapesEachSpecialByteAtEveryOffsetOfAWord) {
   for (int special : {0, 1, 0x1f, int{'"'}, int{'\\'}, int{'\n'}}) {
-    for (size_t pos = 0; pos < 19; ++pos) {
-      std::string s(19, 'A');
+    // 150 bytes: two 64-byte vector steps, then the 8-byte words and the tail.
+    for (size_t pos = 0; pos < 150; ++pos) {
+      std::string s(150, 'A');
       s[pos] = static_cast<char>(special);
       json::value v = json::string(s);
       std::string out = Write(v);
@@ -44,6 +45,11 @@ TEST(JsonWrite, BytesThatNeedNoEscapeAreCopiedAsIs) {
       "\xe2\x82\xac"
       "ABCDEFGHIJKLMNOPQRSTUVWXYZ+/=";
   EXPECT_FALSE(NeedsJsonEscape(s));
+  // The same bytes at every offset of a 64-byte vector step and of the word loop after it.
+  for (size_t shift = 0; shift < 80; ++shift) {
+    std::string longer = std::string(shift, 'a') + s + s + s;
+    EXPECT_FALSE(NeedsJsonEscape(longer)) << shift;
+  }
   EXPECT_EQ(Write(json::string(s)), "\"" + s + "\"");
   EXPECT_EQ(Write(json::string(s)), json::serialize(json::string(s)));
 }
