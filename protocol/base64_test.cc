@@ -78,5 +78,18 @@ TEST(Base64, RejectsEveryNonAlphabetByteAtEveryPosition) {
   EXPECT_EQ(out, std::string(48, 'x'));
 }
 
+TEST(Base64, EveryAlphabetCharacterDecodesRightAtEveryPosition) {
+  // The 64 characters rotated through every position of a 16-character vector step and of the
+  // 4-character groups after it; decoding then encoding must give the text back.
+  const std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (size_t shift = 0; shift < 64; ++shift) {
+    std::string text = alphabet.substr(shift) + alphabet.substr(0, shift) + "QUJD";
+    std::string out;
+    ASSERT_TRUE(Base64Decode(text, out)) << shift;
+    EXPECT_EQ(Base64Encode(out), text) << shift;
+    EXPECT_EQ(ReferenceEncode(out), text) << shift;
+  }
+}
+
 }  // namespace
 }  // namespace kvm
