@@ -4,8 +4,9 @@
 # the ports' unix sockets, interleaved over several rounds; prints medians and ratios as a table.
 #   bash bench/vm_bench.sh               (ROUNDS=3 SECS=3 MB=4 by default)
 # Env: BUILD_DIR (default build) for kvm-loadgen and kvmmanager-ctl; the guest gets the static
-# release agent from build-static/ (built here). Boots with KVM when it works, else TCG: the
-# figures are only comparable between runs with the same accelerator (printed first).
+# release agent from build-static/ (built here), or GUEST_AGENT=PATH (a static binary, for A/B).
+# Boots with KVM when it works, else TCG: the figures are only comparable between runs with the
+# same accelerator (printed first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -19,14 +20,18 @@ source bench/lib.sh
 require_qga
 [[ -f $build/build.ninja ]] || bash scripts/build.sh >/dev/null
 ninja -C "$build" kvm-loadgen kvmmanager-ctl >/dev/null
-cmake -S . -B build-static -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVM_STATIC_AGENT=ON \
-  -DKVM_BUILD_TESTS=OFF >/dev/null
-ninja -C build-static kvmmanager-agent >/dev/null
+guest_agent=${GUEST_AGENT:-}
+if [[ -z $guest_agent ]]; then
+  cmake -S . -B build-static -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVM_STATIC_AGENT=ON \
+    -DKVM_BUILD_TESTS=OFF >/dev/null
+  ninja -C build-static kvmmanager-agent >/dev/null
+  guest_agent=build-static/agent/kvmmanager-agent
+fi
 lg=$root/$build/bench/kvm-loadgen
 ctl=$root/$build/ctl/kvmmanager-ctl
 
 bench_init kvmvmbench
-bash tests/vm/build-initramfs.sh --agent build-static/agent/kvmmanager-agent \
+bash tests/vm/build-initramfs.sh --agent "$guest_agent" \
   --qemu-ga "$(command -v qemu-ga)" --out "$tmp/vm" 2>"$tmp/initramfs.log" ||
   { cat "$tmp/initramfs.log" >&2; exit 1; }
 A=$tmp/agent.sock Q=$tmp/qga.sock E=$tmp/echo.sock

@@ -171,6 +171,13 @@ void SerialPort::ReadAvailable() {
             dispatcher_.HandleOversized(sink);
           });
       if (paused_) break;
+      // Send this read's replies before reading again (the read that finds EAGAIN): the host
+      // gets its answer one system call sooner, which under TCG is a measurable share of a ping.
+      FlushOutput();
+      if (!fd_) {  // a write error closed the port
+        in_read_ = false;
+        return;
+      }
       continue;
     }
     if (n == 0) {  // no host has the socket open (it may never have)

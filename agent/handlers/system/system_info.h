@@ -3,6 +3,7 @@
 #pragma once
 
 #include <boost/json/object.hpp>
+#include <boost/json/storage_ptr.hpp>
 #include <chrono>
 #include <mutex>
 #include <string>
@@ -50,13 +51,16 @@ boost::json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* ca
 boost::json::object OsInfo(const SystemRoot& sys);
 boost::json::object CpuInfo(const SystemRoot& sys);
 // `meminfo`, when given, is the text of /proc/meminfo already read.
+// `sp` is where the result's memory comes from (CollectSystemInfo passes its per-call arena).
 boost::json::object MemoryInfo(const SystemRoot& sys,
-                               const std::optional<std::string>* meminfo = nullptr);
+                               const std::optional<std::string>* meminfo = nullptr,
+                               boost::json::storage_ptr sp = {});
 boost::json::array LoggedInUsers(const SystemRoot& sys);
 // `reload_rules` re-reads /etc/localtime's rules (tzset) before computing the offset;
 // `known_name`, when given, is used instead of resolving the zone's name again.
 boost::json::object TimezoneInfo(const SystemRoot& sys, bool reload_rules = true,
-                                 const boost::json::value* known_name = nullptr);
+                                 const boost::json::value* known_name = nullptr,
+                                 boost::json::storage_ptr sp = {});
 // The FQDN from /etc/hosts (no DNS: the static agent cannot use NSS); null when unknown.
 boost::json::value FindFqdn(const SystemRoot& sys, std::string_view hostname);
 // One value of an os-release style file with shell quoting removed; nullopt when absent.
