@@ -74,14 +74,20 @@ echo "vm_bench: guest pids: agent $agent_pid ($(guest_name "$agent_pid")), qemu-
 rss_a0=$(guest_rss "$agent_pid") rss_q0=$(guest_rss "$qga_pid")
 
 # The channel's own ceiling: cat echoing a third port, started through the agent only for its
-# measurement (with no host connected a read of the port returns EOF at once, so the loop would
-# spin; while the host is connected cat just blocks in read).
+# measurement. The shell holds the port open (fd 3) and reruns cat after each EOF: with no host
+# connected a read returns EOF at once, and closing and reopening the port could lose the next
+# host's first line (that gave a 0 for a whole round). The open is retried while the previous
+# round's cat still holds the port (EBUSY). While a host is connected cat just blocks in read.
 echo_start() {
-  echo_handle=$("$ctl" -s "$A" --json call exec_start '{"command":"sh","args":["-c","p=/dev/virtio-ports/org.kvmmanager.echo.0; while :; do cat <>$p >&0 2>/dev/null || sleep 0.01; done"],"timeout_seconds":600}' |
+  echo_handle=$("$ctl" -s "$A" --json call exec_start '{"command":"sh","args":["-c","p=/dev/virtio-ports/org.kvmmanager.echo.0; until command exec 3<>$p 2>/dev/null; do sleep 0.02; done; while :; do cat <&3 >&3 2>/dev/null; sleep 0.01; done"],"timeout_seconds":600}' |
     sed -n 's/.*"handle":\([0-9]*\).*/\1/p')
   [[ -n $echo_handle ]] || { echo "vm_bench: cannot start the guest echo" >&2; exit 1; }
 }
-echo_stop() { "$ctl" -s "$A" call exec_kill "{\"handle\":$echo_handle}" >/dev/null; }
+# Waits (up to 3 s) for the tree to end: the next round's shell can open the port only then.
+echo_stop() {
+  "$ctl" -s "$A" call exec_kill "{\"handle\":$echo_handle}" >/dev/null
+  "$ctl" -s "$A" call exec_status "{\"handle\":$echo_handle,\"wait_ms\":3000}" >/dev/null || true
+}
 PING='{"jsonrpc":"2.0","method":"ping","id":{id}}'
 QPING='{"execute":"guest-ping","id":{id}}'
 declare -A r
@@ -91,7 +97,12 @@ for ((i = 0; i < rounds; i++)); do
     r[a_$name]+=" $(rate "$A" "$PING" "$secs" 1 "$depth" '"pong":true')"
     r[q_$name]+=" $(rate "$Q" "$QPING" "$secs" 1 "$depth" '"return"')"
     echo_start
-    r[e_$name]+=" $(rate "$E" "$PING" "$secs" 1 "$depth" '"ping"')"
+    # A round is measured only once cat answers.
+    if "$lg" probe "$E" '{"echo":"ready"}' >/dev/null; then
+      r[e_$name]+=" $(rate "$E" "$PING" "$secs" 1 "$depth" '"ping"')"
+    else
+      notes+=("round $((i + 1)): the guest echo did not answer within 10 s; no echo sample")
+    fi
     echo_stop
   done
 done
@@ -102,6 +113,25 @@ for spec in "seq|ping, sequential round trips/s" "pipe|ping/s, 8 in flight on on
 done
 
 method_rows "$A" "$Q"
+
+# Guest CPU per request, user + system, from the process's /proc/PID/stat ticks (USER_HZ 100)
+# around CPU_REQUESTS sequential requests. Under TCG this, more than the channel, is what
+# separates the two agents; lower is better.
+cpu_ticks() { "$ctl" -s "$A" cat ":/proc/$1/stat" | awk '{print $14 + $15}'; }
+cpu_us_per_request() {  # PID SOCKET LINE
+  local n=${CPU_REQUESTS:-5000} t0 t1
+  t0=$(cpu_ticks "$1")
+  "$lg" count "$2" "$3" "$n" 1 1 >/dev/null || { echo "-"; return; }
+  t1=$(cpu_ticks "$1")
+  awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN {printf "%.0f", (b - a) * 10000 / n}'
+}
+for spec in "ping|$PING|$QPING" \
+  'get_system_info (qemu-ga: guest-get-osinfo)|{"jsonrpc":"2.0","method":"get_system_info","id":{id}}|{"execute":"guest-get-osinfo","id":{id}}'; do
+  IFS='|' read -r label aline qline <<<"$spec"
+  a=$(cpu_us_per_request "$agent_pid" "$A" "$aline")
+  q=$(cpu_us_per_request "$qga_pid" "$Q" "$qline")
+  row "guest CPU per $label, us (lower is better)" "$a" "$q" "$(ratio "$a" "$q")x"
+done
 
 # Transfers of $mb MiB into the guest's /tmp (tmpfs) and back: the agent the way a user does it
 # (kvmmanager-ctl cp: 4 chunks in flight, sha256 checked by both ends, fsync'd commit); qemu-ga
