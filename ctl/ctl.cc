@@ -49,7 +49,7 @@ void CallAndShow(Options& options, std::string_view method, const boost::json::o
     return;
   }
   if (options.json) {
-    std::printf("%s\n", boost::json::serialize(result.result).c_str());
+    std::printf("%s\n", CompactJson(result.result).c_str());
     return;
   }
   show(result.result);

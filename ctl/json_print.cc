@@ -2,6 +2,8 @@
 
 #include <boost/json.hpp>
 
+#include "protocol/json_write.h"
+
 namespace kvm {
 namespace json = boost::json;
 namespace {
@@ -36,11 +38,17 @@ void Print(const json::value& v, std::string& out, int indent) {
     newline(indent);
     out += ']';
   } else {
-    out += json::serialize(v);
+    AppendJson(out, v);  // numbers as the agent writes them (42570.27, not 4.257027E4)
   }
 }
 
 }  // namespace
+
+std::string CompactJson(const json::value& value) {
+  std::string out;
+  AppendJson(out, value);
+  return out;
+}
 
 std::string PrettyJson(const json::value& value) {
   std::string out;

@@ -8,5 +8,7 @@
 namespace kvm {
 
 std::string PrettyJson(const boost::json::value& value);
+// One line, as the agent writes JSON (doubles in plain notation).
+std::string CompactJson(const boost::json::value& value);
 
 }  // namespace kvm

@@ -1,6 +1,7 @@
-// Serializes a Boost.JSON value into a string, the same text json::serialize gives, but with
-// long strings that need no escaping (base64 file data) copied in one piece: Boost's serializer
-// inspects them byte by byte, which was the largest cost of a file_read reply.
+// Serializes a Boost.JSON value into a string: the same text json::serialize gives, except that
+// long strings that need no escaping (base64 file data) are copied in one piece (Boost's
+// serializer inspects them byte by byte, which was the largest cost of a file_read reply) and
+// doubles are written the way people read them (42570.27, 1.24; Boost writes 4.257027E4, 1.24E0).
 #pragma once
 
 #include <boost/json/value.hpp>
@@ -12,6 +13,12 @@ namespace kvm {
 
 // Appends `value` as compact JSON to `out`.
 void AppendJson(std::string& out, const boost::json::value& value);
+
+// Appends `d` as the shortest decimal that reads back as the same double, laid out as
+// JavaScript prints numbers: plain for 1e-7 < |d| < 1e21 (42570.27, 0.000123), an exponent
+// otherwise (1e+300, 1.5e-7); integral values keep ".0" so they read back as doubles (3.0).
+// Infinities and NaN, which JSON cannot hold, are written as json::serialize writes them.
+void AppendDouble(std::string& out, double d);
 
 // Appends `text` as a quoted JSON string. `text` must be valid UTF-8 (as every json::string is).
 void AppendJsonString(std::string& out, std::string_view text);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
+#include <cmath>
 #include <string>
 
 namespace kvm {
@@ -15,11 +16,33 @@ std::string Write(const json::value& v) {
   return out;
 }
 
-TEST(JsonWrite, MatchesBoostSerializeForEveryKind) {
+TEST(JsonWrite, MatchesBoostSerializeForEveryKindButDoubles) {
   json::value v = json::parse(R"({"a":null,"b":true,"c":false,"d":-9223372036854775808,
-      "e":18446744073709551615,"f":1.5,"g":-0.0,"h":1e300,"i":[1,[2,{}],[]],"j":{"k":"v"},
+      "e":18446744073709551615,"i":[1,[2,{}],[]],"j":{"k":"v"},
       "l":"","m":"tab\there \"quoted\" back\\slash \u0001 \u001f","é":"ünïcödé €𝄞"})");
   EXPECT_EQ(Write(v), json::serialize(v));
+}
+
+TEST(JsonWrite, DoublesReadAsPeopleWriteThemAndRoundTrip) {
+  EXPECT_EQ(Write(42570.27), "42570.27");  // Boost: 4.257027E4
+  EXPECT_EQ(Write(1.24), "1.24");          // Boost: 1.24E0
+  EXPECT_EQ(Write(2095.999), "2095.999");
+  EXPECT_EQ(Write(3.0), "3.0");  // integral, still a double when read back
+  EXPECT_EQ(Write(-0.0), "-0.0");
+  EXPECT_EQ(Write(1e300), "1e+300");
+  EXPECT_EQ(Write(1.5e-7), "1.5e-7");
+  EXPECT_EQ(Write(0.000123), "0.000123");
+  EXPECT_EQ(Write(-2.5e20), "-250000000000000000000.0");
+  EXPECT_EQ(Write(1e21), "1e+21");
+  for (double d : {42570.27, 1.24, 3.0, -0.0, 1e300, 1.5e-7, 0.1 + 0.2, 5e-324,
+                   1.7976931348623157e308, -123456789.125}) {
+    json::value back = json::parse(Write(d));
+    ASSERT_TRUE(back.is_double()) << Write(d);
+    EXPECT_EQ(back.get_double(), d) << Write(d);
+    EXPECT_EQ(std::signbit(back.get_double()), std::signbit(d)) << Write(d);
+  }
+  json::value nested = json::parse(R"({"load":[1.5,0.25],"uptime_seconds":42570.27})");
+  EXPECT_EQ(Write(nested), R"({"load":[1.5,0.25],"uptime_seconds":42570.27})");
 }
 
 TEST(JsonWrite, EscapesEachSpecialByteAtEveryOffsetOfAWord) {

@@ -84,21 +84,7 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
   return request;
 }
 
-void AppendId(std::string& out, const json::value& id) {
-  if (id.is_double() && std::isfinite(id.get_double())) {
-    // Shortest %g form that reads back as the same double. (std::to_chars would do this too,
-    // but pulls ~110 KB of tables into the static agent.)
-    double d = id.get_double();
-    char buf[40];
-    for (int precision = 1; precision <= 17; ++precision) {
-      std::snprintf(buf, sizeof buf, "%.*g", precision, d);
-      if (std::strtod(buf, nullptr) == d) break;
-    }
-    out += buf;
-    return;
-  }
-  AppendJson(out, id);
-}
+void AppendId(std::string& out, const json::value& id) { AppendJson(out, id); }
 
 std::string ResultResponse(const json::value& id, const json::value& result) {
   std::string out = R"({"jsonrpc":"2.0","result":)";

@@ -45,7 +45,7 @@ void AddCoreCommands(CLI::App& app, Options& options) {
       return;
     }
     if (options.json) {
-      std::printf("%s\n", json::serialize(result.result).c_str());
+      std::printf("%s\n", CompactJson(result.result).c_str());
     } else {
       std::printf("pong from %s in %.3f ms\n", options.socket.c_str(), micros / 1000.0);
     }

@@ -152,7 +152,7 @@ const json::value* Field(const json::value& v, std::string_view key) {
 std::string Text(const json::value* v) {
   if (!v) return "-";
   if (v->is_string()) return std::string(v->get_string());
-  return json::serialize(*v);
+  return CompactJson(*v);
 }
 
 }  // namespace
@@ -226,7 +226,7 @@ void AddFileCommands(CLI::App& app, Options& options) {
       offset = next->to_number<uint64_t>();
     }
     if (options.json) {
-      std::printf("%s\n", json::serialize(all).c_str());
+      std::printf("%s\n", CompactJson(all).c_str());
       return;
     }
     for (const auto& entry : all) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ctl/ctl.h"
+#include "ctl/json_print.h"
 
 namespace kvm::ctl {
 namespace json = boost::json;
@@ -15,7 +16,7 @@ namespace {
 std::string Str(const json::value& v) {
   if (v.is_string()) return std::string(v.get_string());
   if (v.is_null()) return "-";
-  return json::serialize(v);
+  return CompactJson(v);
 }
 
 const json::value& At(const json::value& v, std::string_view key) {
