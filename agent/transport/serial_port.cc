@@ -83,8 +83,9 @@ void SerialPort::TryOpen() {
   ++generation_;
   sink_ = std::make_shared<HostSink>(this, generation_, alive_);
   LOG_INFO(log_, "serving %s", path_.c_str());
-  loop_.Watch(fd_.get(), EPOLLIN | EPOLLOUT | EPOLLET,
-              [this](uint32_t events) { OnEvents(events); });
+  host_connected_ = false;
+  interest_ = EPOLLIN | EPOLLET;
+  loop_.Watch(fd_.get(), interest_, [this](uint32_t events) { OnEvents(events); });
   ReadAvailable();  // the host may have written before we opened
 }
 
@@ -105,6 +106,20 @@ void SerialPort::OnEvents(uint32_t events) {
   if (!fd_) return;
   if (events & EPOLLOUT) FlushOutput();
   if (fd_) ReadAvailable();
+}
+
+void SerialPort::UpdateInterest() {
+  // Level-triggered input while a host is connected: a read that ends on a line boundary can go
+  // straight back to epoll_wait (which returns at once if more is queued), saving the read that
+  // would find EAGAIN, one system call per request. With no host the port is always readable
+  // (read()==0), so level-triggering would spin: edge-triggered then, and while paused.
+  // EPOLLOUT only while bytes wait, since the port wakes its waiters each time the host takes data.
+  uint32_t want = EPOLLIN;
+  if (!host_connected_ || paused_) want |= EPOLLET;
+  if (!out_.empty()) want |= EPOLLOUT;
+  if (want == interest_) return;
+  interest_ = want;
+  loop_.Modify(fd_.get(), want);
 }
 
 void SerialPort::HangUpSeen() {
@@ -139,6 +154,7 @@ void SerialPort::HostLeft() {
   paused_ = false;
   ++generation_;
   sink_ = std::make_shared<HostSink>(this, generation_, alive_);
+  if (fd_) UpdateInterest();
 }
 
 void SerialPort::ReadAvailable() {
@@ -158,6 +174,7 @@ void SerialPort::ReadAvailable() {
     ssize_t n = ::read(fd_.get(), buf, sizeof buf);
     if (n > 0) {
       host_seen_ = true;
+      host_connected_ = true;
       hangup_pending_ = false;  // a host is there after all
       auto sink = sink_;
       framer_.Feed(
@@ -178,9 +195,11 @@ void SerialPort::ReadAvailable() {
         in_read_ = false;
         return;
       }
+      if (framer_.buffered() == 0 && !(interest_ & EPOLLET)) break;  // see UpdateInterest
       continue;
     }
     if (n == 0) {  // no host has the socket open (it may never have)
+      host_connected_ = false;
       HangUpSeen();
       break;
     }
@@ -206,13 +225,16 @@ void SerialPort::Send(uint64_t generation, std::string reply, SentCallback on_se
 }
 
 void SerialPort::FlushOutput() {
-  if (!fd_ || out_.empty()) return;
-  size_t before = out_.pending();
-  if (int err = out_.Flush(fd_.get()); err != 0) {
-    CloseAndRetry("write error on", err);
-    return;
+  if (!fd_) return;
+  if (!out_.empty()) {
+    size_t before = out_.pending();
+    if (int err = out_.Flush(fd_.get()); err != 0) {
+      CloseAndRetry("write error on", err);
+      return;
+    }
+    if (out_.pending() < before) hangup_pending_ = false;  // a host took the bytes
   }
-  if (out_.pending() < before) hangup_pending_ = false;  // a host took the bytes
+  UpdateInterest();
   if (paused_ && out_.pending() < kResumeBelow) {
     paused_ = false;
     auto alive = alive_;

@@ -40,6 +40,7 @@ class SerialPort {
   void HostLeft();
   void Send(uint64_t generation, std::string reply, SentCallback on_sent);
   void FlushOutput();
+  void UpdateInterest();
 
   EventLoop& loop_;
   Dispatcher& dispatcher_;
@@ -57,7 +58,9 @@ class SerialPort {
   bool stopped_ = false;
   bool paused_ = false;
   bool in_read_ = false;
-  int last_open_error_ = -1;  // log a failing open once per distinct error, not every retry
+  bool host_connected_ = false;  // the last read() returned data, not 0
+  uint32_t interest_ = 0;        // the epoll events watched now (see UpdateInterest)
+  int last_open_error_ = -1;     // log a failing open once per distinct error, not every retry
   EventLoop::TimerId retry_timer_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
