@@ -12,10 +12,15 @@
 namespace kvm::jsonrpc {
 namespace json = boost::json;
 
-json::value ParseLine(std::string_view line) {
+json::value ParseLine(std::string_view line, json::storage_ptr storage) {
   json::parse_options options;
   options.max_depth = kMaxDepth;
-  json::parser parser(json::storage_ptr(), options);
+  // The parser's working stack starts in this buffer, not on the heap: a short request then
+  // costs no allocation beyond the value itself. (The constructor's storage is for that stack;
+  // reset() names the result's.)
+  unsigned char stack[512];
+  json::parser parser(json::storage_ptr(), options, stack, sizeof stack);
+  parser.reset(std::move(storage));
   json::error_code ec;
   parser.write(line.data(), line.size(), ec);
   if (ec) {
@@ -46,40 +51,47 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
   json::object* object = message.if_object();
   if (!object) return Invalid(nullptr, "a request must be a JSON object");
 
-  json::value id = nullptr;
-  bool has_id = false;
-  if (auto it = object->find("id"); it != object->end()) {
-    if (!IsValidIdType(it->value()))
-      return Invalid(nullptr, "id must be a string, a finite number or null");
-    id = it->value();
-    has_id = true;
-  }
-  auto version = object->find("jsonrpc");
-  if (version == object->end() || version->value() != "2.0") {
-    return Invalid(id, "\"jsonrpc\" must be exactly \"2.0\"");
-  }
-  auto method = object->find("method");
-  if (method == object->end() || !method->value().is_string()) {
-    return Invalid(id, "\"method\" must be a string");
-  }
-  Request request;
-  request.id = std::move(id);
-  request.has_id = has_id;
-  request.method = std::string(method->value().get_string());
+  // One pass over the members (this runs for every request); the checks below then keep their
+  // order, so a bad id is reported before a bad "jsonrpc", and so on.
+  json::value *id_member = nullptr, *version = nullptr, *method = nullptr, *params = nullptr;
+  std::string_view unknown;
   for (auto& [key, value] : *object) {
-    if (key == "params") {
-      if (value.is_object()) {
-        request.params = std::move(value.get_object());
-      } else if (value.is_array() && value.get_array().empty()) {
-        // "params": [] means "no parameters" to many clients; accept it as such.
-      } else if (value.is_array()) {
-        return Invalid(request.id, "positional (array) params are not supported; use an object");
-      } else {
-        return Invalid(request.id, "\"params\" must be an object");
-      }
-    } else if (key != "jsonrpc" && key != "method" && key != "id") {
-      return Invalid(request.id, "unknown member \"" + std::string(key) + "\"");
+    if (key == "id") {
+      id_member = &value;
+    } else if (key == "jsonrpc") {
+      version = &value;
+    } else if (key == "method") {
+      method = &value;
+    } else if (key == "params") {
+      params = &value;
+    } else if (unknown.empty()) {
+      unknown = key;
     }
+  }
+  json::value id = nullptr;
+  if (id_member) {
+    if (!IsValidIdType(*id_member))
+      return Invalid(nullptr, "id must be a string, a finite number or null");
+    id = *id_member;
+  }
+  if (!version || *version != "2.0") return Invalid(id, "\"jsonrpc\" must be exactly \"2.0\"");
+  if (!method || !method->is_string()) return Invalid(id, "\"method\" must be a string");
+  // params keep the message's storage, so moving them out below is a transfer, not a copy.
+  Request request{std::string(method->get_string()), json::object(message.storage()), std::move(id),
+                  id_member != nullptr};
+  if (params) {
+    if (params->is_object()) {
+      request.params = std::move(params->get_object());
+    } else if (params->is_array() && params->get_array().empty()) {
+      // "params": [] means "no parameters" to many clients; accept it as such.
+    } else if (params->is_array()) {
+      return Invalid(request.id, "positional (array) params are not supported; use an object");
+    } else {
+      return Invalid(request.id, "\"params\" must be an object");
+    }
+  }
+  if (!unknown.empty()) {
+    return Invalid(request.id, "unknown member \"" + std::string(unknown) + "\"");
   }
   return request;
 }
@@ -87,7 +99,9 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
 void AppendId(std::string& out, const json::value& id) { AppendJson(out, id); }
 
 std::string ResultResponse(const json::value& id, const json::value& result) {
-  std::string out = R"({"jsonrpc":"2.0","result":)";
+  std::string out;
+  out.reserve(256);  // one allocation for a small reply, rather than doubling from 15 bytes
+  out = R"({"jsonrpc":"2.0","result":)";
   AppendJson(out, result);
   out += R"(,"id":)";
   AppendId(out, id);

@@ -15,13 +15,14 @@ namespace kvm::jsonrpc {
 inline constexpr std::size_t kMaxDepth = 64;
 
 // Parses one line as a JSON text. Throws RpcError(kParseError) with the reason on failure
-// (bad syntax, invalid UTF-8, nesting deeper than kMaxDepth, trailing garbage).
-boost::json::value ParseLine(std::string_view line);
+// (bad syntax, invalid UTF-8, nesting deeper than kMaxDepth, trailing garbage). The value is
+// allocated from `storage` (the heap by default).
+boost::json::value ParseLine(std::string_view line, boost::json::storage_ptr storage = {});
 
 // A request object that passed validation. `id` is null for a notification (has_id false).
 struct Request {
   std::string method;
-  boost::json::object params;  // empty when absent
+  boost::json::object params;  // empty when absent; uses the parsed message's storage
   boost::json::value id;
   bool has_id = false;
   bool is_notification() const { return !has_id; }

@@ -1,8 +1,10 @@
 #include "agent/core/dispatcher.h"
 
 #include <boost/json/array.hpp>
+#include <boost/json/monotonic_resource.hpp>
 
 #include <exception>
+#include <optional>
 
 #include "protocol/errors.h"
 #include "protocol/jsonrpc.h"
@@ -10,6 +12,11 @@
 namespace kvm {
 namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
+
+// See HandleLine: lines up to kArenaLine bytes parse into a kArenaBytes stack arena (a request
+// takes about twice its text; a bigger one spills into heap blocks the arena frees at once).
+constexpr size_t kArenaLine = 1024;
+constexpr size_t kArenaBytes = 4096;
 
 struct Dispatcher::Job {
   std::string method;
@@ -89,9 +96,17 @@ void Dispatcher::HandleOversized(const std::shared_ptr<ReplySink>& sink) {
 }
 
 void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySink>& sink) {
-  json::value message;
+  // A short line (ping, the info calls: the common case) is parsed into an arena on this stack
+  // frame, so a cheap request makes no heap allocation for its message and frees nothing
+  // piece by piece. Everything that outlives this call copies what it keeps to the heap (see
+  // StartWorker). Long lines (file chunks) go to the heap, which a worker then takes as is.
+  alignas(16) unsigned char arena_bytes[kArenaBytes];
+  std::optional<json::monotonic_resource> arena;
+  json::storage_ptr storage;
+  if (line.size() <= kArenaLine) storage = &arena.emplace(arena_bytes, sizeof arena_bytes);
+  json::value message(storage);  // so the assignment below moves, not copies
   try {
-    message = jsonrpc::ParseLine(line);
+    message = jsonrpc::ParseLine(line, storage);
   } catch (const RpcError& e) {
     sink->Finish(jsonrpc::ErrorResponse(nullptr, e), {});
     return;
@@ -134,6 +149,7 @@ void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySi
 }
 
 void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
+  json::storage_ptr storage = message.storage();  // HandleLine's arena for a short line
   auto validated = jsonrpc::ValidateRequest(std::move(message));
   if (auto* invalid = std::get_if<jsonrpc::InvalidRequest>(&validated)) {
     done(jsonrpc::ErrorResponse(invalid->id, invalid->error), {});
@@ -156,7 +172,7 @@ void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
     return;
   }
   if (spec->mode == RunMode::kInline) {
-    RequestContext ctx(config_, log_, nullptr, nullptr);
+    RequestContext ctx(config_, log_, nullptr, nullptr, std::move(storage));
     SentCallback on_sent;
     std::string reply =
         Invoke(*spec, request.method, request.params, request.id, notification, ctx, log_, on_sent);
@@ -170,8 +186,11 @@ void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
                   {{"limit", config_->max_concurrent_requests}, {"method", request.method}}));
     return;
   }
-  StartWorker(std::move(request.method), *spec, std::move(request.params), std::move(request.id),
-              notification, std::move(done));
+  // Onto the heap unless they are there already (a copy only for a short, arena-parsed line).
+  StartWorker(std::move(request.method), *spec,
+              json::object(std::move(request.params), json::storage_ptr()),
+              json::value(std::move(request.id), json::storage_ptr()), notification,
+              std::move(done));
 }
 
 void Dispatcher::StartWorker(std::string method, const MethodSpec& spec, json::object params,

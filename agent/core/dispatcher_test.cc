@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -31,6 +32,17 @@ class DispatcherTest : public ::testing::Test {
     table_.Add("slow", RunMode::kWorker, [](const json::object&, RequestContext& ctx) {
       while (!ctx.abandoned()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
       return json::value("late");
+    });
+    table_.Add("echo_later", RunMode::kWorker, [](const json::object& p, RequestContext&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      return json::value(p);
+    });
+    table_.Add("storage", RunMode::kInline, [](const json::object&, RequestContext& ctx) {
+      // A result bigger than the stack arena, built in the context's storage.
+      json::array items(ctx.storage());
+      for (int i = 0; i < 500; ++i) items.emplace_back("item number " + std::to_string(i));
+      bool heap = ctx.storage().get() == json::storage_ptr().get();
+      return json::value(json::object{{"heap", heap}, {"items", std::move(items)}});
     });
     table_.Add("work", RunMode::kWorker,
                [](const json::object&, RequestContext&) { return json::value(42); });
@@ -85,6 +97,45 @@ TEST_F(DispatcherTest, WorkerMethodAnswersThroughTheLoop) {
   RunUntil(*sink, 1);
   ASSERT_EQ(sink->replies.size(), 1u);
   EXPECT_EQ(sink->replies[0], R"({"jsonrpc":"2.0","result":42,"id":"w"})");
+}
+
+// A short line is parsed into an arena on HandleLine's stack; a worker runs after HandleLine
+// returned and other requests reused that stack, so it must get its own copy of params and id.
+TEST_F(DispatcherTest, WorkerGetsItsParamsAndIdIntactAfterTheLineIsGone) {
+  auto sink = std::make_shared<RecordingSink>();
+  const std::string params =
+      R"({"text":"a string well past the small-string size","list":[1,2.5,{"k":"nested value"}]})";
+  const std::string id = R"("an id longer than fifteen characters")";
+  {
+    std::string line =
+        R"({"jsonrpc":"2.0","method":"echo_later","params":)" + params + R"(,"id":)" + id + "}";
+    dispatcher_->HandleLine(line, sink);
+    std::fill(line.begin(), line.end(), 'x');
+  }
+  for (int i = 0; i < 20; ++i) {
+    dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"echo","params":{"filler":")" +
+                                std::string(100, 'f') + R"("},"id":0})",
+                            sink);
+  }
+  RunUntil(*sink, 21);
+  ASSERT_EQ(sink->replies.size(), 21u);
+  EXPECT_EQ(sink->replies.back(),
+            R"({"jsonrpc":"2.0","result":)" + params + R"(,"id":)" + id + "}");
+}
+
+TEST_F(DispatcherTest, InlineResultsUseTheRequestArenaForShortLinesAndTheHeapForLongOnes) {
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"storage","id":1})", sink);
+  std::string padding(2000, ' ');  // a line past the arena's size limit
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"storage","id":2)" + padding + "}", sink);
+  ASSERT_EQ(sink->replies.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    auto reply = json::parse(sink->replies[i]).as_object();
+    auto& result = reply["result"].as_object();
+    EXPECT_EQ(result["heap"], i == 1) << sink->replies[i].substr(0, 80);
+    ASSERT_EQ(result["items"].as_array().size(), 500u);
+    EXPECT_EQ(result["items"].as_array()[499], "item number 499");
+  }
 }
 
 TEST_F(DispatcherTest, BusyBeyondMaxConcurrentAndTimeoutAfterRequestTimeout) {

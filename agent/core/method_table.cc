@@ -1,5 +1,6 @@
 #include "agent/core/method_table.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace kvm {
@@ -19,17 +20,12 @@ void MethodTable::Add(std::string name, RunMode mode, Handler handler, std::stri
   auto [it, inserted] = methods_.emplace(
       std::move(name), MethodSpec{std::move(handler), mode, std::move(serialize_by)});
   if (!inserted) throw std::logic_error("method registered twice: " + it->first);
+  names_.insert(std::lower_bound(names_.begin(), names_.end(), it->first), it->first);
 }
 
 const MethodSpec* MethodTable::Find(std::string_view name) const {
   auto it = methods_.find(name);
   return it == methods_.end() ? nullptr : &it->second;
-}
-
-std::vector<std::string> MethodTable::Names() const {
-  std::vector<std::string> names;
-  for (const auto& [name, spec] : methods_) names.push_back(name);
-  return names;
 }
 
 }  // namespace kvm

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <string_view>
+#include <unordered_map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,14 +27,20 @@ class RequestContext {
 
   RequestContext(std::shared_ptr<const Config> config, Logger& log,
                  std::shared_ptr<std::atomic<int64_t>> deadline_ns,
-                 std::shared_ptr<std::atomic<bool>> abandoned)
+                 std::shared_ptr<std::atomic<bool>> abandoned,
+                 boost::json::storage_ptr storage = {})
       : config_(std::move(config)),
         log_(log),
         deadline_ns_(std::move(deadline_ns)),
-        abandoned_(std::move(abandoned)) {}
+        abandoned_(std::move(abandoned)),
+        storage_(std::move(storage)) {}
 
   const Config& config() const { return *config_; }
   Logger& log() const { return log_; }
+  // Memory for building the result: for an inline method called with a short request, the
+  // request's own stack arena (no heap traffic for a cheap reply); otherwise the heap. Either
+  // way it lasts until the reply is written, and nothing allocated from it may be kept longer.
+  const boost::json::storage_ptr& storage() const { return storage_; }
 
   // A method with its own, longer time bound (exec's timeout_seconds) moves the request
   // deadline so the dispatcher does not answer "timeout" before the method itself does.
@@ -54,6 +62,7 @@ class RequestContext {
   std::shared_ptr<std::atomic<int64_t>> deadline_ns_;
   std::shared_ptr<std::atomic<bool>> abandoned_;
   std::vector<std::function<void()>> after_sent_;
+  boost::json::storage_ptr storage_;
 };
 
 // Returns the result, or throws RpcError (any other exception becomes -32603).
@@ -78,7 +87,7 @@ class MethodTable {
  public:
   void Add(std::string name, RunMode mode, Handler handler, std::string serialize_by = {});
   const MethodSpec* Find(std::string_view name) const;
-  std::vector<std::string> Names() const;  // sorted
+  const std::vector<std::string>& Names() const { return names_; }  // sorted
 
   // Work a module does once when the agent starts, with the startup config (e.g. removing
   // temp files a killed agent left behind). Run by the Agent before it serves requests.
@@ -98,7 +107,13 @@ class MethodTable {
   }
 
  private:
-  std::map<std::string, MethodSpec, std::less<>> methods_;
+  // Hashed, looked up by string_view without building a string: every request does one Find.
+  struct NameHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view name) const { return std::hash<std::string_view>{}(name); }
+  };
+  std::unordered_map<std::string, MethodSpec, NameHash, std::equal_to<>> methods_;
+  std::vector<std::string> names_;  // sorted
   std::vector<std::shared_ptr<void>> owned_;
   std::vector<StartHook> start_hooks_;
 };

@@ -13,9 +13,12 @@ namespace kvm {
 namespace json = boost::json;
 namespace {
 
-json::value Ping(const json::object& params, RequestContext&) {
+json::value Ping(const json::object& params, RequestContext& ctx) {
   Params p(params, {});
-  return json::object{{"pong", true}, {"timestamp", static_cast<int64_t>(std::time(nullptr))}};
+  json::object reply(2, ctx.storage());
+  reply.emplace("pong", true);
+  reply.emplace("timestamp", static_cast<int64_t>(std::time(nullptr)));
+  return reply;
 }
 
 json::value GetAgentInfo(const MethodTable& table, const json::object& params,
