@@ -41,7 +41,9 @@ count() {
   valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$tmp/$name.log" 2>&1 &
   pid=$!
   pids+=("$pid")
-  wait_sock "$sock" 2>/dev/null || { sleep 5; wait_sock "$sock"; }
+  # Under valgrind start-up takes seconds: wait up to 60 s (wait_sock gives up after 10).
+  for _ in $(seq 600); do [[ -S $sock ]] && break; sleep 0.1; done
+  [[ -S $sock ]] || { echo "bench: $name never listened on $sock" >&2; exit 1; }
   "$lg" count "$sock" "$line" 50 1 1 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   "$lg" count "$sock" "$line" "$n" 1 1 >/dev/null

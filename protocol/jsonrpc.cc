@@ -55,6 +55,7 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
   // order, so a bad id is reported before a bad "jsonrpc", and so on.
   json::value *id_member = nullptr, *version = nullptr, *method = nullptr, *params = nullptr;
   std::string_view unknown;
+  bool unknown_first = false;  // before "params": reported first, as members are in key order
   for (auto& [key, value] : *object) {
     if (key == "id") {
       id_member = &value;
@@ -66,6 +67,7 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
       params = &value;
     } else if (unknown.empty()) {
       unknown = key;
+      unknown_first = params == nullptr;
     }
   }
   json::value id = nullptr;
@@ -79,6 +81,10 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
   // params keep the message's storage, so moving them out below is a transfer, not a copy.
   Request request{std::string(method->get_string()), json::object(message.storage()), std::move(id),
                   id_member != nullptr};
+  auto unknown_member = [&] {
+    return Invalid(request.id, "unknown member \"" + std::string(unknown) + "\"");
+  };
+  if (!unknown.empty() && unknown_first) return unknown_member();
   if (params) {
     if (params->is_object()) {
       request.params = std::move(params->get_object());
@@ -90,9 +96,7 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
       return Invalid(request.id, "\"params\" must be an object");
     }
   }
-  if (!unknown.empty()) {
-    return Invalid(request.id, "unknown member \"" + std::string(unknown) + "\"");
-  }
+  if (!unknown.empty()) return unknown_member();
   return request;
 }
 

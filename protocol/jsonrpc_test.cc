@@ -63,6 +63,17 @@ TEST(JsonRpcValidate, RejectsMalformedRequestsKeepingAValidId) {
   EXPECT_EQ(std::get<InvalidRequest>(kept).id, 42);
 }
 
+TEST(JsonRpcValidate, BadParamsAndUnknownMemberReportWhicheverComesFirst) {
+  auto detail = [](const char* text) {
+    auto r = ValidateRequest(json::parse(text));
+    return std::string(std::get<InvalidRequest>(r).error.data().at("detail").as_string());
+  };
+  EXPECT_EQ(detail(R"({"jsonrpc":"2.0","method":"m","x":1,"params":3,"id":1})"),
+            "unknown member \"x\"");
+  EXPECT_EQ(detail(R"({"jsonrpc":"2.0","method":"m","params":3,"x":1,"id":1})"),
+            "\"params\" must be an object");
+}
+
 TEST(JsonRpcResponse, EchoesIdsExactly) {
   EXPECT_EQ(ResultResponse(json::value(7), json::value(true)),
             R"({"jsonrpc":"2.0","result":true,"id":7})");

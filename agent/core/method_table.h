@@ -7,7 +7,6 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
-#include <map>
 #include <string_view>
 #include <unordered_map>
 #include <memory>

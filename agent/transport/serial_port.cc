@@ -83,7 +83,6 @@ void SerialPort::TryOpen() {
   ++generation_;
   sink_ = std::make_shared<HostSink>(this, generation_, alive_);
   LOG_INFO(log_, "serving %s", path_.c_str());
-  host_connected_ = false;
   interest_ = EPOLLIN | EPOLLET;
   loop_.Watch(fd_.get(), interest_, [this](uint32_t events) { OnEvents(events); });
   ReadAvailable();  // the host may have written before we opened
@@ -115,7 +114,7 @@ void SerialPort::UpdateInterest() {
   // (read()==0), so level-triggering would spin: edge-triggered then, and while paused.
   // EPOLLOUT only while bytes wait, since the port wakes its waiters each time the host takes data.
   uint32_t want = EPOLLIN;
-  if (!host_connected_ || paused_) want |= EPOLLET;
+  if (!host_connected() || paused_) want |= EPOLLET;
   if (!out_.empty()) want |= EPOLLOUT;
   if (want == interest_) return;
   interest_ = want;
@@ -174,7 +173,6 @@ void SerialPort::ReadAvailable() {
     ssize_t n = ::read(fd_.get(), buf, sizeof buf);
     if (n > 0) {
       host_seen_ = true;
-      host_connected_ = true;
       hangup_pending_ = false;  // a host is there after all
       auto sink = sink_;
       framer_.Feed(
@@ -199,7 +197,6 @@ void SerialPort::ReadAvailable() {
       continue;
     }
     if (n == 0) {  // no host has the socket open (it may never have)
-      host_connected_ = false;
       HangUpSeen();
       break;
     }

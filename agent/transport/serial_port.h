@@ -41,6 +41,8 @@ class SerialPort {
   void Send(uint64_t generation, std::string reply, SentCallback on_sent);
   void FlushOutput();
   void UpdateInterest();
+  // Data came since the last hang-up, and no read()==0 has been seen since.
+  bool host_connected() const { return host_seen_ && !hangup_pending_; }
 
   EventLoop& loop_;
   Dispatcher& dispatcher_;
@@ -58,9 +60,8 @@ class SerialPort {
   bool stopped_ = false;
   bool paused_ = false;
   bool in_read_ = false;
-  bool host_connected_ = false;  // the last read() returned data, not 0
-  uint32_t interest_ = 0;        // the epoll events watched now (see UpdateInterest)
-  int last_open_error_ = -1;     // log a failing open once per distinct error, not every retry
+  uint32_t interest_ = 0;     // the epoll events watched now (see UpdateInterest)
+  int last_open_error_ = -1;  // log a failing open once per distinct error, not every retry
   EventLoop::TimerId retry_timer_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
