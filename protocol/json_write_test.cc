@@ -87,5 +87,30 @@ TEST(JsonWrite, LongBase64StringRoundTrips) {
   EXPECT_EQ(json::parse(out), json::value(result));
 }
 
+TEST(JsonWrite, ManySmallPiecesAcrossTheStagingBufferMatchBoostSerialize) {
+  // Pieces are gathered in a small buffer before they reach the string: strings, keys and numbers
+  // of every length from 0 to past that buffer, plain and escaped, so that some piece straddles
+  // each of its flush points.
+  json::array pieces;
+  json::object keyed;
+  for (int n = 0; n < 600; n += 7) {
+    std::string plain(static_cast<size_t>(n), 'k');
+    std::string escaped = plain + "\"\n";
+    pieces.emplace_back(plain);
+    pieces.emplace_back(escaped);
+    pieces.emplace_back(static_cast<int64_t>(-1) * n * 1000003);
+    pieces.emplace_back(static_cast<uint64_t>(18446744073709551615ULL) - n);
+    pieces.emplace_back(n % 2 == 0);
+    pieces.emplace_back(nullptr);
+    keyed[plain + std::to_string(n)] = n;
+    keyed[escaped + std::to_string(n)] = json::array{plain, json::object{{escaped, plain}}};
+  }
+  json::value v = json::object{{"pieces", pieces}, {"keyed", keyed}};
+  std::string prefix = "already here,";
+  std::string out = prefix;
+  AppendJson(out, v);
+  EXPECT_EQ(out, prefix + json::serialize(v));
+}
+
 }  // namespace
 }  // namespace kvm

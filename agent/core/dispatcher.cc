@@ -65,6 +65,14 @@ std::string Invoke(const MethodSpec& spec, const std::string& method, const json
 
 }  // namespace
 
+// Replies are gathered in order of completion; the batch answers once all are done.
+struct Dispatcher::Batch {
+  std::shared_ptr<ReplySink> sink;
+  std::string joined;
+  size_t remaining;
+  std::vector<std::function<void()>> on_sent;  // the members', run when the batch is sent
+};
+
 Dispatcher::Dispatcher(EventLoop& loop, const MethodTable& methods, Logger& log,
                        std::shared_ptr<const Config> config)
     : loop_(loop),
@@ -112,9 +120,7 @@ void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySi
     return;
   }
   if (!message.is_array()) {
-    ProcessMessage(std::move(message), [sink](std::string reply, SentCallback on_sent) {
-      sink->Finish(std::move(reply), std::move(on_sent));
-    });
+    ProcessMessage(std::move(message), Completion{sink, nullptr});
     return;
   }
   json::array& batch = message.get_array();
@@ -125,26 +131,23 @@ void Dispatcher::HandleLine(std::string_view line, const std::shared_ptr<ReplySi
                  {});
     return;
   }
-  // Replies are gathered in order of completion; the batch answers once all are done.
-  struct BatchState {
-    std::shared_ptr<ReplySink> sink;
-    std::string joined;
-    size_t remaining;
-    std::vector<std::function<void()>> on_sent;  // the members', run when the batch is sent
-  };
-  auto state = std::make_shared<BatchState>(BatchState{sink, std::string(), batch.size(), {}});
-  for (auto& element : batch) {
-    ProcessMessage(std::move(element), [state](std::string reply, SentCallback on_sent) {
-      if (!reply.empty()) {
-        state->joined += state->joined.empty() ? '[' : ',';
-        state->joined += reply;
-      }
-      if (on_sent) state->on_sent.push_back(std::move(on_sent));
-      if (--state->remaining == 0) {
-        if (!state->joined.empty()) state->joined += ']';
-        state->sink->Finish(std::move(state->joined), Combine(std::move(state->on_sent)));
-      }
-    });
+  auto state = std::make_shared<Batch>(Batch{sink, std::string(), batch.size(), {}});
+  for (auto& element : batch) ProcessMessage(std::move(element), Completion{nullptr, state});
+}
+
+void Dispatcher::Completion::operator()(std::string reply, SentCallback on_sent) const {
+  if (!batch) {
+    sink->Finish(std::move(reply), std::move(on_sent));
+    return;
+  }
+  if (!reply.empty()) {
+    batch->joined += batch->joined.empty() ? '[' : ',';
+    batch->joined += reply;
+  }
+  if (on_sent) batch->on_sent.push_back(std::move(on_sent));
+  if (--batch->remaining == 0) {
+    if (!batch->joined.empty()) batch->joined += ']';
+    batch->sink->Finish(std::move(batch->joined), Combine(std::move(batch->on_sent)));
   }
 }
 

@@ -59,7 +59,15 @@ class Dispatcher {
 
  private:
   struct Job;
-  using Completion = std::function<void(std::string reply, SentCallback on_sent)>;
+  struct Batch;
+  // Where one message's reply goes: the sink, or the batch the message is part of. A struct,
+  // not a std::function: a lambda holding a shared_ptr does not fit std::function's inline
+  // buffer, and that cost a heap allocation per request.
+  struct Completion {
+    std::shared_ptr<ReplySink> sink;
+    std::shared_ptr<Batch> batch;
+    void operator()(std::string reply, SentCallback on_sent) const;
+  };
 
   void ProcessMessage(boost::json::value&& message, Completion done);
   void StartWorker(std::string method, const MethodSpec& spec, boost::json::object params,
