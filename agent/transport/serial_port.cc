@@ -1,6 +1,7 @@
 #include "agent/transport/serial_port.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@ constexpr size_t kResumeBelow = 1 << 20;
 constexpr int kReadBudget = 16;
 // How long replies wait for a host after the port reported a hang-up (see HangUpSeen).
 constexpr auto kHangUpGrace = std::chrono::milliseconds(250);
+constexpr auto kUnconfirmedHostWait = std::chrono::seconds(5);
 }  // namespace
 
 class SerialPort::HostSink : public ReplySink {
@@ -80,6 +82,8 @@ void SerialPort::TryOpen() {
   framer_.Reset();
   out_.Clear();
   host_seen_ = false;
+  hangup_pending_ = false;
+  host_confirmed_ = false;
   ++generation_;
   sink_ = std::make_shared<HostSink>(this, generation_, alive_);
   LOG_INFO(log_, "serving %s", path_.c_str());
@@ -103,6 +107,7 @@ void SerialPort::CloseAndRetry(const char* why, int err) {
 
 void SerialPort::OnEvents(uint32_t events) {
   if (!fd_) return;
+  if (!(events & EPOLLHUP)) HostConfirmed();  // the port reports EPOLLHUP while no host is there
   if (events & EPOLLOUT) FlushOutput();
   if (fd_) ReadAvailable();
 }
@@ -115,7 +120,8 @@ void SerialPort::UpdateInterest() {
   // EPOLLOUT only while bytes wait, since the port wakes its waiters each time the host takes data.
   uint32_t want = EPOLLIN;
   if (!host_connected() || paused_) want |= EPOLLET;
-  if (!out_.empty()) want |= EPOLLOUT;
+  // While a hang-up is pending, EPOLLOUT also marks the host's arrival (the port turns writable).
+  if (!out_.empty() || hangup_pending_) want |= EPOLLOUT;
   if (want == interest_) return;
   interest_ = want;
   loop_.Modify(fd_.get(), want);
@@ -131,18 +137,45 @@ void SerialPort::HangUpSeen() {
   // Replies are pending. The guest kernel can hand over a new host's first request before it
   // notes that the host connected, so read()==0 right after that request does not prove the
   // host left. Keep the replies for a short grace: a host that is there takes them (a write
-  // or a read succeeds); if none does, they are dropped as the host's leaving requires.
+  // or a read succeeds). At its end the port itself says whether a host is connected; if none
+  // is, the replies are dropped as the host's leaving requires.
   if (hangup_pending_) return;
   hangup_pending_ = true;
+  hangup_since_ = EventLoop::Clock::now();
+  CheckHangUpLater();
+}
+
+void SerialPort::CheckHangUpLater() {
   auto alive = alive_;
   uint64_t generation = generation_;
   loop_.AddTimer(kHangUpGrace, [this, alive, generation] {
-    if (*alive && hangup_pending_ && generation == generation_) HostLeft();
+    if (!*alive || !hangup_pending_ || generation != generation_ || !fd_) return;
+    // The port reports POLLHUP exactly while no host is connected.
+    pollfd state{fd_.get(), 0, 0};
+    if (::poll(&state, 1, 0) == 1 && !(state.revents & POLLHUP)) {
+      HostConfirmed();
+      UpdateInterest();
+      return;
+    }
+    // Until the port has shown this host connected, its requests may simply have come ahead of
+    // its arrival being noted, and on a loaded TCG host that gap is not bounded by the grace:
+    // wait longer for it before dropping replies it is waiting for.
+    if (!host_confirmed_ && EventLoop::Clock::now() - hangup_since_ < kUnconfirmedHostWait) {
+      CheckHangUpLater();
+      return;
+    }
+    HostLeft();
   });
+}
+
+void SerialPort::HostConfirmed() {
+  host_confirmed_ = true;
+  hangup_pending_ = false;
 }
 
 void SerialPort::HostLeft() {
   hangup_pending_ = false;
+  host_confirmed_ = false;
   // Anything half-read or unsent belongs to the host that left; a new host must not see it.
   if (host_seen_ || framer_.buffered() || !out_.empty()) {
     LOG_DEBUG(log_, "host disconnected from %s", path_.c_str());
@@ -229,7 +262,7 @@ void SerialPort::FlushOutput() {
       CloseAndRetry("write error on", err);
       return;
     }
-    if (out_.pending() < before) hangup_pending_ = false;  // a host took the bytes
+    if (out_.pending() < before) HostConfirmed();  // a host took the bytes
   }
   UpdateInterest();
   if (paused_ && out_.pending() < kResumeBelow) {

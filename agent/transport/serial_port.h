@@ -37,6 +37,8 @@ class SerialPort {
   void OnEvents(uint32_t events);
   void ReadAvailable();
   void HangUpSeen();
+  void CheckHangUpLater();
+  void HostConfirmed();
   void HostLeft();
   void Send(uint64_t generation, std::string reply, SentCallback on_sent);
   void FlushOutput();
@@ -57,6 +59,10 @@ class SerialPort {
   size_t outstanding_ = 0;
   bool host_seen_ = false;       // data arrived since the last hang-up
   bool hangup_pending_ = false;  // read()==0 seen with replies pending; see HangUpSeen
+  // The port has shown a connected host (an event without EPOLLHUP, or bytes taken) since the
+  // last hang-up. Until it has, a read()==0 may only mean the host's arrival is not noted yet.
+  bool host_confirmed_ = false;
+  EventLoop::Clock::time_point hangup_since_{};
   bool stopped_ = false;
   bool paused_ = false;
   bool in_read_ = false;
