@@ -152,14 +152,8 @@ class BufferedOut {
     if (used_ == sizeof buf_) Flush();
     buf_[used_++] = c;
   }
-  void Put(std::string_view text) {
-    if (text.size() > sizeof buf_ - used_) {
-      Flush();
-      if (text.size() > sizeof buf_ / 2) {  // long (file data): straight to the string
-        out_.append(text);
-        return;
-      }
-    }
+  void Put(std::string_view text) {  // short literals only ("null", "true", "false")
+    if (text.size() > sizeof buf_ - used_) Flush();
     std::memcpy(buf_ + used_, text.data(), text.size());
     used_ += text.size();
   }
@@ -184,7 +178,7 @@ class BufferedOut {
     auto [end, ec] = std::to_chars(buf_ + used_, buf_ + sizeof buf_, n);
     used_ = static_cast<size_t>(end - buf_);
   }
-  // For the rare pieces written by other code (escaped strings, doubles).
+  // For pieces written by other code (long or escaped strings, doubles).
   std::string& Direct() {
     Flush();
     return out_;
@@ -202,17 +196,7 @@ class BufferedOut {
 
 void PutString(BufferedOut& out, std::string_view text) {
   if (text.size() <= BufferedOut::kShort && out.PutShortPlainString(text)) return;
-  if (NeedsJsonEscape(text)) {
-    AppendJsonString(out.Direct(), text);
-    return;
-  }
-  if (text.size() > 200) {  // file data: one allocation for quotes and text
-    std::string& s = out.Direct();
-    s.reserve(s.size() + text.size() + 2);
-  }
-  out.Put('"');
-  out.Put(text);
-  out.Put('"');
+  AppendJsonString(out.Direct(), text);  // long (file data: one piece) or needing escapes
 }
 
 void PutJson(BufferedOut& out, const json::value& value) {
