@@ -16,10 +16,7 @@ methods=${METHODS:-bench/methods.txt}
 
 source bench/lib.sh
 require_qga
-if ! command -v valgrind >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null ||
-    { echo "bench: valgrind missing (apt-get install valgrind)" >&2; exit 2; }
-fi
+need_cmd valgrind valgrind
 [[ -f $build/build.ninja ]] || bash scripts/build.sh >/dev/null
 ninja -C "$build" kvmmanager-agent kvm-loadgen >/dev/null
 lg=$root/$build/bench/kvm-loadgen

@@ -22,10 +22,20 @@ bench_cleanup() {
   rm -rf "$tmp"
 }
 
-require_qga() {
-  command -v qemu-ga >/dev/null ||
-    { echo "bench: qemu-ga missing (apt-get install qemu-guest-agent)" >&2; exit 2; }
+# need_cmd CMD PACKAGE: installs PACKAGE from Debian's archive when CMD is missing (a fresh
+# machine has neither qemu-ga nor valgrind), or exits naming the package.
+need_cmd() {
+  command -v "$1" >/dev/null && return 0
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+          --no-install-recommends "$2"; }; } >/dev/null 2>&1
+  fi
+  command -v "$1" >/dev/null ||
+    { echo "bench: $1 missing (apt-get install $2)" >&2; exit 2; }
 }
+
+require_qga() { need_cmd qemu-ga qemu-guest-agent; }
 
 # wait_sock PATH: waits up to 10 s for a listening socket to appear.
 wait_sock() {

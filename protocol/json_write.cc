@@ -44,9 +44,45 @@ void AppendInteger(std::string& out, Int n) {
   out.append(buf, end);
 }
 
+// Writes `d` when it is a decimal with at most three places and at most 15 significant digits
+// (load averages, uptimes, MHz: most doubles this agent sends), from an integer instead of the
+// shortest-digits search (~15x fewer instructions). Exact: a decimal of <= 15 significant digits
+// is the only one of its length or shorter that reads back as its double (DBL_DIG is 15), so when
+// n / 10^k reads back as |d| (IEEE division rounds correctly, as parsing does), n with k places is
+// what the search would find, and the smallest such k has no trailing zero. False otherwise.
+bool AppendShortDecimal(std::string& out, double d) {
+  static constexpr uint64_t kScale[] = {1, 10, 100, 1000};
+  double a = std::fabs(d);
+  if (!(a >= 1e-3 && a < 1e14)) return false;  // also NaN and infinities
+  for (int k = 0; k < 4; ++k) {
+    double scale = static_cast<double>(kScale[k]);
+    auto n = static_cast<uint64_t>(std::llround(a * scale));
+    if (n >= 1000000000000000ULL) return false;  // 16 digits: not covered by DBL_DIG
+    if (static_cast<double>(n) / scale != a) continue;
+    if (std::signbit(d)) out += '-';
+    AppendInteger(out, n / kScale[k]);
+    out += '.';
+    if (k == 0) {
+      out += '0';
+    } else {
+      char frac[3];
+      uint64_t f = n % kScale[k];
+      for (int i = k - 1; i >= 0; --i, f /= 10) frac[i] = static_cast<char>('0' + f % 10);
+      out.append(frac, static_cast<size_t>(k));
+    }
+    return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 void AppendDouble(std::string& out, double d) {
+  if (AppendShortDecimal(out, d)) return;
+  AppendShortestDouble(out, d);
+}
+
+void AppendShortestDouble(std::string& out, double d) {
   // Boost finds the shortest digits that read back as `d` (Ryu) and writes them as
   // "D.DDDE[-]X"; only the layout changes here. (std::to_chars would do it in one step but pulls
   // ~110 KB of tables into the static agent.)

@@ -20,6 +20,10 @@ void AppendJson(std::string& out, const boost::json::value& value);
 // Infinities and NaN, which JSON cannot hold, are written as json::serialize writes them.
 void AppendDouble(std::string& out, double d);
 
+// AppendDouble's general route (the shortest-digits search, always), which it skips for short
+// decimals such as 0.25 or 42570.27; exposed so tests can hold the fast route to it.
+void AppendShortestDouble(std::string& out, double d);
+
 // Appends `text` as a quoted JSON string. `text` must be valid UTF-8 (as every json::string is).
 void AppendJsonString(std::string& out, std::string_view text);
 

@@ -4,6 +4,7 @@
 
 #include <boost/json.hpp>
 #include <cmath>
+#include <random>
 #include <string>
 
 namespace kvm {
@@ -43,6 +44,40 @@ TEST(JsonWrite, DoublesReadAsPeopleWriteThemAndRoundTrip) {
   }
   json::value nested = json::parse(R"({"load":[1.5,0.25],"uptime_seconds":42570.27})");
   EXPECT_EQ(Write(nested), R"({"load":[1.5,0.25],"uptime_seconds":42570.27})");
+}
+
+std::string Shortest(double d) {
+  std::string out;
+  AppendShortestDouble(out, d);
+  return out;
+}
+
+TEST(JsonWrite, ShortDecimalsAreWrittenAsTheShortestDigitsSearchWritesThem) {
+  std::mt19937_64 rng(20261127);
+  auto check = [](double d) {
+    std::string fast;
+    AppendDouble(fast, d);
+    ASSERT_EQ(fast, Shortest(d)) << std::hexfloat << d;
+  };
+  // Decimals with 0-4 places (4 is past the fast route) across magnitudes, both signs.
+  const double scales[] = {1, 10, 100, 1000, 10000};
+  for (int i = 0; i < 200000; ++i) {
+    uint64_t digits = rng() % 1000000000000000000ULL;
+    digits /= static_cast<uint64_t>(std::pow(10.0, static_cast<double>(rng() % 19)));
+    double d = static_cast<double>(digits) / scales[rng() % 5];
+    check(rng() % 2 ? d : -d);
+  }
+  // Arbitrary doubles (mostly long fractions) and the edges of the fast route.
+  for (int i = 0; i < 200000; ++i) {
+    double d = std::ldexp(static_cast<double>(rng() >> 11), static_cast<int>(rng() % 120) - 80);
+    check(d);
+  }
+  for (double d : {1e-3, 0.00099999, 0.0015, 99999999999999.9, 1e14, 1e14 - 1, 999999999999.999,
+                   999999999999999.0, 1e15, 9007199254740993.0, 0.1 + 0.2, 2596.132, 0.6, 910.94,
+                   4503599627370495.5}) {
+    check(d);
+    check(-d);
+  }
 }
 
 TEST(JsonWrite, EscapesEachSpecialByteAtEveryOffsetOfAWord) {

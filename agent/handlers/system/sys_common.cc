@@ -26,11 +26,13 @@ std::optional<std::string> ReadAttr(const SystemRoot& sys, std::string_view abso
 }
 
 std::string_view Trim(std::string_view s) {
-  const char* ws = " \t\r\n\v\f";
-  size_t b = s.find_first_not_of(ws);
-  if (b == std::string_view::npos) return {};
-  size_t e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
+  // By hand: find_first_not_of(" \t\r\n\v\f") searches the set for every byte, and the
+  // per-call parsing of /proc files trims dozens of fields.
+  auto space = [](char c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  size_t b = 0, e = s.size();
+  while (b < e && space(s[b])) ++b;
+  while (e > b && space(s[e - 1])) --e;
+  return s.substr(b, e - b);
 }
 
 std::vector<std::string_view> SplitFields(std::string_view line) {

@@ -210,12 +210,15 @@ json::object MemoryInfo(const SystemRoot& sys, const std::optional<std::string>*
                                                "Shmem",    "SwapTotal",    "SwapFree"};
   enum { kTotal, kFree, kBuffers, kCached, kReclaim, kAvailable, kShmem, kSwapTotal, kSwapFree };
   std::optional<uint64_t> bytes[std::size(kKeys)];
+  bool seen[std::size(kKeys)] = {};
   std::optional<std::string> read;
   if (!meminfo) read = ReadText(sys, "/proc/meminfo", 64 * 1024);
   const std::optional<std::string>& text = meminfo ? *meminfo : read;
   if (text) {
     std::string_view rest = *text;
-    while (!rest.empty()) {
+    // The keys sit in the first ~26 of ~55 lines: stop once all are seen.
+    size_t missing = std::size(kKeys);
+    while (!rest.empty() && missing > 0) {
       size_t nl = rest.find('\n');
       std::string_view line = rest.substr(0, nl);
       rest.remove_prefix(nl == std::string_view::npos ? rest.size() : nl + 1);
@@ -225,8 +228,14 @@ json::object MemoryInfo(const SystemRoot& sys, const std::optional<std::string>*
       for (size_t k = 0; k < std::size(kKeys); ++k) {
         if (key != kKeys[k]) continue;
         auto f = Trim(line.substr(colon + 1));
-        auto n = ParseU64(f.substr(0, f.find_first_of(" \t")));
+        size_t digits = 0;  // up to the unit ("kB")
+        while (digits < f.size() && f[digits] != ' ' && f[digits] != '\t') ++digits;
+        auto n = ParseU64(f.substr(0, digits));
         if (n) bytes[k] = *n * 1024;  // values are in KiB ("kB")
+        if (!seen[k]) {
+          seen[k] = true;
+          --missing;
+        }
         break;
       }
     }
