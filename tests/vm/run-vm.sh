@@ -44,9 +44,14 @@ probe_accel() {
   # mov al,0x42; out 0xf4,al; hlt; jmp $-3; then padding up to the 16-byte reset vector slot.
   printf '\260\102\346\364\364\353\375\364\364\364\364\364\364\364\364\364' >>"$bios"
   rc=0
-  timeout -k 2 10 qemu-system-x86_64 -accel "$1" -M pc -nodefaults -no-user-config -display none \
-    -monitor none -serial none -bios "$bios" -device isa-debug-exit,iobase=0xf4,iosize=1 \
-    >/dev/null 2>&1 || rc=$?
+  # The same CPU model the guest gets: on some nested hosts KVM runs this probe with QEMU's default
+  # CPU and then fails to set an MSR of -cpu host (qemu aborts), or hangs a real kernel.
+  local cpu=()
+  [ "$1" = kvm ] && cpu=(-cpu host)
+  # In a subshell so the shell's own "Aborted" report of a crashed QEMU goes quiet too.
+  (timeout -k 2 10 qemu-system-x86_64 -accel "$1" "${cpu[@]}" -M pc -nodefaults -no-user-config \
+    -display none -monitor none -serial none -bios "$bios" -device isa-debug-exit,iobase=0xf4,iosize=1 \
+    >/dev/null 2>&1; exit $?) 2>/dev/null || rc=$?
   rm -f "$bios"
   [ "$rc" -eq 133 ]
 }
