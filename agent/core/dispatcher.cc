@@ -51,6 +51,14 @@ std::string Invoke(const MethodSpec& spec, const std::string& method, const json
     json::value result = spec.handler(params, ctx);
     on_sent = Combine(ctx.TakeAfterReplySent());
     return notification ? std::string() : jsonrpc::ResultResponse(id, result);
+  } catch (const WouldBlock&) {
+    if (ctx.on_io_thread()) throw;  // the dispatcher moves the request to a worker
+    LOG_ERROR(log, "method %s said it would block on a worker", method.c_str());
+    return notification ? std::string()
+                        : jsonrpc::ErrorResponse(
+                              id, RpcError(ErrorCode::kInternalError,
+                                           "Internal error in " + method + ": would block",
+                                           {{"method", method}}));
   } catch (const RpcError& e) {
     return notification ? std::string() : jsonrpc::ErrorResponse(id, e);
   } catch (const std::exception& e) {
@@ -181,6 +189,20 @@ void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
         Invoke(*spec, request.method, request.params, request.id, notification, ctx, log_, on_sent);
     done(std::move(reply), std::move(on_sent));
     return;
+  }
+  if (spec->mode == RunMode::kInlineFirst) {
+    RequestContext ctx(config_, log_, nullptr, nullptr);
+    ctx.set_on_io_thread(true);
+    SentCallback on_sent;
+    try {
+      std::string reply = Invoke(*spec, request.method, request.params, request.id, notification,
+                                 ctx, log_, on_sent);
+      done(std::move(reply), std::move(on_sent));
+      return;
+    } catch (const WouldBlock&) {
+      // Needs the disk: on to a worker below, as if it had never been tried.
+      LOG_DEBUG(log_, "%s would block on the I/O thread: runs on a worker", request.method.c_str());
+    }
   }
   if (in_flight_ >= static_cast<size_t>(config_->max_concurrent_requests)) {
     fail(RpcError(ErrorCode::kBusy,

@@ -82,6 +82,49 @@ TEST_F(DispatcherTest, InlineMethodAnswersSynchronously) {
   EXPECT_EQ(sink->replies[0], R"({"jsonrpc":"2.0","result":{"a":1},"id":1})");
 }
 
+// kInlineFirst: answered on the I/O thread when the handler can; when it throws WouldBlock
+// there, the same request runs again on a worker, with the params it came with.
+TEST_F(DispatcherTest, InlineFirstMethodAnswersInlineOrMovesToAWorkerWhenItWouldBlock) {
+  std::vector<std::string> calls;  // "io:<param>" or "worker:<param>"
+  std::mutex calls_mutex;
+  table_.Add("maybe", RunMode::kInlineFirst,
+             [&](const json::object& p, RequestContext& ctx) -> json::value {
+               std::string where = ctx.on_io_thread() ? "io" : "worker";
+               std::string arg(p.at("x").as_string());
+               {
+                 std::lock_guard lock(calls_mutex);
+                 calls.push_back(where + ":" + arg);
+               }
+               if (ctx.on_io_thread() && arg == "cold") throw WouldBlock();
+               return json::value(where);
+             });
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"maybe","params":{"x":"warm"},"id":1})",
+                          sink);
+  ASSERT_EQ(sink->replies.size(), 1u);  // synchronously, no loop turn
+  EXPECT_EQ(sink->replies[0], R"({"jsonrpc":"2.0","result":"io","id":1})");
+
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"maybe","params":{"x":"cold"},"id":2})",
+                          sink);
+  EXPECT_EQ(sink->replies.size(), 1u);  // not answered inline
+  RunUntil(*sink, 2);
+  ASSERT_EQ(sink->replies.size(), 2u);
+  EXPECT_EQ(sink->replies[1], R"({"jsonrpc":"2.0","result":"worker","id":2})");
+  std::lock_guard lock(calls_mutex);
+  EXPECT_EQ(calls, (std::vector<std::string>{"io:warm", "io:cold", "worker:cold"}));
+}
+
+// A worker method that throws WouldBlock (a bug) is an internal error, not a crash.
+TEST_F(DispatcherTest, WouldBlockOnAWorkerIsAnInternalError) {
+  table_.Add("confused", RunMode::kWorker,
+             [](const json::object&, RequestContext&) -> json::value { throw WouldBlock(); });
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"confused","id":3})", sink);
+  RunUntil(*sink, 1);
+  ASSERT_EQ(sink->replies.size(), 1u);
+  EXPECT_NE(sink->replies[0].find(R"("code":-32603)"), std::string::npos) << sink->replies[0];
+}
+
 TEST_F(DispatcherTest, NotificationsAreNeverAnswered) {
   auto sink = std::make_shared<RecordingSink>();
   dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"echo"})", sink);

@@ -14,7 +14,7 @@ void RequestContext::ExtendDeadline(Clock::duration from_now) {
 }
 
 void MethodTable::Add(std::string name, RunMode mode, Handler handler, std::string serialize_by) {
-  if (mode == RunMode::kInline && !serialize_by.empty()) {
+  if (mode != RunMode::kWorker && !serialize_by.empty()) {
     throw std::logic_error("inline method cannot be serialized: " + name);
   }
   auto [it, inserted] = methods_.emplace(

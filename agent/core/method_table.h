@@ -36,6 +36,10 @@ class RequestContext {
 
   const Config& config() const { return *config_; }
   Logger& log() const { return log_; }
+  // True while a kInlineFirst handler runs on the I/O thread: it must not wait for the disk
+  // and throws WouldBlock instead.
+  bool on_io_thread() const { return on_io_thread_; }
+  void set_on_io_thread(bool value) { on_io_thread_ = value; }
   // Memory for building the result: for an inline method called with a short request, the
   // request's own stack arena (no heap traffic for a cheap reply); otherwise the heap. Either
   // way it lasts until the reply is written, and nothing allocated from it may be kept longer.
@@ -62,6 +66,7 @@ class RequestContext {
   std::shared_ptr<std::atomic<bool>> abandoned_;
   std::vector<std::function<void()>> after_sent_;
   boost::json::storage_ptr storage_;
+  bool on_io_thread_ = false;
 };
 
 // Returns the result, or throws RpcError (any other exception becomes -32603).
@@ -71,7 +76,15 @@ using Handler =
 enum class RunMode {
   kInline,  // cheap and non-blocking: runs on the I/O thread, no thread hop (ping)
   kWorker,  // may block or take time: runs on a worker, counts toward max_concurrent_requests
+  // Tried on the I/O thread first (ctx.on_io_thread()); where the handler would have to wait
+  // (file_read: data not in the page cache, a path not in the dentry cache) it throws
+  // WouldBlock and the request runs on a worker as kWorker. A hit saves two thread hand-offs.
+  kInlineFirst,
 };
+
+// Thrown by a kInlineFirst handler on the I/O thread instead of blocking; nothing it did
+// before must be visible (the request runs again from the start on a worker).
+struct WouldBlock {};
 
 struct MethodSpec {
   Handler handler;

@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "agent/core/method_table.h"  // WouldBlock
 #include "protocol/errors.h"
 
 namespace kvm::files {
@@ -136,6 +138,22 @@ size_t ReadAt(int fd, char* data, size_t size, uint64_t offset, std::string_view
     ssize_t n = ::pread(fd, data + done, size - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
+      ThrowIo(errno, "read", path);
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+size_t ReadCachedAt(int fd, char* data, size_t size, uint64_t offset, std::string_view path) {
+  size_t done = 0;
+  while (done < size) {
+    iovec iov{data + done, size - done};
+    ssize_t n = ::preadv2(fd, &iov, 1, static_cast<off_t>(offset + done), RWF_NOWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EOPNOTSUPP) throw WouldBlock();
       ThrowIo(errno, "read", path);
     }
     if (n == 0) break;

@@ -49,6 +49,9 @@ class PendingFile {
 void WriteAll(int fd, const char* data, size_t size, uint64_t offset, std::string_view path);
 // Reads up to `size` bytes at `offset`; returns how many were read (short only at EOF).
 size_t ReadAt(int fd, char* data, size_t size, uint64_t offset, std::string_view path);
+// ReadAt for the I/O thread: only what the page cache holds (preadv2 RWF_NOWAIT); throws
+// WouldBlock where the disk would be needed or the file system cannot say.
+size_t ReadCachedAt(int fd, char* data, size_t size, uint64_t offset, std::string_view path);
 
 [[noreturn]] void ThrowIo(int err, std::string_view what, std::string_view path);
 

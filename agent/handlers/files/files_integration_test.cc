@@ -3,7 +3,10 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/utsname.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -328,6 +331,61 @@ TEST_F(FileMethodsTest, WriteThenReadRoundTripsEveryByteValue) {
   EXPECT_EQ(Str(r.result, "data"), Base64Encode(bytes));
   EXPECT_EQ(r.result.at("size").to_number<uint64_t>(), 256u);
   EXPECT_TRUE(r.result.at("eof").as_bool());
+}
+
+size_t CountOf(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// file_read is tried on the I/O thread and served there from the page cache; a file whose
+// pages were evicted needs the disk, so the read moves to a worker: same answer either way.
+TEST_F(FileMethodsTest, ReadServedFromThePageCacheOrOnAWorkerGivesTheSameBytes) {
+  std::string bytes(200000, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 131) >> 3);
+  WriteFile(sb_ + "/big", bytes);
+  auto read_all = [&] {
+    std::string got;
+    for (uint64_t offset = 0; offset < bytes.size();) {
+      CallResult r = f_.Call("file_read", {{"path", sb_ + "/big"}, {"offset", offset}});
+      EXPECT_TRUE(r.ok) << r.error_message;
+      if (!r.ok) break;
+      std::string chunk;
+      EXPECT_TRUE(Base64Decode(Str(r.result, "data"), chunk));
+      if (chunk.empty()) break;
+      got += chunk;
+      offset += chunk.size();
+    }
+    return got;
+  };
+  EXPECT_EQ(read_all(), bytes);  // just written: cached
+  std::string moved = "file_read would block on the I/O thread";
+  size_t before = CountOf(f_.agent().Stderr(), moved);
+  // Everything was in the caches (openat2 RESOLVE_CACHED needs Linux 5.12).
+  struct utsname uts {};
+  ::uname(&uts);
+  int major = 0, minor = 0;
+  std::sscanf(uts.release, "%d.%d", &major, &minor);
+  if (major > 5 || (major == 5 && minor >= 12)) {
+    EXPECT_EQ(before, 0u) << "a cached file was not read on the I/O thread";
+  }
+  // Evict the file's (clean, synced) pages: the next reads find nothing in the page cache.
+  {
+    int fd = ::open((sb_ + "/big").c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::fdatasync(fd), 0);
+    ASSERT_EQ(::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    ::close(fd);
+  }
+  EXPECT_EQ(read_all(), bytes);
+  std::string log = f_.agent().Stderr();
+  // tmpfs keeps every page in memory: there nothing ever needs the disk.
+  struct statfs sfs {};
+  ASSERT_EQ(::statfs(sb_.c_str(), &sfs), 0);
+  if (sfs.f_type != TMPFS_MAGIC) {
+    EXPECT_GT(CountOf(log, moved), before) << log;
+  }
 }
 
 TEST_F(FileMethodsTest, ReadHonoursOffsetAndLength) {

@@ -253,8 +253,14 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
   Encoding enc = ParseEncoding(p);
   PathPolicy policy = MakePolicy(ctx, state);
   // O_NONBLOCK: a FIFO must not hang the open; it is refused right after by fstat.
-  UniqueFd fd = policy.Open(path, Access::kRead, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+  const int flags = O_RDONLY | O_NONBLOCK | O_NOCTTY;
+  // Tried on the I/O thread first (kInlineFirst): a read the caches can serve is answered
+  // there; one that needs the disk throws WouldBlock and runs again on a worker.
+  const bool io_thread = ctx.on_io_thread();
+  UniqueFd fd = io_thread ? policy.OpenCached(path, Access::kRead, flags)
+                          : policy.Open(path, Access::kRead, flags);
   struct stat st = FstatRegular(fd.get(), path, true);
+  if (io_thread && st.st_size == 0) throw WouldBlock();  // procfs and sysfs: read on a worker
   uint64_t limit = ctx.config().max_file_bytes();
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size > limit) ThrowTooLarge("File size " + std::to_string(size), limit);
@@ -271,7 +277,8 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
     want = std::min(want, limit - offset);
   }
   std::unique_ptr<char[]> buf(new char[want > 0 ? want : 1]);
-  size_t got = files::ReadAt(fd.get(), buf.get(), want, offset, path);
+  size_t got = io_thread ? files::ReadCachedAt(fd.get(), buf.get(), want, offset, path)
+                         : files::ReadAt(fd.get(), buf.get(), want, offset, path);
   bool eof = size_known ? offset + got >= size : got < want;
 
   json::object result;
@@ -789,7 +796,7 @@ void RegisterFileMethods(MethodTable& table) {
     size_t removed = files::SweepStrayTemps(roots, kSweepMaxEntries, log);
     if (removed > 0) LOG_INFO(log, "removed %zu stray temp file(s)", removed);
   });
-  table.Add("file_read", RunMode::kWorker,
+  table.Add("file_read", RunMode::kInlineFirst,
             [&state](const json::object& p, RequestContext& c) { return FileRead(p, c, state); });
   table.Add("file_write", RunMode::kWorker,
             [&state](const json::object& p, RequestContext& c) { return FileWrite(p, c, state); });

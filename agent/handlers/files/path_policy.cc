@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "agent/core/method_table.h"  // WouldBlock
 #include "agent/handlers/files/file_io.h"
 #include "protocol/errors.h"
 
@@ -175,8 +176,25 @@ LexicalResult PathPolicy::Check(std::string_view path, Access access) const {
   return result;
 }
 
-UniqueFd PathPolicy::OpenEntryDir(const std::string& entry, Access access,
-                                  std::string_view path) const {
+namespace {
+
+// openat2 with RESOLVE_CACHED (Linux 5.12): EAGAIN instead of reading a directory from the
+// disk. Throws WouldBlock for that, and for EINVAL (older kernels do not know the flag; a
+// worker repeats the open without it and reports any other EINVAL itself).
+int CachedOpenat2(int dirfd, const char* path, int flags, uint64_t resolve) {
+  int fd = SysOpenat2(dirfd, path, flags, 0, resolve | RESOLVE_CACHED);
+  if (fd < 0 && (errno == EAGAIN || errno == EINVAL || errno == EINTR)) throw WouldBlock();
+  return fd;
+}
+
+}  // namespace
+
+UniqueFd PathPolicy::OpenEntryDir(const std::string& entry, Access access, std::string_view path,
+                                  bool cached_only) const {
+  UniqueFd fd;
+  // Opened first when cached_only, so the lstat below finds the entry in the dentry cache.
+  if (cached_only)
+    fd.reset(CachedOpenat2(AT_FDCWD, entry.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0));
   // An entry is trusted config and may itself be a symlink (e.g. /var/run), unless a user
   // other than root or us owns that symlink: in a sticky /tmp anyone could plant one.
   struct stat link_st;
@@ -184,13 +202,13 @@ UniqueFd PathPolicy::OpenEntryDir(const std::string& entry, Access access,
       link_st.st_uid != ::geteuid()) {
     ThrowRefused(path, access, "the allowed entry is a symlink owned by another user");
   }
-  UniqueFd fd(::open(entry.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!cached_only) fd.reset(::open(entry.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd) ThrowOs(errno, "open", path);
   return fd;
 }
 
 UniqueFd PathPolicy::OpenBeneath(int root, const std::string& rel, int flags, mode_t mode,
-                                 Access access, std::string_view path) const {
+                                 Access access, std::string_view path, bool cached_only) const {
   flags |= O_CLOEXEC;
   auto classify = [&](int err) -> UniqueFd {
     if (err == ELOOP || err == EXDEV) {
@@ -203,9 +221,13 @@ UniqueFd PathPolicy::OpenBeneath(int root, const std::string& rel, int flags, mo
     // kernel answers ENOTDIR rather than ELOOP for a trailing symlink opened O_DIRECTORY;
     // RESOLVE_NO_SYMLINKS refuses trailing symlinks by itself.
     flags = (flags & O_PATH) ? (flags | O_NOFOLLOW) : (flags & ~O_NOFOLLOW);
+    const uint64_t resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    if (cached_only) {
+      int fd = CachedOpenat2(root, rel.c_str(), flags, resolve);
+      return fd >= 0 ? UniqueFd(fd) : classify(errno);
+    }
     for (int attempt = 0;; ++attempt) {
-      int fd = SysOpenat2(root, rel.c_str(), flags, mode,
-                          RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+      int fd = SysOpenat2(root, rel.c_str(), flags, mode, resolve);
       if (fd >= 0) return UniqueFd(fd);
       if ((errno == EAGAIN || errno == EINTR) && attempt < 16) continue;  // rename race: retry
       return classify(errno);
@@ -257,6 +279,20 @@ UniqueFd PathPolicy::Open(std::string_view path, Access access, int flags, mode_
   }
   UniqueFd root = OpenEntryDir(entry, access, path);
   return OpenBeneath(root.get(), lex.remainder, flags, mode, access, path);
+}
+
+UniqueFd PathPolicy::OpenCached(std::string_view path, Access access, int flags) const {
+  // The walk without openat2 has no cached-only mode, and creating or truncating may write.
+  if (resolver_ != Resolver::kOpenat2 || (flags & (O_CREAT | O_TRUNC))) throw WouldBlock();
+  LexicalResult lex = Check(path, access);
+  const std::string& entry = entries(access)[lex.entry];
+  if (lex.remainder.empty()) {
+    int fd = CachedOpenat2(AT_FDCWD, entry.c_str(), flags | O_CLOEXEC, 0);
+    if (fd < 0) ThrowOs(errno, "open", path);
+    return UniqueFd(fd);
+  }
+  UniqueFd root = OpenEntryDir(entry, access, path, true);
+  return OpenBeneath(root.get(), lex.remainder, flags, 0, access, path, true);
 }
 
 PathPolicy::Parent PathPolicy::OpenParent(std::string_view path, Access access) const {

@@ -71,6 +71,10 @@ class PathPolicy {
   // Opens the path itself (O_NOFOLLOW and O_CLOEXEC are added). With O_CREAT the final
   // component is created inside the verified parent directory.
   UniqueFd Open(std::string_view path, Access access, int flags, mode_t mode = 0) const;
+  // Open for the I/O thread: every lookup is served from the dentry cache (openat2
+  // RESOLVE_CACHED) or it throws WouldBlock, as it does without openat2 and for O_CREAT or
+  // O_TRUNC. Same checks and errors as Open.
+  UniqueFd OpenCached(std::string_view path, Access access, int flags) const;
 
   // The verified directory holding the path's final component, for *at() calls on `name`.
   // Refuses the allowed entry itself when it is a directory (it has no parent we may touch).
@@ -90,10 +94,11 @@ class PathPolicy {
   static bool KernelHasOpenat2();
 
  private:
-  UniqueFd OpenEntryDir(const std::string& entry, Access access, std::string_view path) const;
+  UniqueFd OpenEntryDir(const std::string& entry, Access access, std::string_view path,
+                        bool cached_only = false) const;
   // Opens `rel` (components without "..", non-empty) beneath `root`.
   UniqueFd OpenBeneath(int root, const std::string& rel, int flags, mode_t mode, Access access,
-                       std::string_view path) const;
+                       std::string_view path, bool cached_only = false) const;
 
   std::vector<std::string> read_;
   std::vector<std::string> write_;
