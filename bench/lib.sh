@@ -93,3 +93,26 @@ method_rows() {
     row "$label calls/s (qemu-ga: $qname)" "$a" "$q" "$(ratio "$a" "$q")x" "-"
   done <"$methods"
 }
+
+# start_vm NAME AGENT [BUILD-INITRAMFS ARGS...] -- [RUN-VM ARGS...]: a TCG/KVM guest with AGENT
+# on the main port ($A, under $tmp), booted in the background (its pid joins $pids), and waits
+# up to 300 s for that agent to answer a ping ($ctl must be set). NAME prefixes the errors.
+start_vm() {
+  local name=$1 agent=$2
+  shift 2
+  local initramfs_args=()
+  while (($#)) && [[ $1 != -- ]]; do initramfs_args+=("$1"); shift; done
+  (($#)) && shift
+  bash tests/vm/build-initramfs.sh --agent "$agent" ${initramfs_args[@]+"${initramfs_args[@]}"} \
+    --out "$tmp/vm" 2>"$tmp/initramfs.log" || { cat "$tmp/initramfs.log" >&2; exit 1; }
+  A=$tmp/agent.sock
+  bash tests/vm/run-vm.sh --dir "$tmp/vm" --sock "$A" "$@" --console "$tmp/console.log" \
+    --timeout 3600 2>"$tmp/run-vm.log" >"$tmp/run-vm.out" &
+  pids+=($!)
+  local deadline=$((SECONDS + 300))
+  until "$ctl" -s "$A" -t 2 ping >/dev/null 2>&1; do
+    ((SECONDS < deadline)) ||
+      { echo "$name: the agent never answered" >&2; cat "$tmp/run-vm.log" "$tmp/console.log" >&2; exit 1; }
+    sleep 0.5
+  done
+}

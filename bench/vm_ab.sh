@@ -23,17 +23,8 @@ command -v gcc >/dev/null || { echo "vm_ab: needs gcc (apt-get install gcc)" >&2
 
 bench_init kvmvmab
 gcc -O2 -static -o "$tmp/guest_echo" bench/guest_echo.c
-bash tests/vm/build-initramfs.sh --agent "$a_bin" --out "$tmp/vm" 2>"$tmp/initramfs.log" ||
-  { cat "$tmp/initramfs.log" >&2; exit 1; }
-A=$tmp/agent.sock E=$tmp/second.sock
-bash tests/vm/run-vm.sh --dir "$tmp/vm" --sock "$A" --extra-port "org.kvmmanager.echo.0=$E" \
-  --console "$tmp/console.log" --timeout 3600 2>"$tmp/run-vm.log" >"$tmp/run-vm.out" &
-pids+=($!)
-deadline=$((SECONDS + 300))
-until "$ctl" -s "$A" -t 2 ping >/dev/null 2>&1; do
-  ((SECONDS < deadline)) || { echo "vm_ab: the agent never answered" >&2; exit 1; }
-  sleep 0.5
-done
+E=$tmp/second.sock
+start_vm vm_ab "$a_bin" -- --extra-port "org.kvmmanager.echo.0=$E"
 # The guest's /tmp is writable by the test config; copies are verified by sha256 (ctl cp).
 "$ctl" -s "$A" -t 300 cp "$a_bin" :/tmp/agent_a >/dev/null
 "$ctl" -s "$A" -t 300 cp "$b_bin" :/tmp/agent_b >/dev/null

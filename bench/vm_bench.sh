@@ -31,25 +31,17 @@ lg=$root/$build/bench/kvm-loadgen
 ctl=$root/$build/ctl/kvmmanager-ctl
 
 bench_init kvmvmbench
-bash tests/vm/build-initramfs.sh --agent "$guest_agent" \
-  --qemu-ga "$(command -v qemu-ga)" --out "$tmp/vm" 2>"$tmp/initramfs.log" ||
-  { cat "$tmp/initramfs.log" >&2; exit 1; }
-A=$tmp/agent.sock Q=$tmp/qga.sock E=$tmp/echo.sock
+Q=$tmp/qga.sock E=$tmp/echo.sock
 # A 64 MiB virtio disk (the guest formats it ext4 and mounts it on /data), so that both agents'
 # filesystem methods describe a real disk rather than only the initramfs.
 truncate -s 64M "$tmp/disk.img"
-bash tests/vm/run-vm.sh --dir "$tmp/vm" --sock "$A" --extra-port "org.qemu.guest_agent.0=$Q" \
-  --extra-port "org.kvmmanager.echo.0=$E" --disk "$tmp/disk.img" \
-  --console "$tmp/console.log" --timeout 1800 2>"$tmp/run-vm.log" &
-pids+=($!)
+start_vm vm_bench "$guest_agent" --qemu-ga "$(command -v qemu-ga)" -- \
+  --extra-port "org.qemu.guest_agent.0=$Q" --extra-port "org.kvmmanager.echo.0=$E" \
+  --disk "$tmp/disk.img"
 
-# Both agents answering. qemu-ga is probed only once the guest shows its process: a request sent
-# earlier would wait in the port and its late reply would reach the next client.
+# qemu-ga is probed only once the guest shows its process: a request sent earlier would wait in
+# the port and its late reply would reach the next client.
 deadline=$((SECONDS + 300))
-until "$ctl" -s "$A" -t 2 ping >/dev/null 2>&1; do
-  ((SECONDS < deadline)) || { echo "vm_bench: the agent never answered" >&2; cat "$tmp/console.log" >&2; exit 1; }
-  sleep 0.5
-done
 until qga_pid=$("$ctl" -s "$A" exec -- pidof qemu-ga 2>/dev/null); do
   ((SECONDS < deadline)) || { echo "vm_bench: qemu-ga never started in the guest" >&2; cat "$tmp/console.log" >&2; exit 1; }
   sleep 0.5
