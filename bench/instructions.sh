@@ -71,5 +71,9 @@ row() {  # LABEL AGENT_LINE QGA_LINE
 row ping '{"jsonrpc":"2.0","method":"ping","id":{id}}' '{"execute":"guest-ping"}'
 while IFS='|' read -r label aline qline; do
   [[ -z $label || $label == \#* || $qline == @* ]] && continue
+  if [[ $qline == *'\n'* ]]; then  # several qemu-ga commands per call (bench/methods.txt)
+    label="$label (qemu-ga: $(grep -o '"execute"' <<<"$qline" | wc -l) commands)"
+    qline=${qline//\\n/$'\n'}
+  fi
   row "$label" "$aline" "$qline"
 done <"$methods"

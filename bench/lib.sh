@@ -85,11 +85,12 @@ method_rows() {
       if [[ $qline == @exec ]]; then
         qs+=("$({ "$lg" qga-exec "$sq" "$secs" || true; } | awk '/^rate/ {print $2}')")
       else
-        qs+=("$(rate "$sq" "$qline" "$secs" 1 1 '"return"')")
+        qs+=("$(rate "$sq" "${qline//\\n/$'\n'}" "$secs" 1 1 '"return"')")
       fi
     done
     a=$(median "${as[@]}") q=$(median "${qs[@]}")
-    qname=$([[ $qline == @exec ]] && echo "guest-exec+status" || echo "$qline" | sed 's/.*"execute":"\([^"]*\)".*/\1/')
+    qname=$([[ $qline == @exec ]] && echo "guest-exec+status" ||
+      grep -o '"execute":"[^"]*"' <<<"$qline" | cut -d'"' -f4 | paste -sd+)
     row "$label calls/s (qemu-ga: $qname)" "$a" "$q" "$(ratio "$a" "$q")x" "-"
   done <"$methods"
 }

@@ -4,7 +4,8 @@
 //   kvm-loadgen rate SOCKET LINE SECONDS CLIENTS DEPTH [EXPECT]
 //       CLIENTS connections, each keeping DEPTH requests in flight, for SECONDS.
 //       "{id}" in LINE becomes a per-request counter. Prints "rate <answers/s>".
-//       With EXPECT, every reply must contain that text (else exit 1).
+//       With EXPECT, every reply must contain that text (else exit 1). LINE may hold several
+//       requests separated by newlines: a call is answered when all of them are.
 //   kvm-loadgen count SOCKET LINE N CLIENTS DEPTH   same, N requests in total, prints seconds
 //   kvm-loadgen probe SOCKET LINE                   prints the one reply line
 //   kvm-loadgen startup SOCKET LINE -- ARGV...      ms from spawn to first answered LINE
@@ -21,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -78,7 +80,8 @@ void WriteAll(int fd, std::string_view data) {
 // Request lines with "{id}" replaced by a running number.
 class LineMaker {
  public:
-  explicit LineMaker(std::string_view tmpl) {
+  explicit LineMaker(std::string_view tmpl)
+      : lines_(1 + static_cast<uint64_t>(std::count(tmpl.begin(), tmpl.end(), '\n'))) {
     size_t pos = tmpl.find("{id}");
     if (pos == std::string_view::npos) {
       prefix_ = tmpl;
@@ -98,10 +101,14 @@ class LineMaker {
     }
     out += '\n';
   }
+  // Requests per call: a template may hold several lines (qemu-ga commands that together give
+  // what one agent method does); a call counts as answered once all of them are.
+  uint64_t lines() const { return lines_; }
 
  private:
   std::string prefix_, suffix_;
   bool has_id_ = true;
+  uint64_t lines_;
 };
 
 // Reads whatever is available into `buf`; returns complete lines through `on_line`.
@@ -166,6 +173,8 @@ void RunClient(const std::string& socket, const LineMaker& maker, Clock::time_po
   LineReader reader;
   std::string out;
   uint64_t next_id = id_base, sent = 0, answered = 0;
+  const uint64_t per_call = maker.lines();
+  uint64_t lines = 0;  // replies of calls not yet complete
   auto send = [&](uint64_t n) {
     out.clear();
     for (uint64_t i = 0; i < n && sent < quota; ++i, ++sent) maker.Append(out, next_id++);
@@ -175,7 +184,10 @@ void RunClient(const std::string& socket, const LineMaker& maker, Clock::time_po
   while (answered < quota && Clock::now() < deadline) {
     uint64_t got = 0;
     if (!reader.Read(fd, 20, [&](std::string_view line) {
-          ++got;
+          if (++lines == per_call) {
+            lines = 0;
+            ++got;
+          }
           if (!expect.empty() && line.find(expect) == std::string_view::npos) {
             if (!bad.exchange(true)) {
               std::fprintf(stderr, "unexpected reply: %.*s\n",
@@ -197,7 +209,14 @@ void RunClient(const std::string& socket, const LineMaker& maker, Clock::time_po
   // otherwise go to whoever connects next.
   auto drain_deadline = Clock::now() + std::chrono::seconds(2);
   while (answered < sent && Clock::now() < drain_deadline) {
-    if (!reader.Read(fd, 20, [&](std::string_view) { ++answered; })) break;
+    if (!reader.Read(fd, 20, [&](std::string_view) {
+          if (++lines == per_call) {
+            lines = 0;
+            ++answered;
+          }
+        })) {
+      break;
+    }
   }
   ::close(fd);
 }
