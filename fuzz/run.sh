@@ -13,7 +13,12 @@ dir=$(realpath -m "${3:-build-fuzz}")
 command -v clang++ >/dev/null || { echo "fuzz: clang++ not installed (scripts/deps.sh)"; exit 77; }
 list=("$harness")
 [[ $harness == all ]] && list=(jsonrpc config base64 path_policy)
+# Runs started side by side (one per core) would configure the same build dir at once.
+mkdir -p "$(dirname "$dir")"
+exec 9>"$dir.lock"
+flock 9
 for h in "${list[@]}"; do [[ -x $dir/fuzz_$h ]] || bash fuzz/build.sh "$dir"; done
+flock -u 9
 for h in "${list[@]}"; do
   work=${FUZZ_WORK:-/tmp/kvm-fuzz}/$h
   mkdir -p "$work"
