@@ -47,27 +47,25 @@ SentCallback Combine(std::vector<std::function<void()>> callbacks) {
 std::string Invoke(const MethodSpec& spec, const std::string& method, const json::object& params,
                    const json::value& id, bool notification, RequestContext& ctx, Logger& log,
                    SentCallback& on_sent) {
+  auto internal_error = [&](const std::string& what) {
+    LOG_ERROR(log, "method %s failed unexpectedly: %s", method.c_str(), what.c_str());
+    return notification
+               ? std::string()
+               : jsonrpc::ErrorResponse(id, RpcError(ErrorCode::kInternalError,
+                                                     "Internal error in " + method + ": " + what,
+                                                     {{"method", method}}));
+  };
   try {
     json::value result = spec.handler(params, ctx);
     on_sent = Combine(ctx.TakeAfterReplySent());
     return notification ? std::string() : jsonrpc::ResultResponse(id, result);
   } catch (const WouldBlock&) {
     if (ctx.on_io_thread()) throw;  // the dispatcher moves the request to a worker
-    LOG_ERROR(log, "method %s said it would block on a worker", method.c_str());
-    return notification ? std::string()
-                        : jsonrpc::ErrorResponse(
-                              id, RpcError(ErrorCode::kInternalError,
-                                           "Internal error in " + method + ": would block",
-                                           {{"method", method}}));
+    return internal_error("would block, on a worker");
   } catch (const RpcError& e) {
     return notification ? std::string() : jsonrpc::ErrorResponse(id, e);
   } catch (const std::exception& e) {
-    LOG_ERROR(log, "method %s failed unexpectedly: %s", method.c_str(), e.what());
-    return notification ? std::string()
-                        : jsonrpc::ErrorResponse(
-                              id, RpcError(ErrorCode::kInternalError,
-                                           "Internal error in " + method + ": " + e.what(),
-                                           {{"method", method}}));
+    return internal_error(e.what());
   }
 }
 
@@ -182,17 +180,10 @@ void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
         RpcError(ErrorCode::kShuttingDown, "Agent is shutting down", {{"method", request.method}}));
     return;
   }
-  if (spec->mode == RunMode::kInline) {
+  if (spec->mode != RunMode::kWorker) {
     RequestContext ctx(config_, log_, nullptr, nullptr, std::move(storage));
-    SentCallback on_sent;
-    std::string reply =
-        Invoke(*spec, request.method, request.params, request.id, notification, ctx, log_, on_sent);
-    done(std::move(reply), std::move(on_sent));
-    return;
-  }
-  if (spec->mode == RunMode::kInlineFirst) {
-    RequestContext ctx(config_, log_, nullptr, nullptr);
-    ctx.set_on_io_thread(true);
+    // Only a kInlineFirst handler may give up here (Invoke lets its WouldBlock through).
+    ctx.set_on_io_thread(spec->mode == RunMode::kInlineFirst);
     SentCallback on_sent;
     try {
       std::string reply = Invoke(*spec, request.method, request.params, request.id, notification,

@@ -367,9 +367,21 @@ TEST_F(FileMethodsTest, ReadServedFromThePageCacheOrOnAWorkerGivesTheSameBytes) 
   ::uname(&uts);
   int major = 0, minor = 0;
   std::sscanf(uts.release, "%d.%d", &major, &minor);
-  if (major > 5 || (major == 5 && minor >= 12)) {
+  const bool resolve_cached = major > 5 || (major == 5 && minor >= 12);
+  if (resolve_cached) {
     EXPECT_EQ(before, 0u) << "a cached file was not read on the I/O thread";
   }
+  // Refusals and errors from the I/O thread are those a worker gives. A missing name is looked
+  // up once (that lookup may need the disk), then it is a cached negative entry.
+  EXPECT_EQ(f_.Read(sb_ + "/missing").error_code, -32001);
+  size_t settled = CountOf(f_.agent().Stderr(), moved);
+  EXPECT_EQ(f_.Read(sb_ + "/missing").error_code, -32001);
+  CallResult dir = f_.Read(sb_);
+  EXPECT_EQ(dir.error_code, kDenied) << dir.error_message;
+  if (resolve_cached) {
+    EXPECT_EQ(CountOf(f_.agent().Stderr(), moved), settled) << "errors did not come inline";
+  }
+  before = CountOf(f_.agent().Stderr(), moved);
   // Evict the file's (clean, synced) pages: the next reads find nothing in the page cache.
   {
     int fd = ::open((sb_ + "/big").c_str(), O_RDONLY | O_CLOEXEC);

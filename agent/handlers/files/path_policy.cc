@@ -187,14 +187,20 @@ int CachedOpenat2(int dirfd, const char* path, int flags, uint64_t resolve) {
   return fd;
 }
 
+// open(2) of a trusted path (an allowed entry), or with `cached_only` the same through the
+// dentry cache alone.
+int OpenTrusted(const std::string& path, int flags, mode_t mode, bool cached_only) {
+  return cached_only ? CachedOpenat2(AT_FDCWD, path.c_str(), flags, 0)
+                     : ::open(path.c_str(), flags, mode);
+}
+
 }  // namespace
 
 UniqueFd PathPolicy::OpenEntryDir(const std::string& entry, Access access, std::string_view path,
                                   bool cached_only) const {
-  UniqueFd fd;
-  // Opened first when cached_only, so the lstat below finds the entry in the dentry cache.
-  if (cached_only)
-    fd.reset(CachedOpenat2(AT_FDCWD, entry.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0));
+  // Opened before the lstat below, so that with cached_only the lstat finds the entry cached.
+  UniqueFd fd(OpenTrusted(entry, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, cached_only));
+  int open_err = errno;
   // An entry is trusted config and may itself be a symlink (e.g. /var/run), unless a user
   // other than root or us owns that symlink: in a sticky /tmp anyone could plant one.
   struct stat link_st;
@@ -202,8 +208,7 @@ UniqueFd PathPolicy::OpenEntryDir(const std::string& entry, Access access, std::
       link_st.st_uid != ::geteuid()) {
     ThrowRefused(path, access, "the allowed entry is a symlink owned by another user");
   }
-  if (!cached_only) fd.reset(::open(entry.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd) ThrowOs(errno, "open", path);
+  if (!fd) ThrowOs(open_err, "open", path);
   return fd;
 }
 
@@ -269,30 +274,27 @@ UniqueFd PathPolicy::OpenBeneath(int root, const std::string& rel, int flags, mo
 }
 
 UniqueFd PathPolicy::Open(std::string_view path, Access access, int flags, mode_t mode) const {
-  LexicalResult lex = Check(path, access);
-  const std::string& entry = entries(access)[lex.entry];
-  if (lex.remainder.empty()) {
-    // The entry itself (a directory or a single-file entry such as /etc/hostname).
-    int fd = ::open(entry.c_str(), flags | O_CLOEXEC, mode);
-    if (fd < 0) ThrowOs(errno, "open", path);
-    return UniqueFd(fd);
-  }
-  UniqueFd root = OpenEntryDir(entry, access, path);
-  return OpenBeneath(root.get(), lex.remainder, flags, mode, access, path);
+  return OpenChecked(path, access, flags, mode, false);
 }
 
 UniqueFd PathPolicy::OpenCached(std::string_view path, Access access, int flags) const {
   // The walk without openat2 has no cached-only mode, and creating or truncating may write.
   if (resolver_ != Resolver::kOpenat2 || (flags & (O_CREAT | O_TRUNC))) throw WouldBlock();
+  return OpenChecked(path, access, flags, 0, true);
+}
+
+UniqueFd PathPolicy::OpenChecked(std::string_view path, Access access, int flags, mode_t mode,
+                                 bool cached_only) const {
   LexicalResult lex = Check(path, access);
   const std::string& entry = entries(access)[lex.entry];
   if (lex.remainder.empty()) {
-    int fd = CachedOpenat2(AT_FDCWD, entry.c_str(), flags | O_CLOEXEC, 0);
+    // The entry itself (a directory or a single-file entry such as /etc/hostname).
+    int fd = OpenTrusted(entry, flags | O_CLOEXEC, mode, cached_only);
     if (fd < 0) ThrowOs(errno, "open", path);
     return UniqueFd(fd);
   }
-  UniqueFd root = OpenEntryDir(entry, access, path, true);
-  return OpenBeneath(root.get(), lex.remainder, flags, 0, access, path, true);
+  UniqueFd root = OpenEntryDir(entry, access, path, cached_only);
+  return OpenBeneath(root.get(), lex.remainder, flags, mode, access, path, cached_only);
 }
 
 PathPolicy::Parent PathPolicy::OpenParent(std::string_view path, Access access) const {

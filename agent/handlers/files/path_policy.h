@@ -94,6 +94,9 @@ class PathPolicy {
   static bool KernelHasOpenat2();
 
  private:
+  // Open and OpenCached (`cached_only`) after their own checks.
+  UniqueFd OpenChecked(std::string_view path, Access access, int flags, mode_t mode,
+                       bool cached_only) const;
   UniqueFd OpenEntryDir(const std::string& entry, Access access, std::string_view path,
                         bool cached_only = false) const;
   // Opens `rel` (components without "..", non-empty) beneath `root`.

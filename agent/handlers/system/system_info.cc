@@ -210,7 +210,6 @@ json::object MemoryInfo(const SystemRoot& sys, const std::optional<std::string>*
                                                "Shmem",    "SwapTotal",    "SwapFree"};
   enum { kTotal, kFree, kBuffers, kCached, kReclaim, kAvailable, kShmem, kSwapTotal, kSwapFree };
   std::optional<uint64_t> bytes[std::size(kKeys)];
-  bool seen[std::size(kKeys)] = {};
   std::optional<std::string> read;
   if (!meminfo) read = ReadText(sys, "/proc/meminfo", 64 * 1024);
   const std::optional<std::string>& text = meminfo ? *meminfo : read;
@@ -231,11 +230,8 @@ json::object MemoryInfo(const SystemRoot& sys, const std::optional<std::string>*
         size_t digits = 0;  // up to the unit ("kB")
         while (digits < f.size() && f[digits] != ' ' && f[digits] != '\t') ++digits;
         auto n = ParseU64(f.substr(0, digits));
+        if (n && !bytes[k]) --missing;
         if (n) bytes[k] = *n * 1024;  // values are in KiB ("kB")
-        if (!seen[k]) {
-          seen[k] = true;
-          --missing;
-        }
         break;
       }
     }
