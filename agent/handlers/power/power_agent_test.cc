@@ -63,10 +63,18 @@ class PowerAgentTest : public ::testing::Test {
   // time it started ("T:<ns>") to the record file, then runs `tail` (sleeps, exit codes).
   void FakeProgram(const std::string& name, const std::string& tail = "exit 0") {
     std::string path = root_ / ("bin/" + name);
-    test::WriteFile(path, "#!/bin/sh\nT=$(date +%s%N)\n{ printf '%s' \"" + name +
-                              "\"; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n';"
-                              " grep -E '^Sig(Blk|Ign):' /proc/$$/status; echo \"T:$T\"; } >> '" +
-                              record() + "'\n" + tail + "\n");
+    // The shell reads its own signal state with builtins, before it forks anything: dash blocks
+    // every signal around each vfork and restores the mask only after the child has exec'd, so
+    // a `grep /proc/$$/status` child could catch the shell with all signals blocked (seen once
+    // under ASan).
+    test::WriteFile(path,
+                    "#!/bin/sh\nS=''\nwhile IFS= read -r l; do case \"$l\" in SigBlk:*|SigIgn:*)"
+                    " S=\"$S$l\n\";; esac; done < /proc/$$/status\n"
+                    "T=$(date +%s%N)\n{ printf '%s' \"" +
+                        name +
+                        "\"; for a in \"$@\"; do printf ' %s' \"$a\"; done; printf '\\n';"
+                        " printf '%s' \"$S\"; echo \"T:$T\"; } >> '" +
+                        record() + "'\n" + tail + "\n");
     ::chmod(path.c_str(), 0755);
   }
   void SystemdRunning() {
