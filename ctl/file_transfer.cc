@@ -5,8 +5,12 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "agent/handlers/files/sha256.h"
@@ -125,6 +129,80 @@ void WriteFully(int fd, const char* data, size_t size) {
   }
 }
 
+// Hashes and writes downloaded pieces on a thread of its own, in the order pushed: SHA-256 is
+// about a third of the client's CPU in a download, and on its own thread it runs alongside
+// receiving and decoding the next replies (measured: 50 MB downloads went from ~430 to ~600
+// MB/s on two cores when the client skipped it).
+class HashingWriter {
+ public:
+  explicit HashingWriter(int fd) : fd_(fd), thread_([this] { Run(); }) {}
+  ~HashingWriter() { Close(); }
+  HashingWriter(const HashingWriter&) = delete;
+  HashingWriter& operator=(const HashingWriter&) = delete;
+
+  // Queues `piece`; waits while kMaxQueued pieces are pending. Throws the thread's write error.
+  void Push(std::string piece) {
+    std::unique_lock lock(mu_);
+    space_.wait(lock, [&] { return queue_.size() < kMaxQueued || error_; });
+    if (error_) std::rethrow_exception(error_);
+    queue_.push_back(std::move(piece));
+    work_.notify_one();
+  }
+
+  // Waits until every piece is hashed and written; returns the hex digest.
+  std::string Finish() {
+    Close();
+    if (error_) std::rethrow_exception(error_);
+    return hash_.FinishHex();
+  }
+
+ private:
+  static constexpr size_t kMaxQueued = 16;  // 16 x 48 KiB waiting at most
+
+  void Run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      work_.wait(lock, [&] { return !queue_.empty() || closed_; });
+      if (queue_.empty()) return;
+      std::string piece = std::move(queue_.front());
+      queue_.pop_front();
+      space_.notify_one();
+      if (error_) continue;  // after a failed write, only drain
+      lock.unlock();
+      std::exception_ptr failed;
+      try {
+        hash_.Update(piece);
+        WriteFully(fd_, piece.data(), piece.size());
+      } catch (...) {
+        failed = std::current_exception();
+      }
+      lock.lock();
+      if (failed) {
+        error_ = failed;
+        space_.notify_all();
+      }
+    }
+  }
+
+  void Close() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+    }
+    work_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  const int fd_;
+  Sha256 hash_;  // used by the thread only, until Finish() has joined it
+  std::mutex mu_;
+  std::condition_variable work_, space_;
+  std::deque<std::string> queue_;
+  bool closed_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
 }  // namespace
 
 Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::string& remote,
@@ -214,8 +292,8 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
   // Sent only now: AgentClient::Call above would have dropped its reply.
   std::optional<uint64_t> extra_id;
   if (!extra_method.empty()) extra_id = pipe.Send(extra_method, extra_params);
-  sink(std::string_view(decoded));
   uint64_t done = decoded.size();
+  sink(std::move(decoded));
   if (options.progress) options.progress(done, size);
   if (chunk == 0 && size > 0) throw ClientError("agent returned an empty chunk");
 
@@ -238,10 +316,11 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
       if (!Base64Decode(GetView(result.result, "data"), decoded)) {
         throw ClientError("agent sent invalid base64");
       }
-      sink(std::string_view(decoded));
       done += decoded.size();
+      bool last = GetBool(result.result, "eof") || decoded.empty();
+      sink(std::move(decoded));
       if (options.progress) options.progress(done, done);
-      if (GetBool(result.result, "eof") || decoded.empty()) break;
+      if (last) break;
     }
   }
   std::map<uint64_t, uint64_t> offsets;   // id -> offset
@@ -277,8 +356,8 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
     }
     ready[off] = std::move(bytes);
     while (!ready.empty() && ready.begin()->first == done) {
-      sink(std::string_view(ready.begin()->second));
       done += ready.begin()->second.size();
+      sink(std::move(ready.begin()->second));
       ready.erase(ready.begin());
       if (options.progress) options.progress(done, size);
     }
@@ -299,16 +378,13 @@ Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
   Pipeline pipe(client);
   // The agent hashes the file on another worker while the reads go on.
   CallResult hash_result;
-  Sha256 hash;
+  HashingWriter writer(local_fd);
   uint64_t received = ReadPipelined(
       client, remote, size, options, pipe,
-      [&](std::string_view bytes) {
-        hash.Update(bytes);
-        WriteFully(local_fd, bytes.data(), bytes.size());
-      },
-      "file_stat", R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result);
+      [&](std::string bytes) { writer.Push(std::move(bytes)); }, "file_stat",
+      R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result);
+  Outcome out{received, writer.Finish()};
   if (!hash_result.ok) throw TransferError("file_stat (sha256) failed", hash_result);
-  Outcome out{received, hash.FinishHex()};
   std::string remote_sha = GetString(hash_result.result, "sha256");
   if (remote_sha != out.sha256 || GetUint(hash_result.result, "size") != size) {
     throw TransferError("sha256 mismatch: agent " + remote_sha + ", received " + out.sha256 +
@@ -328,8 +404,8 @@ uint64_t Stream(AgentClient& client, const std::string& remote, int out_fd,
   Pipeline pipe(client);
   return ReadPipelined(
       client, remote, GetUint(st.result, "size"), options, pipe,
-      [&](std::string_view bytes) { WriteFully(out_fd, bytes.data(), bytes.size()); },
-      std::string(), std::string(), nullptr);
+      [&](std::string bytes) { WriteFully(out_fd, bytes.data(), bytes.size()); }, std::string(),
+      std::string(), nullptr);
 }
 
 }  // namespace kvm::transfer

@@ -867,6 +867,25 @@ TEST_F(FileMethodsTest, CtlCopiesBothWaysAndVerifies) {
   EXPECT_EQ(ReadFileText(sb_ + "/hello.txt"), "hello\n");
 }
 
+// The download hashes and writes on a thread of its own; a local write that fails there must
+// still end the copy with the error, remove the partial file and not hang.
+TEST_F(FileMethodsTest, CtlDownloadThatCannotBeWrittenLocallyFailsAndLeavesNothing) {
+  WriteFile(sb_ + "/remote.bin", RandomBytes(2500000, 5));
+  std::string target = f_.box("back.bin");
+  // A 32 KiB file size limit (ulimit -f counts 512-byte blocks), SIGXFSZ ignored: writes past
+  // it fail with EFBIG instead of killing ctl.
+  RunResult down =
+      RunProgram({"/bin/sh", "-c", "ulimit -f 64; trap '' XFSZ; exec \"$0\" \"$@\"", KVM_CTL_BINARY,
+                  "--socket", f_.agent().socket_path(), "cp", ":" + sb_ + "/remote.bin", target},
+                 "", std::chrono::seconds(60));
+  EXPECT_EQ(down.exit_code, 1) << down.err;
+  EXPECT_NE(down.err.find("local write: File too large"), std::string::npos) << down.err;
+  EXPECT_FALSE(fs::exists(target));
+  EXPECT_FALSE(fs::exists(target + ".kvmctl-part"));
+  // The agent serves the next client as usual.
+  EXPECT_TRUE(f_.Call("ping", {}).ok);
+}
+
 TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesOnlyStableOnes) {
   std::string sock = f_.agent().socket_path();
   auto ctl = [&](std::vector<std::string> args) {
