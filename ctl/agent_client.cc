@@ -72,23 +72,27 @@ void AgentClient::SendLine(std::string_view line) {
   }
 }
 
-std::string AgentClient::ReadLine() {
+std::string AgentClient::ReadLine() { return std::string(ReadLineView()); }
+
+std::string_view AgentClient::ReadLineView() {
   auto deadline = Clock::now() + timeout_;
   for (;;) {
     // Only bytes not yet scanned are searched: a 64 KiB line arrives in several reads.
-    const char* base = buffer_.data();
     size_t from = std::max(start_, scanned_);
-    if (const void* nl = std::memchr(base + from, '\n', buffer_.size() - from)) {
-      size_t end = static_cast<size_t>(static_cast<const char*>(nl) - base);
-      std::string line(base + start_, end - start_);
+    if (const void* nl = std::memchr(buffer_.data() + from, '\n', filled_ - from)) {
+      size_t end = static_cast<size_t>(static_cast<const char*>(nl) - buffer_.data());
+      std::string_view line(buffer_.data() + start_, end - start_);
       start_ = end + 1;
       scanned_ = start_;
-      if (start_ == buffer_.size()) buffer_.clear(), start_ = scanned_ = 0;
+      // All consumed: the next read starts at the front. The bytes stay where they are until
+      // that read, so the view remains valid until then.
+      if (start_ == filled_) start_ = scanned_ = filled_ = 0;
       return line;
     }
-    scanned_ = buffer_.size();
-    if (start_ > 0 && start_ >= buffer_.size() / 2) {  // compact now and then, not per line
-      buffer_.erase(0, start_);
+    scanned_ = filled_;
+    if (start_ > 0 && start_ >= filled_ / 2) {  // compact now and then, not per line
+      std::memmove(buffer_.data(), buffer_.data() + start_, filled_ - start_);
+      filled_ -= start_;
       scanned_ -= start_;
       start_ = 0;
     }
@@ -101,14 +105,16 @@ std::string AgentClient::ReadLine() {
     int rc = ::poll(&pfd, 1, static_cast<int>(left.count()));
     if (rc < 0 && errno != EINTR) throw ClientError(std::string("poll: ") + std::strerror(errno));
     if (rc <= 0) continue;
-    char buf[65536];
-    ssize_t n = ::read(fd_, buf, sizeof buf);
+    // Straight into the buffer, 64 KiB of room at least: one copy out of the socket, no more.
+    constexpr size_t kReadSize = 65536;
+    if (buffer_.size() - filled_ < kReadSize) buffer_.resize(filled_ + kReadSize);
+    ssize_t n = ::read(fd_, buffer_.data() + filled_, buffer_.size() - filled_);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
       throw ClientError(std::string("read: ") + std::strerror(errno));
     }
     if (n == 0) throw ClientError("the agent closed the connection");
-    buffer_.append(buf, static_cast<size_t>(n));
+    filled_ += static_cast<size_t>(n);
   }
 }
 

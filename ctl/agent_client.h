@@ -51,11 +51,14 @@ class AgentClient {
   // Raw access for tests and tools.
   void SendLine(std::string_view line);
   std::string ReadLine();  // throws ClientError on timeout or EOF
+  // The same without a copy: the view is valid until the next ReadLine/ReadLineView.
+  std::string_view ReadLineView();
 
  private:
   int fd_ = -1;
   std::chrono::milliseconds timeout_;
-  std::string buffer_;
+  std::string buffer_;  // bytes read land in [filled_, size()): size() is capacity in use
+  size_t filled_ = 0;   // buffer_[0, filled_) holds bytes read
   size_t start_ = 0;    // first unconsumed byte of buffer_
   size_t scanned_ = 0;  // buffer_[start_, scanned_) holds no newline
   uint64_t next_id_;

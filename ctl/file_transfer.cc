@@ -1,5 +1,7 @@
 #include "ctl/file_transfer.h"
 
+#include <limits.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
@@ -12,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "agent/handlers/files/sha256.h"
 #include "protocol/base64.h"
@@ -49,7 +52,7 @@ class Pipeline {
   // Next reply to one of our requests; a "busy" answer is retried transparently.
   std::pair<uint64_t, CallResult> Receive() {
     for (;;) {
-      std::string text = client_.ReadLine();
+      std::string_view text = client_.ReadLineView();
       json::error_code ec;
       json::value value = json::parse(text, ec);
       if (ec || !value.is_object()) continue;
@@ -159,20 +162,23 @@ class HashingWriter {
  private:
   static constexpr size_t kMaxQueued = 16;  // 16 x 48 KiB waiting at most
 
+  // Takes every piece waiting at once and writes them with one writev: fewer system calls
+  // and wake-ups than a write per 48 KiB piece.
   void Run() {
+    std::deque<std::string> batch;
     std::unique_lock lock(mu_);
     for (;;) {
       work_.wait(lock, [&] { return !queue_.empty() || closed_; });
       if (queue_.empty()) return;
-      std::string piece = std::move(queue_.front());
-      queue_.pop_front();
+      batch.clear();
+      batch.swap(queue_);
       space_.notify_one();
       if (error_) continue;  // after a failed write, only drain
       lock.unlock();
       std::exception_ptr failed;
       try {
-        hash_.Update(piece);
-        WriteFully(fd_, piece.data(), piece.size());
+        for (const std::string& piece : batch) hash_.Update(piece);
+        WriteAll(batch);
       } catch (...) {
         failed = std::current_exception();
       }
@@ -180,6 +186,30 @@ class HashingWriter {
       if (failed) {
         error_ = failed;
         space_.notify_all();
+      }
+    }
+  }
+
+  void WriteAll(const std::deque<std::string>& pieces) {
+    std::vector<iovec> iov;
+    iov.reserve(pieces.size());
+    for (const std::string& piece : pieces) {
+      iov.push_back({const_cast<char*>(piece.data()), piece.size()});
+    }
+    size_t first = 0;
+    while (first < iov.size()) {
+      int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+      ssize_t n = ::writev(fd_, &iov[first], count);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw std::runtime_error(std::string("local write: ") + std::strerror(errno));
+      }
+      // Step past what was written; a partial write leaves the rest of one iovec.
+      auto left = static_cast<size_t>(n);
+      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      if (left > 0) {
+        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= left;
       }
     }
   }

@@ -166,7 +166,10 @@ void AppendJsonString(std::string& out, std::string_view text) {
     out += json::serialize(json::string_view(text.data(), text.size()));
     return;
   }
-  out.reserve(out.size() + text.size() + 2);
+  // A long string (a file_read chunk) gets room for the rest of the message as well: the next
+  // append would otherwise reallocate and copy the whole payload once more.
+  size_t slack = text.size() >= 4096 ? 1024 : 0;
+  out.reserve(out.size() + text.size() + 2 + slack);
   out += '"';
   out.append(text);
   out += '"';

@@ -7,8 +7,12 @@
 
 namespace kvm {
 
-void OutputQueue::AppendLine(std::string_view line, std::function<void()> on_sent) {
-  buffer_.append(line);
+void OutputQueue::AppendLine(std::string line, std::function<void()> on_sent) {
+  if (buffer_.empty()) {
+    buffer_ = std::move(line);  // offset_ and erased_ are 0 whenever buffer_ is empty
+  } else {
+    buffer_.append(line);
+  }
   buffer_ += '\n';
   if (on_sent) on_sent_.emplace_back(erased_ + buffer_.size(), std::move(on_sent));
 }

@@ -6,7 +6,6 @@
 #include <deque>
 #include <functional>
 #include <string>
-#include <string_view>
 #include <utility>
 
 namespace kvm {
@@ -21,7 +20,9 @@ class OutputQueue {
 
   // Queues `line` and a newline. `on_sent`, if set, runs once the fd has taken the line's last
   // byte, or when Clear() drops it unsent.
-  void AppendLine(std::string_view line, std::function<void()> on_sent = {});
+  // `line` is taken by value: when nothing is queued its buffer becomes the queue's, so a
+  // 64 KiB reply is not copied again.
+  void AppendLine(std::string line, std::function<void()> on_sent = {});
   // Writes until empty or EAGAIN. Returns 0, or the errno of a hard error.
   int Flush(int fd);
   size_t pending() const { return buffer_.size() - offset_; }

@@ -249,7 +249,7 @@ void SerialPort::Send(uint64_t generation, std::string reply, SentCallback on_se
     if (on_sent) on_sent();  // the host it was for is gone, or nothing to send
     return;
   }
-  out_.AppendLine(reply, std::move(on_sent));
+  out_.AppendLine(std::move(reply), std::move(on_sent));
   if (out_.pending() > kPauseAbove) paused_ = true;
   if (!in_read_) FlushOutput();
 }

@@ -100,7 +100,7 @@ void StreamSession::Finish(std::string reply, SentCallback on_sent) {
     if (on_sent) on_sent();  // gone, or nothing to send
     if (!fd_) return;
   } else {
-    out_.AppendLine(reply, std::move(on_sent));
+    out_.AppendLine(std::move(reply), std::move(on_sent));
   }
   if (out_.pending() > kPauseAbove) paused_ = true;
   if (!in_read_) {
