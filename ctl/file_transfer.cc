@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "agent/handlers/files/sha256.h"
@@ -152,6 +153,16 @@ class HashingWriter {
     work_.notify_one();
   }
 
+  // A buffer of an earlier piece, already written (or an empty string): decoding into it
+  // spares an allocation and the zero-fill of a new one.
+  std::string Spare() {
+    std::lock_guard lock(mu_);
+    if (spare_.empty()) return std::string();
+    std::string buffer = std::move(spare_.back());
+    spare_.pop_back();
+    return buffer;
+  }
+
   // Waits until every piece is hashed and written; returns the hex digest.
   std::string Finish() {
     Close();
@@ -183,6 +194,9 @@ class HashingWriter {
         failed = std::current_exception();
       }
       lock.lock();
+      for (std::string& piece : batch) {
+        if (spare_.size() < kMaxQueued) spare_.push_back(std::move(piece));
+      }
       if (failed) {
         error_ = failed;
         space_.notify_all();
@@ -228,6 +242,7 @@ class HashingWriter {
   std::mutex mu_;
   std::condition_variable work_, space_;
   std::deque<std::string> queue_;
+  std::vector<std::string> spare_;  // written pieces' buffers, for Spare()
   bool closed_ = false;
   std::exception_ptr error_;
   std::thread thread_;  // last: starts once the members above exist
@@ -298,7 +313,9 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
 namespace {
 
 // Reads `remote` by chunks with up to `window` reads in flight; hands each piece, in file
-// order, to `sink`. Returns the total size; `expected_size` pins the size found by file_stat.
+// order, to `sink(std::string& bytes)`, which may take the bytes and leave another buffer in
+// their place (it is reused for a later chunk). Returns the total size; `expected_size` pins
+// the size found by file_stat.
 template <class Sink>
 uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t expected_size,
                        const Options& options, Pipeline& pipe, Sink&& sink,
@@ -323,7 +340,7 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
   std::optional<uint64_t> extra_id;
   if (!extra_method.empty()) extra_id = pipe.Send(extra_method, extra_params);
   uint64_t done = decoded.size();
-  sink(std::move(decoded));
+  sink(decoded);
   if (options.progress) options.progress(done, size);
   if (chunk == 0 && size > 0) throw ClientError("agent returned an empty chunk");
 
@@ -348,13 +365,14 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
       }
       done += decoded.size();
       bool last = GetBool(result.result, "eof") || decoded.empty();
-      sink(std::move(decoded));
+      sink(decoded);
       if (options.progress) options.progress(done, done);
       if (last) break;
     }
   }
-  std::map<uint64_t, uint64_t> offsets;   // id -> offset
-  std::map<uint64_t, std::string> ready;  // offset -> bytes, waiting for their turn
+  std::map<uint64_t, uint64_t> offsets;    // id -> offset
+  std::map<uint64_t, std::string> ready;   // offset -> bytes, waiting for their turn
+  std::string spare = std::move(decoded);  // a buffer to decode the next chunk into
   uint64_t next_offset = done;
   std::string params;
   while (done < size || pipe.in_flight() > 0) {
@@ -375,7 +393,7 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
     }
     uint64_t off = offsets[id];
     offsets.erase(id);
-    std::string bytes;
+    std::string bytes = std::move(spare);
     if (!Base64Decode(GetView(result.result, "data"), bytes)) {
       throw ClientError("agent sent invalid base64");
     }
@@ -387,7 +405,8 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
     ready[off] = std::move(bytes);
     while (!ready.empty() && ready.begin()->first == done) {
       done += ready.begin()->second.size();
-      sink(std::move(ready.begin()->second));
+      sink(ready.begin()->second);
+      spare = std::move(ready.begin()->second);
       ready.erase(ready.begin());
       if (options.progress) options.progress(done, size);
     }
@@ -411,7 +430,7 @@ Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
   HashingWriter writer(local_fd);
   uint64_t received = ReadPipelined(
       client, remote, size, options, pipe,
-      [&](std::string bytes) { writer.Push(std::move(bytes)); }, "file_stat",
+      [&](std::string& bytes) { writer.Push(std::exchange(bytes, writer.Spare())); }, "file_stat",
       R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result);
   Outcome out{received, writer.Finish()};
   if (!hash_result.ok) throw TransferError("file_stat (sha256) failed", hash_result);
@@ -434,7 +453,7 @@ uint64_t Stream(AgentClient& client, const std::string& remote, int out_fd,
   Pipeline pipe(client);
   return ReadPipelined(
       client, remote, GetUint(st.result, "size"), options, pipe,
-      [&](std::string bytes) { WriteFully(out_fd, bytes.data(), bytes.size()); }, std::string(),
+      [&](std::string& bytes) { WriteFully(out_fd, bytes.data(), bytes.size()); }, std::string(),
       std::string(), nullptr);
 }
 

@@ -255,12 +255,12 @@ std::string Base64Encode(std::string_view bytes) {
 }
 
 bool Base64Decode(std::string_view text, std::string& out) {
-  out.clear();
   if (text.size() % 4 != 0) return false;
-  if (text.empty()) return true;
   size_t pad = 0;
-  if (text.back() == '=') pad = text[text.size() - 2] == '=' ? 2 : 1;
+  if (!text.empty() && text.back() == '=') pad = text[text.size() - 2] == '=' ? 2 : 1;
+  // Resized, not cleared first: a reused buffer of the same size is not zero-filled again.
   out.resize(text.size() / 4 * 3 - pad);
+  if (text.empty()) return true;
   const auto* src = reinterpret_cast<const uint8_t*>(text.data());
   char* dst = out.data();
   size_t full = text.size() - (pad ? 4 : 0);

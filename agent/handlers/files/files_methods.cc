@@ -409,7 +409,10 @@ json::object StatObject(const struct stat& st) {
 std::string HashFile(int fd, uint64_t size, uint64_t limit, RequestContext& ctx,
                      std::string_view path) {
   Sha256 hash;
-  std::unique_ptr<char[]> buf(new char[1 << 20]);
+  // Small enough to stay in the L2 cache: the hash then reads what pread just wrote from there
+  // rather than from memory (200 MB: 136 ms of CPU against 142-144 with 1 MiB pieces).
+  constexpr size_t kPiece = 128 << 10;
+  std::unique_ptr<char[]> buf(new char[kPiece]);
   uint64_t offset = 0;
   bool size_known = size > 0;
   if (!size_known) size = limit + 1;
@@ -418,7 +421,7 @@ std::string HashFile(int fd, uint64_t size, uint64_t limit, RequestContext& ctx,
       throw RpcError(ErrorCode::kTimeout, "Hashing " + std::string(path) + " was abandoned");
     }
     size_t got =
-        files::ReadAt(fd, buf.get(), std::min<uint64_t>(size - offset, 1 << 20), offset, path);
+        files::ReadAt(fd, buf.get(), std::min<uint64_t>(size - offset, kPiece), offset, path);
     if (got == 0) break;
     hash.Update(buf.get(), got);
     offset += got;
