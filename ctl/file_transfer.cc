@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "agent/handlers/files/sha256.h"
+#include "ctl/read_reply.h"
 #include "protocol/base64.h"
 
 namespace kvm::transfer {
@@ -50,10 +51,31 @@ class Pipeline {
   }
   size_t in_flight() const { return lines_.size(); }
 
-  // Next reply to one of our requests; a "busy" answer is retried transparently.
-  std::pair<uint64_t, CallResult> Receive() {
+  // A file_read result decoded on the way in (see ParseReadReply).
+  struct FastRead {
+    std::string* bytes = nullptr;  // receives the decoded data
+    ReadReply reply;
+    bool decoded = false;  // false: the reply came the general way (errors, other methods)
+  };
+
+  // Next reply to one of our requests; a "busy" answer is retried transparently. With `fast`,
+  // a file_read result is decoded straight into fast->bytes and only `ok` is set in the
+  // CallResult (size and eof are in fast->reply).
+  std::pair<uint64_t, CallResult> Receive(FastRead* fast = nullptr) {
     for (;;) {
       std::string_view text = client_.ReadLineView();
+      if (fast != nullptr) {
+        fast->decoded = false;
+        if (ParseReadReply(text, fast->reply, *fast->bytes)) {
+          auto it = lines_.find(fast->reply.id);
+          if (it == lines_.end()) continue;  // not one of ours
+          lines_.erase(it);
+          fast->decoded = true;
+          CallResult ok;
+          ok.ok = true;
+          return {fast->reply.id, std::move(ok)};
+        }
+      }
       json::error_code ec;
       json::value value = json::parse(text, ec);
       if (ec || !value.is_object()) continue;
@@ -382,9 +404,13 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
       offsets[pipe.Send("file_read", params)] = next_offset;
       next_offset += chunk;
     }
-    auto [id, result] = pipe.Receive();
+    std::string bytes = std::move(spare);
+    Pipeline::FastRead fast;
+    fast.bytes = &bytes;
+    auto [id, result] = pipe.Receive(&fast);
     if (extra_id && id == *extra_id && extra_result != nullptr) {
       *extra_result = std::move(result);
+      spare = std::move(bytes);
       continue;
     }
     if (!result.ok) {
@@ -393,12 +419,12 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
     }
     uint64_t off = offsets[id];
     offsets.erase(id);
-    std::string bytes = std::move(spare);
-    if (!Base64Decode(GetView(result.result, "data"), bytes)) {
+    if (!fast.decoded && !Base64Decode(GetView(result.result, "data"), bytes)) {
       throw ClientError("agent sent invalid base64");
     }
     uint64_t want = std::min<uint64_t>(chunk, size - off);
-    if (bytes.size() != want || GetUint(result.result, "size") != size) {
+    uint64_t file_size = fast.decoded ? fast.reply.size : GetUint(result.result, "size");
+    if (bytes.size() != want || file_size != size) {
       pipe.Drain();
       throw TransferError("the file changed during the copy", CallResult{});
     }
