@@ -100,21 +100,22 @@ method_rows "$A" "$Q"
 
 # --- file transfer, 10 MB each way -------------------------------------------------------------
 # bench/transfer_bench moves the file through a private agent the way kvmmanager-ctl cp does
-# (sha256-verified, 48 KiB per message, 4 in flight) and through qemu-ga at its best chunk size;
+# (sha256-verified, 48 KiB per message, 4 in flight) and through qemu-ga at its best chunk size
+# (medians of 5 runs each; qemu-ga's chunk size is the one with the best median);
 # the echo server gives the ceiling for the same 64 KiB lines.
 ninja -C "$build" transfer_bench >/dev/null
-tb=$("$root/$build/bench/transfer_bench" --mb 10 --repeat 3 --agent "$agent_bin")
+tb=$("$root/$build/bench/transfer_bench" --mb 10 --repeat 5 --agent "$agent_bin")
 mbps() { awk -v k="$1" 'index($0, k) == 1 {for (i = 1; i <= NF; i++) if ($(i+1) == "MB/s") {print $i; exit}}' <<<"$tb"; }
 aw=$(mbps "agent upload") ar=$(mbps "agent download")
 qw=$(mbps "qemu-ga guest-file-write") qr=$(mbps "qemu-ga guest-file-read") raw=$(mbps "raw socket stream")
-qwc=$(awk '/qemu-ga guest-file-write/ {gsub(/\)/, "", $NF); print $(NF-1)}' <<<"$tb")
-qrc=$(awk '/qemu-ga guest-file-read/ {gsub(/\)/, "", $NF); print $(NF-1)}' <<<"$tb")
+chunk_of() { awk -v k="$1" 'index($0, k) {for (i = 1; i < NF; i++) if ($i == "chunk") print $(i+1)}' <<<"$tb"; }
+qwc=$(chunk_of "qemu-ga guest-file-write") qrc=$(chunk_of "qemu-ga guest-file-read")
 ew=()
 for ((i = 0; i < 3; i++)); do ew+=("$("$lg" echo-transfer "$E" 10 49152 | awk '/^mbps/ {print $2}')"); done
 ec=$(median "${ew[@]}")
 row "file upload 10 MB, MB/s (qemu-ga: best chunk, $qwc B)" "$aw" "$qw" "$(ratio "$aw" "$qw")x" "$ec (echo of 64 KiB lines); raw socket $raw"
 row "file download 10 MB, MB/s (qemu-ga: best chunk, $qrc B)" "$ar" "$qr" "$(ratio "$ar" "$qr")x" "$ec; raw x 3/4 = $(awk -v r="$raw" 'BEGIN {printf "%.0f", r * 3 / 4}')"
-notes+=("file transfer: best of 3 runs each; the agent's figures include sha256 verification on both ends and durable (fsync) commits of uploads; qemu-ga does neither.")
+notes+=("file transfer: medians of 5 runs each (qemu-ga at the chunk size with the best median); the agent's figures include sha256 verification on both ends and durable (fsync) commits of uploads; qemu-ga does neither.")
 
 # --- memory ----------------------------------------------------------------------------------------
 ensure_qga

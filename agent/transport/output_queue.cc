@@ -1,62 +1,77 @@
 #include "agent/transport/output_queue.h"
 
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 
 namespace kvm {
+namespace {
+constexpr int kMaxIov = 64;  // lines per writev; a flood of small replies takes several calls
+}  // namespace
 
 void OutputQueue::AppendLine(std::string line, std::function<void()> on_sent) {
-  if (buffer_.empty()) {
-    buffer_ = std::move(line);  // offset_ and erased_ are 0 whenever buffer_ is empty
-  } else {
-    buffer_.append(line);
-  }
-  buffer_ += '\n';
-  if (on_sent) on_sent_.emplace_back(erased_ + buffer_.size(), std::move(on_sent));
+  line += '\n';
+  pending_ += line.size();
+  lines_.push_back(Line{std::move(line), std::move(on_sent)});
 }
 
 int OutputQueue::Flush(int fd) {
-  while (offset_ < buffer_.size()) {
-    size_t chunk = std::min(buffer_.size() - offset_, max_write_);
-    ssize_t n = ::write(fd, buffer_.data() + offset_, chunk);
+  std::deque<std::function<void()>> done;
+  auto run_done = [&] {
+    for (auto& callback : done) callback();
+  };
+  while (!lines_.empty()) {
+    iovec iov[kMaxIov];
+    int count = 0;
+    size_t total = 0;
+    for (auto it = lines_.begin(); it != lines_.end() && count < kMaxIov && total < max_write_;
+         ++it) {
+      size_t skip = count == 0 ? offset_ : 0;
+      size_t len = std::min(it->text.size() - skip, max_write_ - total);
+      iov[count++] = {it->text.data() + skip, len};
+      total += len;
+    }
+    ssize_t n =
+        count == 1 ? ::write(fd, iov[0].iov_base, iov[0].iov_len) : ::writev(fd, iov, count);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) break;
-      return errno;
+      int err = errno;
+      run_done();
+      return err;
     }
-    offset_ += static_cast<size_t>(n);
+    Consume(static_cast<size_t>(n), done);
   }
-  RunSentCallbacks();
-  if (offset_ == buffer_.size()) {
-    buffer_.clear();
-    erased_ = 0;
-    offset_ = 0;
-  } else if (offset_ > (1 << 20) && offset_ * 2 > buffer_.size()) {
-    buffer_.erase(0, offset_);  // don't let a slow reader keep already-sent bytes alive
-    erased_ += offset_;
-    offset_ = 0;
-  }
+  run_done();
   return 0;
 }
 
-void OutputQueue::RunSentCallbacks() {
-  uint64_t sent = erased_ + offset_;
-  while (!on_sent_.empty() && on_sent_.front().first <= sent) {
-    auto callback = std::move(on_sent_.front().second);
-    on_sent_.pop_front();
-    callback();
+void OutputQueue::Consume(size_t n, std::deque<std::function<void()>>& done) {
+  pending_ -= n;
+  while (n > 0) {
+    Line& front = lines_.front();
+    size_t left = front.text.size() - offset_;
+    if (n < left) {
+      offset_ += n;
+      return;
+    }
+    n -= left;
+    if (front.on_sent) done.push_back(std::move(front.on_sent));
+    lines_.pop_front();
+    offset_ = 0;
   }
 }
 
 void OutputQueue::Clear() {
-  buffer_.clear();
+  auto dropped = std::move(lines_);
+  lines_.clear();
   offset_ = 0;
-  erased_ = 0;
-  auto dropped = std::move(on_sent_);
-  on_sent_.clear();
-  for (auto& [end, callback] : dropped) callback();
+  pending_ = 0;
+  for (auto& line : dropped) {
+    if (line.on_sent) line.on_sent();
+  }
 }
 
 }  // namespace kvm

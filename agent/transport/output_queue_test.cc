@@ -1,6 +1,7 @@
 #include "agent/transport/output_queue.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -63,6 +64,45 @@ TEST(OutputQueue, ClearRunsTheCallbacksOfDroppedLines) {
   pair.Drain();
   ASSERT_EQ(out.Flush(pair.writer.get()), 0);
   EXPECT_EQ(sent, 3);
+}
+
+TEST(OutputQueue, BytesLeaveInOrderAcrossLinesPartialWritesAndTheWriteCap) {
+  SocketPair pair;
+  OutputQueue out(7);  // every write at most 7 bytes: lines are cut anywhere
+  std::string expected;
+  std::vector<int> sent;
+  for (int i = 0; i < 200; ++i) {
+    std::string line = "line " + std::to_string(i) + std::string(static_cast<size_t>(i % 13), 'x');
+    expected += line + "\n";
+    out.AppendLine(line, [&sent, i] { sent.push_back(i); });
+  }
+  EXPECT_EQ(out.pending(), expected.size());
+  std::string got;
+  char buf[4096];
+  while (!out.empty()) {
+    ASSERT_EQ(out.Flush(pair.writer.get()), 0);
+    for (ssize_t n; (n = ::read(pair.reader.get(), buf, sizeof buf)) > 0;) got.append(buf, n);
+  }
+  EXPECT_EQ(got, expected);
+  ASSERT_EQ(sent.size(), 200u);
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(sent[static_cast<size_t>(i)], i);
+}
+
+TEST(OutputQueue, AHardErrorIsReturnedAndWhatWasSentIsStillReported) {
+  SocketPair pair;
+  OutputQueue out;
+  int sent = 0;
+  out.AppendLine("first", [&] { ++sent; });
+  ASSERT_EQ(out.Flush(pair.writer.get()), 0);
+  EXPECT_EQ(sent, 1);
+  ::signal(SIGPIPE, SIG_IGN);  // as the agent does
+  pair.reader.reset();         // the peer is gone
+  out.AppendLine("second", [&] { ++sent; });
+  EXPECT_EQ(out.Flush(pair.writer.get()), EPIPE);
+  EXPECT_EQ(sent, 1);
+  EXPECT_FALSE(out.empty());
+  out.Clear();
+  EXPECT_EQ(sent, 2);
 }
 
 }  // namespace
