@@ -19,7 +19,9 @@ class ReadReplyHandler {
 
   ReadReplyHandler(ReadReply& reply, std::string& bytes) : reply_(reply), bytes_(bytes) {}
 
-  bool complete() const { return have_id_ && have_data_ && have_size_ && have_eof_ && !error_; }
+  bool complete() const {
+    return have_id_ && have_data_ && have_size_ && have_eof_ && !error_ && !duplicate_;
+  }
 
   bool on_document_begin(json::error_code&) { return true; }
   bool on_document_end(json::error_code&) { return true; }
@@ -45,6 +47,15 @@ class ReadReplyHandler {
     if (n == s.size()) key.clear();
     key.append(s.data(), s.size());
     if (depth_ == 1 && key == "error") error_ = true;
+    // A key that matters seen twice: a tree keeps one of them, so leave such a line to it.
+    if (depth_ == 1) {
+      Once(key, "id", seen_id_);
+      Once(key, "result", seen_result_);
+    } else if (depth_ == 2 && in_result_) {
+      Once(key, "data", seen_data_);
+      Once(key, "size", seen_size_);
+      Once(key, "eof", seen_eof_);
+    }
     return true;
   }
   bool on_string_part(json::string_view s, std::size_t n, json::error_code&) {
@@ -94,6 +105,12 @@ class ReadReplyHandler {
   }
   // Keys deeper down land in key2_ too; harmless: values there are ignored, and the next value
   // at depth 2 comes after a key of its own.
+  // Marks `key` seen if it is `name`; a second sighting marks the line a duplicate.
+  void Once(const std::string& key, const char* name, bool& seen) {
+    if (key != name) return;
+    if (seen) duplicate_ = true;
+    seen = true;
+  }
   std::string& KeyAt() { return depth_ == 1 ? key1_ : key2_; }
   bool IsData() const { return depth_ == 2 && in_result_ && key2_ == "data"; }
   bool Unsigned(uint64_t u) {
@@ -115,6 +132,9 @@ class ReadReplyHandler {
   std::string text_;         // "data" when the parser hands it over in parts
   bool have_id_ = false, have_data_ = false, have_size_ = false, have_eof_ = false;
   bool error_ = false;
+  bool seen_id_ = false, seen_result_ = false, seen_data_ = false, seen_size_ = false,
+       seen_eof_ = false;
+  bool duplicate_ = false;
 };
 
 }  // namespace

@@ -74,6 +74,8 @@ TEST(ReadReply, AnythingElseIsLeftToTheGeneralPath) {
            R"({"id":3,"result":{"data":"Zm9v","size":3,"eof":true}} x)",   // trailing text
            R"([{"id":3,"result":{"data":"Zm9v","size":3,"eof":true}}])",   // a batch
            R"({"id":3,"result":[{"data":"Zm9v","size":3,"eof":true}]})",   // result not an object
+           R"({"id":3,"result":{"data":"Zm9v","data":"YQ==","size":3,"eof":true}})",  // twice
+           R"({"id":3,"id":4,"result":{"data":"Zm9v","size":3,"eof":true}})",
            "",
        }) {
     EXPECT_FALSE(ParseReadReply(line, reply, bytes)) << line;
