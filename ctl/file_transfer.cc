@@ -1,7 +1,5 @@
 #include "ctl/file_transfer.h"
 
-#include <limits.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
@@ -195,8 +193,7 @@ class HashingWriter {
  private:
   static constexpr size_t kMaxQueued = 16;  // 16 x 48 KiB waiting at most
 
-  // Takes every piece waiting at once and writes them with one writev: fewer system calls
-  // and wake-ups than a write per 48 KiB piece.
+  // Takes every piece waiting at once: one wake-up and one lock round per batch, not per piece.
   void Run() {
     std::deque<std::string> batch;
     std::unique_lock lock(mu_);
@@ -210,8 +207,10 @@ class HashingWriter {
       lock.unlock();
       std::exception_ptr failed;
       try {
-        for (const std::string& piece : batch) hash_.Update(piece);
-        WriteAll(batch);
+        for (const std::string& piece : batch) {
+          hash_.Update(piece);
+          WriteFully(fd_, piece.data(), piece.size());
+        }
       } catch (...) {
         failed = std::current_exception();
       }
@@ -222,30 +221,6 @@ class HashingWriter {
       if (failed) {
         error_ = failed;
         space_.notify_all();
-      }
-    }
-  }
-
-  void WriteAll(const std::deque<std::string>& pieces) {
-    std::vector<iovec> iov;
-    iov.reserve(pieces.size());
-    for (const std::string& piece : pieces) {
-      iov.push_back({const_cast<char*>(piece.data()), piece.size()});
-    }
-    size_t first = 0;
-    while (first < iov.size()) {
-      int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
-      ssize_t n = ::writev(fd_, &iov[first], count);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        throw std::runtime_error(std::string("local write: ") + std::strerror(errno));
-      }
-      // Step past what was written; a partial write leaves the rest of one iovec.
-      auto left = static_cast<size_t>(n);
-      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
-      if (left > 0) {
-        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
-        iov[first].iov_len -= left;
       }
     }
   }

@@ -42,10 +42,9 @@ class ReadReplyHandler {
     key.append(s.data(), s.size());
     return true;
   }
-  bool on_key(json::string_view s, std::size_t n, json::error_code&) {
-    std::string& key = KeyAt();
-    if (n == s.size()) key.clear();
-    key.append(s.data(), s.size());
+  bool on_key(json::string_view s, std::size_t n, json::error_code& ec) {
+    on_key_part(s, n, ec);
+    const std::string& key = KeyAt();
     if (depth_ == 1 && key == "error") error_ = true;
     // A key that matters seen twice: a tree keeps one of them, so leave such a line to it.
     if (depth_ == 1) {
