@@ -102,14 +102,20 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
 
 void AppendId(std::string& out, const json::value& id) { AppendJson(out, id); }
 
-std::string ResultResponse(const json::value& id, const json::value& result) {
-  std::string out;
-  out.reserve(256);  // one allocation for a small reply, rather than doubling from 15 bytes
-  out = R"({"jsonrpc":"2.0","result":)";
-  AppendJson(out, result);
+std::string ResultResponseHead() { return R"({"jsonrpc":"2.0","result":)"; }
+
+void FinishResultResponse(std::string& out, const json::value& id) {
   out += R"(,"id":)";
   AppendId(out, id);
   out += '}';
+}
+
+std::string ResultResponse(const json::value& id, const json::value& result) {
+  std::string out;
+  out.reserve(256);  // one allocation for a small reply, rather than doubling from 15 bytes
+  out = ResultResponseHead();
+  AppendJson(out, result);
+  FinishResultResponse(out, id);
   return out;
 }
 

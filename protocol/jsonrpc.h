@@ -41,6 +41,10 @@ std::variant<Request, InvalidRequest> ValidateRequest(boost::json::value&& messa
 
 // Serialized response lines (no trailing newline).
 std::string ResultResponse(const boost::json::value& id, const boost::json::value& result);
+// The same line built in two steps around a result serialized by its method
+// (RequestContext::result_text): the head, then the result's JSON, then the tail.
+std::string ResultResponseHead();
+void FinishResultResponse(std::string& out, const boost::json::value& id);
 std::string ErrorResponse(const boost::json::value& id, const RpcError& error);
 
 // Writes an id as JSON; numbers keep their integer digits exactly, doubles use the shortest

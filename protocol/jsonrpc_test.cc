@@ -86,6 +86,10 @@ TEST(JsonRpcResponse, EchoesIdsExactly) {
   EXPECT_EQ(ResultResponse(json::parse(R"("a\"b")"), nullptr),
             R"({"jsonrpc":"2.0","result":null,"id":"a\"b"})");
   EXPECT_EQ(ResultResponse(nullptr, 1), R"({"jsonrpc":"2.0","result":1,"id":null})");
+  // Built in two steps around a result serialized elsewhere: the same line.
+  std::string two_step = ResultResponseHead() + "[true]";
+  FinishResultResponse(two_step, json::parse(R"("x\ny")"));
+  EXPECT_EQ(two_step, ResultResponse(json::parse(R"("x\ny")"), json::parse("[true]")));
 }
 
 TEST(JsonRpcResponse, ErrorCarriesCodeMessageAndKind) {

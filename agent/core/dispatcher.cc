@@ -58,7 +58,13 @@ std::string Invoke(const MethodSpec& spec, const std::string& method, const json
   try {
     json::value result = spec.handler(params, ctx);
     on_sent = Combine(ctx.TakeAfterReplySent());
-    return notification ? std::string() : jsonrpc::ResultResponse(id, result);
+    if (notification) return std::string();
+    if (ctx.has_result_text()) {
+      std::string reply = ctx.TakeResultText();
+      jsonrpc::FinishResultResponse(reply, id);
+      return reply;
+    }
+    return jsonrpc::ResultResponse(id, result);
   } catch (const WouldBlock&) {
     if (ctx.on_io_thread()) throw;  // the dispatcher moves the request to a worker
     return internal_error("would block, on a worker");

@@ -318,6 +318,44 @@ TEST_F(DispatcherTest, AllNotificationBatchGetsNoReply) {
   EXPECT_EQ(sink->replies[0], "");
 }
 
+// A method that serializes its own result (file_read's base64 chunk) gets the same envelope,
+// the request's id of any type, no reply as a notification, and its place in a batch; a
+// method that writes some text and then throws answers with its error, not the text.
+TEST_F(DispatcherTest, ResultTextBecomesTheReplyWithTheEnvelopeAndId) {
+  table_.Add("text", RunMode::kInline, [](const json::object& p, RequestContext& ctx) {
+    if (p.contains("fail")) {
+      ctx.result_text() += R"({"partial":)";
+      throw RpcError(ErrorCode::kNotFound, "gone");
+    }
+    ctx.result_text() += R"({"data":"QUJD","n":3})";
+    return json::value("ignored");
+  });
+  table_.Add("text_worker", RunMode::kWorker, [](const json::object&, RequestContext& ctx) {
+    ctx.result_text() += "[1,2]";
+    return json::value();
+  });
+  auto sink = std::make_shared<RecordingSink>();
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"text","id":"a\"b"})", sink);
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"text"})", sink);
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"text","params":{"fail":1},"id":9})", sink);
+  dispatcher_->HandleLine(
+      R"([{"jsonrpc":"2.0","method":"text","id":1},{"jsonrpc":"2.0","method":"text_worker","id":2}])",
+      sink);
+  RunUntil(*sink, 4);
+  ASSERT_EQ(sink->replies.size(), 4u);
+  EXPECT_EQ(sink->replies[0], R"({"jsonrpc":"2.0","result":{"data":"QUJD","n":3},"id":"a\"b"})");
+  EXPECT_EQ(sink->replies[1], "");
+  auto error = json::parse(sink->replies[2]).as_object();
+  EXPECT_EQ(error["error"].as_object()["code"], static_cast<int>(ErrorCode::kNotFound));
+  EXPECT_EQ(sink->replies[2].find("partial"), std::string::npos) << sink->replies[2];
+  auto batch = json::parse(sink->replies[3]).as_array();
+  ASSERT_EQ(batch.size(), 2u);
+  std::map<int64_t, json::value> by_id;
+  for (auto& r : batch) by_id[r.as_object().at("id").as_int64()] = r.as_object().at("result");
+  EXPECT_EQ(by_id[1], json::parse(R"({"data":"QUJD","n":3})"));
+  EXPECT_EQ(by_id[2], json::parse("[1,2]"));
+}
+
 TEST_F(DispatcherTest, ExceptionsOtherThanRpcErrorBecomeInternalError) {
   table_.Add("throws", RunMode::kInline, [](const json::object&, RequestContext&) -> json::value {
     throw std::runtime_error("boom");

@@ -15,6 +15,7 @@
 
 #include "agent/core/config.h"
 #include "agent/core/logger.h"
+#include "protocol/jsonrpc.h"
 
 namespace kvm {
 
@@ -59,6 +60,20 @@ class RequestContext {
   }
   std::vector<std::function<void()>> TakeAfterReplySent() { return std::move(after_sent_); }
 
+  // For a large result the handler serializes itself (file_read's base64 chunk): it appends
+  // the result's JSON text here and its return value is ignored. The string already holds the
+  // reply's head and becomes the reply line, so the payload is written once, straight into
+  // the line, rather than into a json::value that is then copied and scanned for escapes.
+  std::string& result_text() {
+    if (!has_result_text_) {
+      result_text_ = jsonrpc::ResultResponseHead();
+      has_result_text_ = true;
+    }
+    return result_text_;
+  }
+  bool has_result_text() const { return has_result_text_; }
+  std::string TakeResultText() { return std::move(result_text_); }
+
  private:
   std::shared_ptr<const Config> config_;
   Logger& log_;
@@ -66,6 +81,8 @@ class RequestContext {
   std::shared_ptr<std::atomic<bool>> abandoned_;
   std::vector<std::function<void()>> after_sent_;
   boost::json::storage_ptr storage_;
+  std::string result_text_;
+  bool has_result_text_ = false;
   bool on_io_thread_ = false;
 };
 

@@ -281,15 +281,23 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
                          : files::ReadAt(fd.get(), buf.get(), want, offset, path);
   bool eof = size_known ? offset + got >= size : got < want;
 
+  if (enc == Encoding::kBase64) {
+    // Encoded straight into the reply line (base64 needs no JSON escaping): the payload is
+    // written once, with room for the fields after it and the reply's tail.
+    std::string& out = ctx.result_text();
+    size_t encoded = Base64EncodedSize(got);
+    out.reserve(out.size() + encoded + 160);
+    out += R"({"data":")";
+    size_t at = out.size();
+    out.resize(at + encoded);
+    Base64EncodeTo(out.data() + at, std::string_view(buf.get(), got));
+    out += R"(","size":)" + std::to_string(size) + R"(,"eof":)" + (eof ? "true" : "false") +
+           R"(,"offset":)" + std::to_string(offset) + R"(,"length":)" + std::to_string(got) + "}";
+    return nullptr;
+  }
   json::object result;
   json::string data;
-  if (enc == Encoding::kBase64) {
-    // Encoded straight into the reply's string: the payload is copied once here.
-    size_t encoded = Base64EncodedSize(got);
-    data.reserve(encoded);
-    Base64EncodeTo(data.data(), std::string_view(buf.get(), got));
-    data.grow(encoded);
-  } else {
+  {
     bool truncated = false;
     size_t valid = files::ValidUtf8Prefix(std::string_view(buf.get(), got), &truncated);
     if (valid < got) {
