@@ -26,6 +26,22 @@ std::string BaseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+// `dir` + "/" + `name`, without doubling a trailing slash.
+std::string JoinPath(const std::string& dir, const std::string& name) {
+  return !dir.empty() && dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+// True when the agent refused an upload's target because it is a directory (file_upload_begin
+// checks the target before any data moves, so the upload can start again under another name).
+bool RefusedAsDirectory(const transfer::TransferError& e) {
+  if (e.result.ok || !e.result.error_data.is_object()) return false;
+  const json::object& data = e.result.error_data.get_object();
+  const json::value* policy = data.if_contains("policy");
+  const json::value* type = data.if_contains("type");
+  return std::string_view(e.what()) == "file_upload_begin failed" && policy && type &&
+         *policy == "regular_files_only" && *type == "directory";
+}
+
 // A progress line on stderr, only when it is a terminal.
 transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
   if (!enabled || options.json || !::isatty(STDERR_FILENO)) return nullptr;
@@ -84,8 +100,19 @@ void CopyToGuest(Options& options, const std::string& local, const std::string& 
   if (!remote.empty() && remote.back() == '/') remote += BaseName(local);
   auto client = Connect(options);
   RunTransfer(options, [&] {
-    transfer::Outcome out =
-        transfer::Upload(*client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
+    auto upload = [&] {
+      return transfer::Upload(*client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
+    };
+    transfer::Outcome out;
+    try {
+      out = upload();
+    } catch (const transfer::TransferError& e) {
+      // As cp(1) does, an existing directory receives the file under its own name. Learned
+      // from the agent's refusal, so an upload to a file path costs no extra round trip.
+      if (!RefusedAsDirectory(e)) throw;
+      remote = JoinPath(remote, BaseName(local));
+      out = upload();
+    }
     if (options.json) {
       std::printf("%s\n",
                   json::serialize(
@@ -103,7 +130,7 @@ void CopyFromGuest(Options& options, const std::string& remote, std::string loca
                    const transfer::Options& topt) {
   struct stat st;
   if (local == "." || (::stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
-    local += "/" + BaseName(remote);
+    local = JoinPath(local, BaseName(remote));
   }
   // Into a temp next to the target, renamed only once the sha256 matched.
   std::string temp = local + ".kvmctl-part";
@@ -169,7 +196,9 @@ void AddFileCommands(CLI::App& app, Options& options) {
   auto perms = std::make_shared<std::string>();
   auto no_progress = std::make_shared<bool>(false);
   cp->add_option("source", *src, "LOCAL file or :REMOTE path")->required();
-  cp->add_option("destination", *dst, ":REMOTE path (a trailing / keeps the name) or LOCAL path")
+  cp->add_option("destination", *dst,
+                 ":REMOTE or LOCAL path; into an existing directory (or a path ending in /) "
+                 "the file keeps its name")
       ->required();
   cp->add_flag("-n,--no-clobber", *no_clobber, "fail if the remote file exists (uploads)");
   cp->add_option("-m,--mode", *perms, "permissions of the uploaded file, e.g. 0644");

@@ -870,6 +870,38 @@ TEST_F(FileMethodsTest, CtlCopiesBothWaysAndVerifies) {
   EXPECT_EQ(ReadFileText(sb_ + "/hello.txt"), "hello\n");
 }
 
+// Like cp(1): a destination that is an existing directory, on either side, receives the file
+// under its own name, and a trailing slash is not doubled in the name printed.
+TEST_F(FileMethodsTest, CtlCopiesIntoAnExistingDirectoryUnderTheFilesName) {
+  std::string local = f_.box("local.bin");
+  std::string data = RandomBytes(100000, 4);
+  WriteFile(local, data);
+  std::string sock = f_.agent().socket_path();
+  auto ctl = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunProgram(argv, "", std::chrono::seconds(60));
+  };
+  fs::create_directory(sb_ + "/into");
+  RunResult up = ctl({"cp", local, ":" + sb_ + "/into"});
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_NE(up.out.find(":" + sb_ + "/into/local.bin "), std::string::npos) << up.out;
+  EXPECT_EQ(ReadFileText(sb_ + "/into/local.bin"), data);
+  // A directory of that name inside it is refused as before, once, not looped on.
+  fs::create_directory(sb_ + "/into/sub");
+  WriteFile(f_.box("sub"), "x");
+  RunResult nested = ctl({"cp", f_.box("sub"), ":" + sb_ + "/into"});
+  EXPECT_EQ(nested.exit_code, 1);
+  EXPECT_NE(nested.err.find("is a directory"), std::string::npos) << nested.err;
+  EXPECT_TRUE(fs::is_directory(sb_ + "/into/sub"));
+
+  fs::create_directory(f_.box("down"));
+  RunResult down = ctl({"cp", ":" + sb_ + "/into/local.bin", f_.box("down") + "/"});
+  ASSERT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_NE(down.out.find("-> " + f_.box("down") + "/local.bin "), std::string::npos) << down.out;
+  EXPECT_EQ(ReadFileText(f_.box("down") + "/local.bin"), data);
+}
+
 // The download hashes and writes on a thread of its own; a local write that fails there must
 // still end the copy with the error, remove the partial file and not hang.
 TEST_F(FileMethodsTest, CtlDownloadThatCannotBeWrittenLocallyFailsAndLeavesNothing) {
