@@ -233,17 +233,30 @@ void AddFileCommands(CLI::App& app, Options& options) {
   });
 
   // ls
-  auto* ls = app.add_subcommand("ls", "list a guest directory");
+  auto* ls = app.add_subcommand("ls", "list a guest directory (a file: that file's line)");
   auto ls_path = std::make_shared<std::string>();
-  ls->add_option("path", *ls_path, ":REMOTE directory")->required();
+  ls->add_option("path", *ls_path, ":REMOTE directory or file")->required();
   ls->callback([&options, ls_path] {
     auto client = Connect(options);
+    std::string path = StripColon(*ls_path);
     json::array all;
     uint64_t offset = 0;
     for (;;) {
-      CallResult r =
-          CallOrPrint(*client, "file_list", {{"path", StripColon(*ls_path)}, {"offset", offset}});
+      CallResult r = client->Call("file_list", {{"path", path}, {"offset", offset}});
+      if (!r.ok && offset == 0) {
+        // Like ls(1), a path that is not a directory is listed as itself, if it exists.
+        CallResult st = client->Call("file_stat", {{"path", path}});
+        if (st.ok && Text(Field(st.result, "type")) != "directory") {
+          json::object entry{{"name", path}};
+          for (const char* key : {"type", "size", "mode", "mtime"}) {
+            if (const json::value* v = Field(st.result, key)) entry[key] = *v;
+          }
+          all.push_back(std::move(entry));
+          break;
+        }
+      }
       if (!r.ok) {
+        PrintRpcError(r);
         options.exit_code = kExitRpcError;
         return;
       }

@@ -902,6 +902,36 @@ TEST_F(FileMethodsTest, CtlCopiesIntoAnExistingDirectoryUnderTheFilesName) {
   EXPECT_EQ(ReadFileText(f_.box("down") + "/local.bin"), data);
 }
 
+// Like ls(1): a file is listed as itself; a missing path is still the agent's error.
+TEST_F(FileMethodsTest, CtlLsOfAFileShowsThatFileAndOfNothingFails) {
+  WriteFile(sb_ + "/hello.txt", "hello\n");
+  std::string sock = f_.agent().socket_path();
+  auto ctl = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunProgram(argv, "", std::chrono::seconds(60));
+  };
+  RunResult file = ctl({"ls", ":" + sb_ + "/hello.txt"});
+  ASSERT_EQ(file.exit_code, 0) << file.err;
+  EXPECT_EQ(file.out.rfind("file ", 0), 0u) << file.out;
+  EXPECT_NE(file.out.find(" 6  "), std::string::npos) << file.out;
+  EXPECT_NE(file.out.find(sb_ + "/hello.txt\n"), std::string::npos) << file.out;
+  RunResult raw = ctl({"--json", "ls", ":" + sb_ + "/hello.txt"});
+  ASSERT_EQ(raw.exit_code, 0) << raw.err;
+  json::array entries = json::parse(raw.out).as_array();
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0].at("name"), json::value(sb_ + "/hello.txt"));
+  EXPECT_EQ(entries[0].at("type"), "file");
+  EXPECT_EQ(entries[0].at("size"), 6);
+  RunResult missing = ctl({"ls", ":" + sb_ + "/none"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("not_found"), std::string::npos) << missing.err;
+  EXPECT_EQ(missing.out, "");
+  RunResult denied = ctl({"ls", ":" + f_.outside()});
+  EXPECT_EQ(denied.exit_code, 1);
+  EXPECT_NE(denied.err.find("allowed_read_paths"), std::string::npos) << denied.err;
+}
+
 // The download hashes and writes on a thread of its own; a local write that fails there must
 // still end the copy with the error, remove the partial file and not hang.
 TEST_F(FileMethodsTest, CtlDownloadThatCannotBeWrittenLocallyFailsAndLeavesNothing) {
