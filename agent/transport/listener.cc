@@ -5,10 +5,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 #include <system_error>
 
 namespace kvm {
@@ -52,18 +54,33 @@ Listener::Listener(EventLoop& loop, Dispatcher& dispatcher, Logger& log, ListenA
   if (address_.kind == ListenAddress::Kind::kUnix) {
     fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd_) fail("socket");
-    // Remove a stale socket from an earlier run, but never a regular file someone named.
+    // A stale socket from an earlier run is replaced, but never a file someone named.
     struct stat st;
-    if (::lstat(address_.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-      ::unlink(address_.path.c_str());
+    if (::lstat(address_.path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+      errno = EADDRINUSE;
+      fail("bind");
     }
+    // Bound under a temporary name and renamed into place once listening: a client that
+    // connects as soon as the file appears is never refused (a bare bind() makes the file
+    // appear a moment before listen()). Paths too long for the temporary name bind directly.
+    std::string temp = address_.path + ".new-" + std::to_string(::getpid());
+    bool via_temp = temp.size() < sizeof(sockaddr_un::sun_path);
+    const std::string& bound = via_temp ? temp : address_.path;
+    ::unlink(bound.c_str());  // a stale socket (the lstat above vouches for the direct name)
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, address_.path.c_str(), address_.path.size());
+    std::memcpy(addr.sun_path, bound.c_str(), bound.size());
     mode_t old_mask = ::umask(0177);  // the socket is created 0600: root's agent, root's host tools
     int rc = ::bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
     ::umask(old_mask);
     if (rc != 0) fail("bind");
+    if (::listen(fd_.get(), 128) != 0 ||
+        (via_temp && ::rename(temp.c_str(), address_.path.c_str()) != 0)) {
+      int saved = errno;
+      ::unlink(bound.c_str());
+      errno = saved;
+      fail(via_temp ? "listen or rename into place" : "listen");
+    }
   } else {
     fd_.reset(::socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd_) fail("socket");
@@ -72,8 +89,8 @@ Listener::Listener(EventLoop& loop, Dispatcher& dispatcher, Logger& log, ListenA
     addr.svm_cid = VMADDR_CID_ANY;
     addr.svm_port = address_.port;
     if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) fail("bind");
+    if (::listen(fd_.get(), 128) != 0) fail("listen");
   }
-  if (::listen(fd_.get(), 128) != 0) fail("listen");
   loop_.Watch(fd_.get(), EPOLLIN, [this](uint32_t) { Accept(); });
   LOG_INFO(log_, "listening on %s", address_.ToString().c_str());
 }

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <pty.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <termios.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -166,6 +168,89 @@ class PtyPort {
   int master_ = -1, slave_ = -1;
   std::string path_;
 };
+
+// A client that connects the moment the socket file appears is never refused: the agent binds
+// under a temporary name and renames it into place only once it listens (a bare bind() makes
+// the file appear a moment before listen(), and a connect() then gets ECONNREFUSED).
+TEST(Transport, SocketFileAppearsOnlyOnceItAcceptsConnections) {
+  // The old window was a few microseconds: ~1 start in 200 hit it here, so up to 1000 starts
+  // (10 s at most, for the sanitizer builds' slow start-up).
+  int refused = 0;
+  auto stop = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (int run = 0; run < 1000 && std::chrono::steady_clock::now() < stop; ++run) {
+    AgentProcess::Options options;
+    options.wait_until_connectable = false;
+    options.log_level = "warn";
+    AgentProcess agent(options);
+    const std::string& path = agent.socket_path();
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    struct stat st;
+    while (::lstat(path.c_str(), &st) != 0 && std::chrono::steady_clock::now() < deadline) {
+    }
+    ASSERT_EQ(::lstat(path.c_str(), &st), 0) << "no socket after 20 s: " << agent.Stderr();
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size());
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      ADD_FAILURE() << "run " << run << ": connect: " << std::strerror(errno);
+      ++refused;
+    }
+    ::close(fd);
+    // No temporary name is left beside it.
+    int entries = 0;
+    for (const auto& e :
+         std::filesystem::directory_iterator(std::filesystem::path(path).parent_path())) {
+      if (e.path().filename().string().rfind("agent.sock", 0) == 0) ++entries;
+    }
+    EXPECT_EQ(entries, 1);
+  }
+  EXPECT_EQ(refused, 0);
+}
+
+// A stale socket file from an earlier run is replaced; a file of another kind under that name
+// is left alone and the agent exits with the reason.
+TEST(Transport, StaleSocketIsReplacedButNoOtherFile) {
+  {
+    AgentProcess::Options options;
+    TempDir dir;
+    std::string path = dir / "taken.sock";
+    WriteFile(path, "keep");
+    options.listen_unix = false;
+    options.extra_args = {"--listen", "unix:" + path};
+    AgentProcess agent(options);
+    EXPECT_EQ(agent.WaitExit(std::chrono::seconds(10)), 1);
+    EXPECT_NE(agent.Stderr().find("bind unix:" + path + ": Address already in use"),
+              std::string::npos)
+        << agent.Stderr();
+    EXPECT_EQ(ReadFileText(path), "keep");
+  }
+  TempDir dir;
+  std::string path = dir / "stale.sock";
+  {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size());
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ::close(fd);  // the file stays, nobody listens: what a killed agent leaves
+  }
+  AgentProcess::Options options;
+  options.listen_unix = false;
+  options.extra_args = {"--listen", "unix:" + path};
+  AgentProcess agent(options);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::unique_ptr<AgentClient> client;
+  while (!client && std::chrono::steady_clock::now() < deadline) {
+    try {
+      client = std::make_unique<AgentClient>(path, std::chrono::seconds(5));
+    } catch (const ClientError&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  ASSERT_TRUE(client) << agent.Stderr();
+  EXPECT_TRUE(client->Call("ping", json::object()).ok);
+}
 
 TEST(SerialDevice, ServesRequestsOnACharacterDevice) {
   PtyPort port;

@@ -175,10 +175,11 @@ void AgentProcess::Start(Options options) {
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) throw std::runtime_error(std::string("cannot start agent: ") + std::strerror(rc));
 
-  if (!options.listen_unix) return;
+  if (!options.listen_unix || !options.wait_until_connectable) return;
   auto deadline = Clock::now() + std::chrono::seconds(20);
   while (Clock::now() < deadline) {
-    // Connectable, not merely present: the file exists between bind() and listen().
+    // Connectable, not merely present (the agent creates the socket under its name only
+    // once it listens, but the file may be a stale one from an earlier run).
     try {
       AgentClient probe(socket_path_, std::chrono::seconds(1));
       return;

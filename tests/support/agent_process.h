@@ -47,6 +47,7 @@ class AgentProcess {
     std::string config_json;              // empty: DefaultTestConfig()
     std::vector<std::string> extra_args;  // appended to the command line
     bool listen_unix = true;
+    bool wait_until_connectable = true;  // false: the constructor returns right after spawning
     std::string log_level = "debug";
   };
   AgentProcess();  // default options
