@@ -3,7 +3,11 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/random.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -146,6 +150,34 @@ size_t ReadAt(int fd, char* data, size_t size, uint64_t offset, std::string_view
   return done;
 }
 
+namespace {
+
+// cachestat(2) (Linux 6.5): page-cache state of a file range. Declared here because the build
+// machine's kernel headers predate it; the syscall number is the same on every architecture.
+struct CachestatRange {
+  uint64_t off, len;
+};
+struct Cachestat {
+  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+constexpr long kSysCachestat = 451;
+
+}  // namespace
+
+bool ReadCannotWaitForDisk(int fd, uint64_t offset, size_t size) {
+  struct statfs fs;
+  if (::fstatfs(fd, &fs) != 0) return false;
+  if (fs.f_type == RAMFS_MAGIC) return true;  // never swapped out
+  if (fs.f_type != TMPFS_MAGIC) return false;
+  // tmpfs: only a page that went to swap would wait.
+  struct sysinfo si;
+  if (::sysinfo(&si) == 0 && si.totalswap == 0) return true;
+  CachestatRange range{offset, size};
+  Cachestat cs{};
+  if (::syscall(kSysCachestat, fd, &range, &cs, 0) != 0) return false;  // ENOSYS before 6.5
+  return cs.nr_evicted == 0;  // a swapped-out tmpfs page counts as evicted; holes as nothing
+}
+
 size_t ReadCachedAt(int fd, char* data, size_t size, uint64_t offset, std::string_view path) {
   size_t done = 0;
   while (done < size) {
@@ -153,6 +185,11 @@ size_t ReadCachedAt(int fd, char* data, size_t size, uint64_t offset, std::strin
     ssize_t n = ::preadv2(fd, &iov, 1, static_cast<off_t>(offset + done), RWF_NOWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
+      // tmpfs and ramfs do not take RWF_NOWAIT (EOPNOTSUPP) yet read from memory: served
+      // here all the same unless a page is in swap (/tmp is tmpfs on many systems).
+      if (errno == EOPNOTSUPP && ReadCannotWaitForDisk(fd, offset + done, size - done)) {
+        return done + ReadAt(fd, data + done, size - done, offset + done, path);
+      }
       if (errno == EAGAIN || errno == EOPNOTSUPP) throw WouldBlock();
       ThrowIo(errno, "read", path);
     }

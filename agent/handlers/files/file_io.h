@@ -50,8 +50,12 @@ void WriteAll(int fd, const char* data, size_t size, uint64_t offset, std::strin
 // Reads up to `size` bytes at `offset`; returns how many were read (short only at EOF).
 size_t ReadAt(int fd, char* data, size_t size, uint64_t offset, std::string_view path);
 // ReadAt for the I/O thread: only what the page cache holds (preadv2 RWF_NOWAIT); throws
-// WouldBlock where the disk would be needed or the file system cannot say.
+// WouldBlock where the disk would be needed or the file system cannot say. tmpfs and ramfs,
+// which refuse RWF_NOWAIT, are read all the same when ReadCannotWaitForDisk says so.
 size_t ReadCachedAt(int fd, char* data, size_t size, uint64_t offset, std::string_view path);
+// True when reading the range cannot wait for a disk: ramfs; tmpfs with no swap configured, or
+// (cachestat(2), Linux 6.5+) with no page of the range in swap. False for other file systems.
+bool ReadCannotWaitForDisk(int fd, uint64_t offset, size_t size);
 
 [[noreturn]] void ThrowIo(int err, std::string_view what, std::string_view path);
 
