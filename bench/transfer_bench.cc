@@ -2,9 +2,11 @@
 // same with guest-file-open/read/write/close, and next to the raw socket's own bandwidth.
 // Prints MB/s (1 MB = 10^6 bytes of file payload). Usage:
 //   transfer_bench [--agent PATH] [--qemu-ga PATH] [--mb N] [--window N] [--repeat N]
-//                  [--only upload|download]
+//                  [--only upload|download] [--dir PARENT]
+// The files live in a new directory under PARENT (default /tmp; /dev/shm leaves the disk out).
 // --only runs just that direction through the agent (no raw socket, no qemu-ga), for profiles
-// and `perf stat` of one direction.
+// and `perf stat` of one direction. Each of the --repeat rounds runs every measurement once
+// (interleaved), and figures are medians over the rounds.
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -16,10 +18,13 @@
 
 #include <boost/json.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -160,78 +165,72 @@ json::value QgaCall(kvm::AgentClient& client, const std::string& line) {
   return reply.at("return");
 }
 
-struct QgaFigures {
-  double write_mbps = 0, read_mbps = 0;
-  size_t write_chunk = 0, read_chunk = 0;
-};
+constexpr size_t kQgaChunks[] = {4096, 65536, size_t{1} << 20, size_t{4} << 20};
 
-QgaFigures RunQemuGa(const std::string& qga, const std::string& dir, const std::string& data,
-                     int repeat) {
-  QgaFigures best;  // the chunk size with the best median, each way
-  std::string sock = dir + "/qga.sock";
-  std::string state = dir + "/qga-state";
-  std::filesystem::create_directories(state);
-  pid_t pid = Spawn({qga, "-m", "unix-listen", "-p", sock, "-t", state});
-  auto client = ConnectRetry(sock);
-  std::string target = dir + "/qga.bin";
-  for (size_t chunk : {size_t{4096}, size_t{65536}, size_t{1} << 20, size_t{4} << 20}) {
-    std::vector<double> writes, reads;
-    for (int r = 0; r < repeat; ++r) {
-      auto start = Clock::now();
-      int64_t h = QgaCall(*client, R"({"execute":"guest-file-open","arguments":{"path":")" +
-                                       target + R"(","mode":"w"}})")
-                      .as_int64();
-      for (size_t off = 0; off < data.size(); off += chunk) {
-        std::string line = R"({"execute":"guest-file-write","arguments":{"handle":)" +
-                           std::to_string(h) + R"(,"buf-b64":")";
-        kvm::Base64Append(line, std::string_view(data).substr(off, chunk));
-        line += "\"}}";
-        QgaCall(*client, line);
-      }
-      QgaCall(*client,
-              R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
-      double w = static_cast<double>(data.size()) / 1e6 / Seconds(start);
-      if (ReadAll(target) != data) {
-        std::fprintf(stderr, "qemu-ga wrote a different file\n");
-        std::exit(1);
-      }
-      writes.push_back(w);
-
-      start = Clock::now();
-      h = QgaCall(*client, R"({"execute":"guest-file-open","arguments":{"path":")" + target +
-                               R"(","mode":"r"}})")
-              .as_int64();
-      std::string got, piece;
-      for (;;) {
-        json::value ret =
-            QgaCall(*client, R"({"execute":"guest-file-read","arguments":{"handle":)" +
-                                 std::to_string(h) + R"(,"count":)" + std::to_string(chunk) + "}}");
-        kvm::Base64Decode(ret.at("buf-b64").as_string(), piece);
-        got += piece;
-        if (ret.at("eof").as_bool() || piece.empty()) break;
-      }
-      QgaCall(*client,
-              R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
-      double rd = static_cast<double>(data.size()) / 1e6 / Seconds(start);
-      if (got != data) {
-        std::fprintf(stderr, "qemu-ga read a different file\n");
-        std::exit(1);
-      }
-      reads.push_back(rd);
-    }
-    if (double w = Median(writes); w > best.write_mbps) {
-      best.write_mbps = w;
-      best.write_chunk = chunk;
-    }
-    if (double rd = Median(reads); rd > best.read_mbps) {
-      best.read_mbps = rd;
-      best.read_chunk = chunk;
-    }
+// qemu-ga serving one client for the whole run, so its rounds can sit between the agent's.
+class QgaPeer {
+ public:
+  QgaPeer(const std::string& qga, const std::string& dir) : target_(dir + "/qga.bin") {
+    std::string sock = dir + "/qga.sock";
+    std::string state = dir + "/qga-state";
+    std::filesystem::create_directories(state);
+    pid_ = Spawn({qga, "-m", "unix-listen", "-p", sock, "-t", state});
+    client_ = ConnectRetry(sock);
   }
-  client.reset();
-  Stop(pid);
-  return best;
-}
+  ~QgaPeer() {
+    client_.reset();
+    Stop(pid_);
+  }
+
+  // Writes then reads `data` through guest-file-* in `chunk`-byte calls; MB/s each way.
+  std::pair<double, double> Round(const std::string& data, size_t chunk) {
+    auto start = Clock::now();
+    int64_t h = QgaCall(*client_, R"({"execute":"guest-file-open","arguments":{"path":")" +
+                                      target_ + R"(","mode":"w"}})")
+                    .as_int64();
+    for (size_t off = 0; off < data.size(); off += chunk) {
+      std::string line = R"({"execute":"guest-file-write","arguments":{"handle":)" +
+                         std::to_string(h) + R"(,"buf-b64":")";
+      kvm::Base64Append(line, std::string_view(data).substr(off, chunk));
+      line += "\"}}";
+      QgaCall(*client_, line);
+    }
+    QgaCall(*client_,
+            R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
+    double w = static_cast<double>(data.size()) / 1e6 / Seconds(start);
+    if (ReadAll(target_) != data) {
+      std::fprintf(stderr, "qemu-ga wrote a different file\n");
+      std::exit(1);
+    }
+
+    start = Clock::now();
+    h = QgaCall(*client_, R"({"execute":"guest-file-open","arguments":{"path":")" + target_ +
+                              R"(","mode":"r"}})")
+            .as_int64();
+    std::string got, piece;
+    for (;;) {
+      json::value ret =
+          QgaCall(*client_, R"({"execute":"guest-file-read","arguments":{"handle":)" +
+                                std::to_string(h) + R"(,"count":)" + std::to_string(chunk) + "}}");
+      kvm::Base64Decode(ret.at("buf-b64").as_string(), piece);
+      got += piece;
+      if (ret.at("eof").as_bool() || piece.empty()) break;
+    }
+    QgaCall(*client_,
+            R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
+    double rd = static_cast<double>(data.size()) / 1e6 / Seconds(start);
+    if (got != data) {
+      std::fprintf(stderr, "qemu-ga read a different file\n");
+      std::exit(1);
+    }
+    return {w, rd};
+  }
+
+ private:
+  std::string target_;
+  pid_t pid_ = -1;
+  std::unique_ptr<kvm::AgentClient> client_;
+};
 
 }  // namespace
 
@@ -242,6 +241,7 @@ int main(int argc, char** argv) {
   double mb = 10;
   int window = 4, repeat = 3;
   std::string only;
+  std::string parent = "/tmp";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--agent")
@@ -256,13 +256,20 @@ int main(int argc, char** argv) {
       repeat = std::stoi(v);
     else if (k == "--only" && (v == "upload" || v == "download"))
       only = v;
+    else if (k == "--dir")
+      parent = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
     }
   }
-  char tmpl[] = "/tmp/kvm-bench-XXXXXX";
-  std::string dir = ::mkdtemp(tmpl);
+  std::string tmpl = parent + "/kvm-bench-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    std::fprintf(stderr, "cannot create a directory in %s: %s\n", parent.c_str(),
+                 std::strerror(errno));
+    return 2;
+  }
+  std::string dir = tmpl;
   size_t size = static_cast<size_t>(mb * 1e6);
   std::string data(size, '\0');
   std::mt19937_64 rng(1);
@@ -272,10 +279,6 @@ int main(int argc, char** argv) {
   }
   std::string src = dir + "/src.bin";
   WriteAllFile(src, data);
-
-  std::vector<double> raws;
-  for (int r = 0; r < repeat && only.empty(); ++r) raws.push_back(RawSocketMBps(dir, size));
-  double raw = Median(raws);
 
   std::string config = dir + "/config.json";
   WriteAllFile(config, R"({"log_file":null,"max_message_size_kb":64,"max_concurrent_requests":10,)"
@@ -287,10 +290,17 @@ int main(int argc, char** argv) {
   pid_t agent = Spawn({agent_bin, "--foreground", "--config", config, "--listen", "unix:" + sock,
                        "--log-level", "warn"});
   auto client = ConnectRetry(sock);
+  bool have_qga = only.empty() && ::access(qga.c_str(), X_OK) == 0;
+  std::unique_ptr<QgaPeer> peer;
+  if (have_qga) peer = std::make_unique<QgaPeer>(qga, dir);
   kvm::transfer::Options topt;
   topt.window = window;
-  std::vector<double> ups, downs, streams;
+  // Each round runs everything once (raw socket, the agent each way, qemu-ga at every chunk
+  // size), so a slow spell on this shared machine hits both sides of a ratio alike.
+  std::vector<double> raws, ups, downs, streams;
+  std::vector<std::vector<double>> qwrites(std::size(kQgaChunks)), qreads(std::size(kQgaChunks));
   for (int r = 0; r < repeat; ++r) {
+    if (only.empty()) raws.push_back(RawSocketMBps(dir, size));
     if (only != "download") {
       int fd = ::open(src.c_str(), O_RDONLY);
       auto start = Clock::now();
@@ -326,9 +336,15 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "agent stream produced a different file\n");
       return 1;
     }
+    for (size_t c = 0; peer && c < std::size(kQgaChunks); ++c) {
+      auto [w, rd] = peer->Round(data, kQgaChunks[c]);
+      qwrites[c].push_back(w);
+      qreads[c].push_back(rd);
+    }
   }
   client.reset();
   Stop(agent);
+  peer.reset();
   double up = Median(ups), down = Median(downs), stream = Median(streams);
 
   if (!only.empty()) {
@@ -337,30 +353,45 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(dir);
     return 0;
   }
-  QgaFigures q;
-  bool have_qga = ::access(qga.c_str(), X_OK) == 0;
-  if (have_qga) q = RunQemuGa(qga, dir, data, repeat);
-
+  // qemu-ga at its best: the chunk size with the best median, each way.
+  size_t qw = 0, qr = 0;
+  for (size_t c = 1; have_qga && c < std::size(kQgaChunks); ++c) {
+    if (Median(qwrites[c]) > Median(qwrites[qw])) qw = c;
+    if (Median(qreads[c]) > Median(qreads[qr])) qr = c;
+  }
+  // Also the median of the ratios within each round (the agent against qemu-ga's best chunk
+  // size in that same round): steadier than a ratio of medians when the machine's speed drifts.
+  auto round_ratio = [&](const std::vector<double>& agent_runs, const std::vector<double>& q) {
+    std::vector<double> ratios;
+    for (size_t i = 0; i < agent_runs.size() && i < q.size(); ++i)
+      ratios.push_back(agent_runs[i] / q[i]);
+    return Median(ratios);
+  };
+  double raw = Median(raws);
   double limit = raw * 3 / 4;  // payload ceiling once base64 inflates it by 4/3
-  std::printf("file transfer, %.1f MB of random bytes, unix socket, median of %d, window %d\n", mb,
-              repeat, window);
+  std::printf(
+      "file transfer, %.1f MB of random bytes, unix socket, median of %d interleaved rounds, "
+      "window %d\n",
+      mb, repeat, window);
   std::printf("%-44s %9.1f MB/s\n", "raw socket stream (64 KiB writes)", raw);
   std::printf("%-44s %9.1f MB/s\n", "raw limit after base64 (x 3/4)", limit);
-  std::printf("%-44s %9.1f MB/s  raw-limit/agent %.2f", "agent upload (file_upload_*, sha256)", up,
-              limit / up);
-  if (have_qga) std::printf("  %.1fx qemu-ga", up / q.write_mbps);
-  std::printf("\n%-44s %9.1f MB/s  raw-limit/agent %.2f", "agent download (file_read, sha256)",
-              down, limit / down);
-  if (have_qga) std::printf("  %.1fx qemu-ga", down / q.read_mbps);
-  std::printf("\n%-44s %9.1f MB/s  raw-limit/agent %.2f", "agent download, no sha256 (as ctl cat)",
-              stream, limit / stream);
-  if (have_qga) std::printf("  %.1fx qemu-ga", stream / q.read_mbps);
-  std::printf("\n");
+  auto agent_row = [&](const char* label, double mbps, const std::vector<double>& runs,
+                       const std::vector<double>* q) {
+    std::printf("%-44s %9.1f MB/s  raw-limit/agent %.2f", label, mbps, limit / mbps);
+    if (q)
+      std::printf("  %.1fx qemu-ga (per-round median %.1fx)", mbps / Median(*q),
+                  round_ratio(runs, *q));
+    std::printf("\n");
+  };
+  agent_row("agent upload (file_upload_*, sha256)", up, ups, have_qga ? &qwrites[qw] : nullptr);
+  agent_row("agent download (file_read, sha256)", down, downs, have_qga ? &qreads[qr] : nullptr);
+  agent_row("agent download, no sha256 (as ctl cat)", stream, streams,
+            have_qga ? &qreads[qr] : nullptr);
   if (have_qga) {
     std::printf("%-44s %9.1f MB/s  (best chunk %zu bytes, by median)\n", "qemu-ga guest-file-write",
-                q.write_mbps, q.write_chunk);
+                Median(qwrites[qw]), kQgaChunks[qw]);
     std::printf("%-44s %9.1f MB/s  (best chunk %zu bytes, by median)\n", "qemu-ga guest-file-read",
-                q.read_mbps, q.read_chunk);
+                Median(qreads[qr]), kQgaChunks[qr]);
   } else {
     std::printf("qemu-ga not found at %s: no comparison\n", qga.c_str());
   }
