@@ -316,6 +316,12 @@ INSTANTIATE_TEST_SUITE_P(Resolvers, FileEscapeTest, ::testing::Values("openat2",
 
 class FileMethodsTest : public ::testing::Test {
  protected:
+  // kvmmanager-ctl with ARGS against this test's agent.
+  RunResult Ctl(const std::vector<std::string>& args) {
+    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", f_.agent().socket_path()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunProgram(argv, "", std::chrono::seconds(60));
+  }
   FilesFixture f_{""};
   std::string sb_ = f_.sandbox();
 };
@@ -831,42 +837,36 @@ TEST_F(FileMethodsTest, CtlCopiesBothWaysAndVerifies) {
   std::string local = f_.box("local.bin");
   std::string data = RandomBytes(2500000, 3);
   WriteFile(local, data);
-  std::string sock = f_.agent().socket_path();
-  auto ctl = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return RunProgram(argv, "", std::chrono::seconds(60));
-  };
-  RunResult up = ctl({"cp", local, ":" + sb_ + "/remote.bin"});
+  RunResult up = Ctl({"cp", local, ":" + sb_ + "/remote.bin"});
   ASSERT_EQ(up.exit_code, 0) << up.err;
   EXPECT_NE(up.out.find(Sha256Hex(data)), std::string::npos) << up.out;
   EXPECT_EQ(ReadFileText(sb_ + "/remote.bin"), data);
-  RunResult down = ctl({"cp", ":" + sb_ + "/remote.bin", f_.box("back.bin")});
+  RunResult down = Ctl({"cp", ":" + sb_ + "/remote.bin", f_.box("back.bin")});
   ASSERT_EQ(down.exit_code, 0) << down.err;
   EXPECT_EQ(ReadFileText(f_.box("back.bin")), data);
   EXPECT_FALSE(fs::exists(f_.box("back.bin.kvmctl-part")));
   WriteFile(sb_ + "/hello.txt", "hello\n");
-  RunResult cat = ctl({"cat", ":" + sb_ + "/hello.txt"});
+  RunResult cat = Ctl({"cat", ":" + sb_ + "/hello.txt"});
   EXPECT_EQ(cat.exit_code, 0);
   EXPECT_EQ(cat.out, "hello\n");
-  RunResult ls = ctl({"ls", ":" + sb_});
+  RunResult ls = Ctl({"ls", ":" + sb_});
   EXPECT_EQ(ls.exit_code, 0);
   EXPECT_NE(ls.out.find("remote.bin"), std::string::npos);
-  RunResult st = ctl({"--json", "stat", "--sha256", ":" + sb_ + "/remote.bin"});
+  RunResult st = Ctl({"--json", "stat", "--sha256", ":" + sb_ + "/remote.bin"});
   EXPECT_EQ(st.exit_code, 0);
   EXPECT_NE(st.out.find(Sha256Hex(data)), std::string::npos);
-  RunResult rm = ctl({"rm", ":" + sb_ + "/remote.bin"});
+  RunResult rm = Ctl({"rm", ":" + sb_ + "/remote.bin"});
   EXPECT_EQ(rm.exit_code, 0);
   EXPECT_FALSE(fs::exists(sb_ + "/remote.bin"));
-  RunResult empty_up = ctl({"cp", "/dev/null", ":" + sb_ + "/x"});
+  RunResult empty_up = Ctl({"cp", "/dev/null", ":" + sb_ + "/x"});
   EXPECT_EQ(empty_up.exit_code, 2);  // not a regular file locally
   WriteFile(f_.box("empty"), "");
-  EXPECT_EQ(ctl({"cp", f_.box("empty"), ":" + sb_ + "/"}).exit_code, 0);
+  EXPECT_EQ(Ctl({"cp", f_.box("empty"), ":" + sb_ + "/"}).exit_code, 0);
   EXPECT_TRUE(fs::exists(sb_ + "/empty"));
-  RunResult denied = ctl({"cp", local, ":" + f_.outside() + "/x"});
+  RunResult denied = Ctl({"cp", local, ":" + f_.outside() + "/x"});
   EXPECT_EQ(denied.exit_code, 1);
   EXPECT_NE(denied.err.find("allowed_write_paths"), std::string::npos) << denied.err;
-  RunResult clobber = ctl({"cp", "-n", local, ":" + sb_ + "/hello.txt"});
+  RunResult clobber = Ctl({"cp", "-n", local, ":" + sb_ + "/hello.txt"});
   EXPECT_EQ(clobber.exit_code, 1);
   EXPECT_EQ(ReadFileText(sb_ + "/hello.txt"), "hello\n");
 }
@@ -877,27 +877,21 @@ TEST_F(FileMethodsTest, CtlCopiesIntoAnExistingDirectoryUnderTheFilesName) {
   std::string local = f_.box("local.bin");
   std::string data = RandomBytes(100000, 4);
   WriteFile(local, data);
-  std::string sock = f_.agent().socket_path();
-  auto ctl = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return RunProgram(argv, "", std::chrono::seconds(60));
-  };
   fs::create_directory(sb_ + "/into");
-  RunResult up = ctl({"cp", local, ":" + sb_ + "/into"});
+  RunResult up = Ctl({"cp", local, ":" + sb_ + "/into"});
   ASSERT_EQ(up.exit_code, 0) << up.err;
   EXPECT_NE(up.out.find(":" + sb_ + "/into/local.bin "), std::string::npos) << up.out;
   EXPECT_EQ(ReadFileText(sb_ + "/into/local.bin"), data);
   // A directory of that name inside it is refused as before, once, not looped on.
   fs::create_directory(sb_ + "/into/sub");
   WriteFile(f_.box("sub"), "x");
-  RunResult nested = ctl({"cp", f_.box("sub"), ":" + sb_ + "/into"});
+  RunResult nested = Ctl({"cp", f_.box("sub"), ":" + sb_ + "/into"});
   EXPECT_EQ(nested.exit_code, 1);
   EXPECT_NE(nested.err.find("is a directory"), std::string::npos) << nested.err;
   EXPECT_TRUE(fs::is_directory(sb_ + "/into/sub"));
 
   fs::create_directory(f_.box("down"));
-  RunResult down = ctl({"cp", ":" + sb_ + "/into/local.bin", f_.box("down") + "/"});
+  RunResult down = Ctl({"cp", ":" + sb_ + "/into/local.bin", f_.box("down") + "/"});
   ASSERT_EQ(down.exit_code, 0) << down.err;
   EXPECT_NE(down.out.find("-> " + f_.box("down") + "/local.bin "), std::string::npos) << down.out;
   EXPECT_EQ(ReadFileText(f_.box("down") + "/local.bin"), data);
@@ -906,29 +900,23 @@ TEST_F(FileMethodsTest, CtlCopiesIntoAnExistingDirectoryUnderTheFilesName) {
 // Like ls(1): a file is listed as itself; a missing path is still the agent's error.
 TEST_F(FileMethodsTest, CtlLsOfAFileShowsThatFileAndOfNothingFails) {
   WriteFile(sb_ + "/hello.txt", "hello\n");
-  std::string sock = f_.agent().socket_path();
-  auto ctl = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return RunProgram(argv, "", std::chrono::seconds(60));
-  };
-  RunResult file = ctl({"ls", ":" + sb_ + "/hello.txt"});
+  RunResult file = Ctl({"ls", ":" + sb_ + "/hello.txt"});
   ASSERT_EQ(file.exit_code, 0) << file.err;
   EXPECT_EQ(file.out.rfind("file ", 0), 0u) << file.out;
   EXPECT_NE(file.out.find(" 6  "), std::string::npos) << file.out;
   EXPECT_NE(file.out.find(sb_ + "/hello.txt\n"), std::string::npos) << file.out;
-  RunResult raw = ctl({"--json", "ls", ":" + sb_ + "/hello.txt"});
+  RunResult raw = Ctl({"--json", "ls", ":" + sb_ + "/hello.txt"});
   ASSERT_EQ(raw.exit_code, 0) << raw.err;
   json::array entries = json::parse(raw.out).as_array();
   ASSERT_EQ(entries.size(), 1u);
   EXPECT_EQ(entries[0].at("name"), json::value(sb_ + "/hello.txt"));
   EXPECT_EQ(entries[0].at("type"), "file");
   EXPECT_EQ(entries[0].at("size"), 6);
-  RunResult missing = ctl({"ls", ":" + sb_ + "/none"});
+  RunResult missing = Ctl({"ls", ":" + sb_ + "/none"});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("not_found"), std::string::npos) << missing.err;
   EXPECT_EQ(missing.out, "");
-  RunResult denied = ctl({"ls", ":" + f_.outside()});
+  RunResult denied = Ctl({"ls", ":" + f_.outside()});
   EXPECT_EQ(denied.exit_code, 1);
   EXPECT_NE(denied.err.find("allowed_read_paths"), std::string::npos) << denied.err;
 }
@@ -994,21 +982,15 @@ TEST_F(FileMethodsTest, CtlDownloadThatCannotBeWrittenLocallyFailsAndLeavesNothi
 }
 
 TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesOnlyStableOnes) {
-  std::string sock = f_.agent().socket_path();
-  auto ctl = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", sock};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return RunProgram(argv, "", std::chrono::seconds(60));
-  };
   // /proc/kallsyms: megabytes behind a size of 0, so many chunks (the agent allows 10 MB here).
   std::string expected = ReadFileText("/proc/kallsyms");
-  RunResult cat = ctl({"cat", ":/proc/kallsyms"});
+  RunResult cat = Ctl({"cat", ":/proc/kallsyms"});
   ASSERT_EQ(cat.exit_code, 0) << cat.err;
   EXPECT_GT(cat.out.size(), 48384u);
   EXPECT_EQ(cat.out.size(), expected.size());
   EXPECT_TRUE(cat.out == expected);
 
-  RunResult cp = ctl({"cp", ":/proc/version", f_.box("version")});
+  RunResult cp = Ctl({"cp", ":/proc/version", f_.box("version")});
   ASSERT_EQ(cp.exit_code, 0) << cp.err;
   EXPECT_EQ(ReadFileText(f_.box("version")), ReadFileText("/proc/version"));
 
@@ -1016,7 +998,7 @@ TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesOnlyStableOnes) {
   // the reads never see the same content: the sha256 check fails, with a hint, and nothing
   // is left behind.
   std::string io = "/proc/" + std::to_string(f_.agent().pid()) + "/io";
-  RunResult changing = ctl({"cp", ":" + io, f_.box("io")});
+  RunResult changing = Ctl({"cp", ":" + io, f_.box("io")});
   EXPECT_EQ(changing.exit_code, 1);
   EXPECT_NE(changing.err.find("use cat for those"), std::string::npos) << changing.err;
   EXPECT_FALSE(fs::exists(f_.box("io")));
