@@ -314,41 +314,51 @@ namespace {
 // their place (it is reused for a later chunk). Returns the total size; `expected_size` pins
 // the size found by file_stat.
 template <class Sink>
-uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t expected_size,
-                       const Options& options, Pipeline& pipe, Sink&& sink,
-                       const std::string& extra_method, const std::string& extra_params,
-                       CallResult* extra_result) {
-  // The first read learns the agent's chunk size (it caps `length`).
-  CallResult first =
-      client.Call("file_read", {{"path", remote}, {"offset", 0}, {"length", 1u << 30}});
-  if (!first.ok) throw TransferError("file_read failed", first);
+uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeline& pipe,
+                       Sink&& sink, const std::string& extra_method,
+                       const std::string& extra_params, CallResult* extra_result,
+                       uint64_t* reported_size = nullptr) {
+  std::string path_json = JsonString(remote);
+  // The first read learns the file's size and the agent's chunk size (it caps `length`); the
+  // extra request (a download's sha256) goes out with it: a small file costs one round trip.
+  uint64_t first_id =
+      pipe.Send("file_read", R"({"path":)" + path_json + R"(,"offset":0,"length":1073741824})");
+  uint64_t extra_id = 0;  // 0: none outstanding (Pipeline ids are never 0)
+  if (!extra_method.empty()) extra_id = pipe.Send(extra_method, extra_params);
+  CallResult first;
+  for (;;) {
+    auto [id, result] = pipe.Receive();
+    if (id == first_id) {
+      first = std::move(result);
+      break;
+    }
+    if (extra_result != nullptr) *extra_result = std::move(result);
+    extra_id = 0;
+  }
+  if (!first.ok) {
+    pipe.Drain();
+    throw TransferError("file_read failed", first);
+  }
   std::string decoded;
   if (!Base64Decode(GetView(first.result, "data"), decoded)) {
+    pipe.Drain();
     throw ClientError("agent sent invalid base64");
   }
   uint64_t size = GetUint(first.result, "size");
-  if (size != expected_size) {
-    throw TransferError("the file changed during the copy (size " + std::to_string(size) +
-                            ", was " + std::to_string(expected_size) + ")",
-                        CallResult{});
-  }
+  if (reported_size != nullptr) *reported_size = size;
   size_t chunk = decoded.size();
-  // Sent only now: AgentClient::Call above would have dropped its reply.
-  std::optional<uint64_t> extra_id;
-  if (!extra_method.empty()) extra_id = pipe.Send(extra_method, extra_params);
   uint64_t done = decoded.size();
   sink(decoded);
   if (options.progress) options.progress(done, size);
   if (chunk == 0 && size > 0) throw ClientError("agent returned an empty chunk");
 
-  std::string path_json = JsonString(remote);
   if (size == 0 && !GetBool(first.result, "eof")) {
     // A procfs/sysfs file: size 0 yet content, so one read at a time until the agent says eof.
     for (;;) {
       pipe.Send("file_read", R"({"path":)" + path_json + R"(,"offset":)" + std::to_string(done) +
                                  R"(,"length":)" + std::to_string(chunk) + "}");
       std::pair<uint64_t, CallResult> reply = pipe.Receive();
-      if (extra_id && reply.first == *extra_id && extra_result != nullptr) {
+      if (extra_id != 0 && reply.first == extra_id && extra_result != nullptr) {
         *extra_result = std::move(reply.second);
         reply = pipe.Receive();
       }
@@ -383,7 +393,7 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
     Pipeline::FastRead fast;
     fast.bytes = &bytes;
     auto [id, result] = pipe.Receive(&fast);
-    if (extra_id && id == *extra_id && extra_result != nullptr) {
+    if (extra_id != 0 && id == extra_id && extra_result != nullptr) {
       *extra_result = std::move(result);
       spare = std::move(bytes);
       continue;
@@ -419,20 +429,16 @@ uint64_t ReadPipelined(AgentClient& client, const std::string& remote, uint64_t 
 
 Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
                  const Options& options) {
-  CallResult st = client.Call("file_stat", {{"path", remote}});
-  if (!st.ok) throw TransferError("file_stat failed", st);
-  if (GetString(st.result, "type") != "file") {
-    throw TransferError(remote + " is not a regular file", CallResult{});
-  }
-  uint64_t size = GetUint(st.result, "size");
   Pipeline pipe(client);
-  // The agent hashes the file on another worker while the reads go on.
+  // The agent hashes the file on another worker while the reads go on; a path that is not a
+  // regular file is refused by the first file_read.
   CallResult hash_result;
   HashingWriter writer(local_fd);
+  uint64_t size = 0;  // as file_read reports it (0 for procfs/sysfs files)
   uint64_t received = ReadPipelined(
-      client, remote, size, options, pipe,
+      remote, options, pipe,
       [&](std::string& bytes) { writer.Push(std::exchange(bytes, writer.Spare())); }, "file_stat",
-      R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result);
+      R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result, &size);
   Outcome out{received, writer.Finish()};
   if (!hash_result.ok) throw TransferError("file_stat (sha256) failed", hash_result);
   std::string remote_sha = GetString(hash_result.result, "sha256");
@@ -449,11 +455,9 @@ Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
 
 uint64_t Stream(AgentClient& client, const std::string& remote, int out_fd,
                 const Options& options) {
-  CallResult st = client.Call("file_stat", {{"path", remote}});
-  if (!st.ok) throw TransferError("file_stat failed", st);
   Pipeline pipe(client);
   return ReadPipelined(
-      client, remote, GetUint(st.result, "size"), options, pipe,
+      remote, options, pipe,
       [&](std::string& bytes) { WriteFully(out_fd, bytes.data(), bytes.size()); }, std::string(),
       std::string(), nullptr);
 }

@@ -890,6 +890,13 @@ TEST_F(FileMethodsTest, CtlCopiesIntoAnExistingDirectoryUnderTheFilesName) {
   EXPECT_NE(nested.err.find("is a directory"), std::string::npos) << nested.err;
   EXPECT_TRUE(fs::is_directory(sb_ + "/into/sub"));
 
+  // A remote directory as the source is refused by the agent's first read; nothing is left.
+  RunResult dir_src = Ctl({"cp", ":" + sb_ + "/into", f_.box("dir_src")});
+  EXPECT_EQ(dir_src.exit_code, 1);
+  EXPECT_NE(dir_src.err.find("is a directory"), std::string::npos) << dir_src.err;
+  EXPECT_FALSE(fs::exists(f_.box("dir_src")));
+  EXPECT_FALSE(fs::exists(f_.box("dir_src.kvmctl-part")));
+
   fs::create_directory(f_.box("down"));
   RunResult down = Ctl({"cp", ":" + sb_ + "/into/local.bin", f_.box("down") + "/"});
   ASSERT_EQ(down.exit_code, 0) << down.err;
