@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "protocol/jsonrpc.h"
+#include "protocol/utf8.h"
 
 namespace kvm {
 namespace json = boost::json;
@@ -140,14 +141,25 @@ CallResult DecodeReply(json::object& reply, std::string_view raw) {
   return out;
 }
 
+void RequireUtf8(std::string_view text, std::string_view what) {
+  if (!IsValidUtf8(text)) {
+    throw UnsendableRequest(std::string(what) + " is not valid UTF-8, which JSON cannot carry: " +
+                            ToValidUtf8(text.substr(0, 200)));
+  }
+}
+
 CallResult AgentClient::Call(std::string_view method, const json::object& params) {
   uint64_t id = next_id_++;
   json::object request{{"jsonrpc", "2.0"}, {"method", method}, {"id", id}};
   if (!params.empty()) request["params"] = params;
+  std::string text = json::serialize(request);
+  // Boost writes a string's bytes as they are: a path given in another encoding would make a
+  // line the agent rejects as unreadable, and it could not say which request that was.
+  RequireUtf8(text, "the request (a path or argument)");
   // A leading newline ends any partial line a previous host client left in a serial channel.
   std::string line = resynced_ ? std::string() : std::string("\n");
   resynced_ = true;
-  line += json::serialize(request);
+  line += text;
   SendLine(line);
   for (;;) {
     std::string reply = ReadLine();
@@ -156,6 +168,12 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
     if (ec || !value.is_object()) continue;  // not ours (e.g. a stale fragment)
     json::object& obj = value.get_object();
     auto rid = obj.find("id");
+    // An error with a null id is the agent's answer to a line it could not read as a request
+    // (too long, not JSON): with one request in flight, that is this one. Otherwise the call
+    // would wait for its timeout and then say nothing useful.
+    if (rid != obj.end() && rid->value().is_null() && obj.contains("error")) {
+      return DecodeReply(obj, reply);
+    }
     if (rid == obj.end() || !rid->value().is_number()) continue;
     json::error_code nec;
     if (rid->value().to_number<uint64_t>(nec) != id || nec) continue;

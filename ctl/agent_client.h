@@ -21,6 +21,16 @@ class ClientError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A request this client cannot send as JSON (an argument that is not UTF-8): the caller's
+// mistake, found before anything goes out.
+class UnsendableRequest : public ClientError {
+ public:
+  using ClientError::ClientError;
+};
+
+// Throws UnsendableRequest naming `what` unless `text` is valid UTF-8.
+void RequireUtf8(std::string_view text, std::string_view what);
+
 // The agent's answer: either `result` or `error` (code, message, data).
 struct CallResult {
   bool ok = false;

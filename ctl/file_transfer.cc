@@ -318,6 +318,7 @@ uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeli
                        Sink&& sink, const std::string& extra_method,
                        const std::string& extra_params, CallResult* extra_result,
                        uint64_t* reported_size = nullptr) {
+  RequireUtf8(remote, "the remote path");
   std::string path_json = JsonString(remote);
   // The first read learns the file's size and the agent's chunk size (it caps `length`); the
   // extra request (a download's sha256) goes out with it: a small file costs one round trip.

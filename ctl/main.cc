@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);
     return code == 0 ? 0 : kExitUsage;
+  } catch (const kvm::UnsendableRequest& e) {
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    return kExitUsage;
   } catch (const kvm::ClientError& e) {
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     return kExitConnection;

@@ -13,6 +13,8 @@
 #include <emmintrin.h>
 #endif
 
+#include "protocol/utf8.h"
+
 namespace kvm {
 namespace json = boost::json;
 namespace {
@@ -24,12 +26,15 @@ constexpr uint64_t kHighs = 0x8080808080808080ULL;
 constexpr uint64_t HasByteBelow(uint64_t w, uint8_t n) { return (w - kOnes * n) & ~w & kHighs; }
 constexpr uint64_t HasZeroByte(uint64_t w) { return (w - kOnes) & ~w & kHighs; }
 
+// Also any byte >= 0x80: non-ASCII text takes the careful path, where it is checked to be UTF-8.
 bool WordNeedsEscape(uint64_t w) {
-  return (HasByteBelow(w, 0x20) | HasZeroByte(w ^ (kOnes * '"')) |
-          HasZeroByte(w ^ (kOnes * '\\'))) != 0;
+  return (HasByteBelow(w, 0x20) | HasZeroByte(w ^ (kOnes * '"')) | HasZeroByte(w ^ (kOnes * '\\')) |
+          (w & kHighs)) != 0;
 }
 
-constexpr bool ByteNeedsEscape(unsigned char c) { return c < 0x20 || c == '"' || c == '\\'; }
+constexpr bool ByteNeedsEscape(unsigned char c) {
+  return c < 0x20 || c == '"' || c == '\\' || c >= 0x80;
+}
 
 constexpr std::array<bool, 256> kNeedsEscape = [] {
   std::array<bool, 256> table{};
@@ -138,9 +143,10 @@ bool NeedsJsonEscape(std::string_view text) {
   const __m128i below_space = _mm_set1_epi8(0x1f);
   auto special = [&](const char* at) {
     __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(at));
-    // Unsigned v <= 0x1f exactly when min(v, 0x1f) == v.
+    // Unsigned v <= 0x1f exactly when min(v, 0x1f) == v. The movemask below also sees v's own
+    // top bits: any byte >= 0x80.
     __m128i control = _mm_cmpeq_epi8(_mm_min_epu8(v, below_space), v);
-    return _mm_or_si128(control,
+    return _mm_or_si128(_mm_or_si128(control, v),
                         _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)));
   };
   for (; i + 64 <= n; i += 64) {
@@ -163,6 +169,12 @@ bool NeedsJsonEscape(std::string_view text) {
 
 void AppendJsonString(std::string& out, std::string_view text) {
   if (NeedsJsonEscape(text)) {
+    // JSON text must be UTF-8; names and text read from the system need not be.
+    if (!IsValidUtf8(text)) {
+      std::string valid = ToValidUtf8(text);
+      out += json::serialize(json::string_view(valid.data(), valid.size()));
+      return;
+    }
     out += json::serialize(json::string_view(text.data(), text.size()));
     return;
   }

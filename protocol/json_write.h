@@ -1,7 +1,8 @@
 // Serializes a Boost.JSON value into a string: the same text json::serialize gives, except that
 // long strings that need no escaping (base64 file data) are copied in one piece (Boost's
 // serializer inspects them byte by byte, which was the largest cost of a file_read reply) and
-// doubles are written the way people read them (42570.27, 1.24; Boost writes 4.257027E4, 1.24E0).
+// doubles are written the way people read them (42570.27, 1.24; Boost writes 4.257027E4, 1.24E0),
+// and bytes that are not valid UTF-8 become U+FFFD (Boost would copy them into the text as is).
 #pragma once
 
 #include <boost/json/value.hpp>
@@ -24,11 +25,13 @@ void AppendDouble(std::string& out, double d);
 // decimals such as 0.25 or 42570.27; exposed so tests can hold the fast route to it.
 void AppendShortestDouble(std::string& out, double d);
 
-// Appends `text` as a quoted JSON string. `text` must be valid UTF-8 (as every json::string is).
+// Appends `text` as a quoted JSON string. Bytes that are not valid UTF-8 (a file or process
+// name from the system can hold any) are written as U+FFFD, so the output is always JSON.
 void AppendJsonString(std::string& out, std::string_view text);
 
-// True when `text` holds a byte JSON requires to be escaped: '"', '\\' or a control character.
-// Scans 64 bytes per step with SSE2 where available (26 GB/s here; 6 GB/s word by word).
+// True when `text` needs more than quotes: it holds a byte JSON requires to be escaped ('"',
+// '\\', a control character) or a non-ASCII byte (to be checked for UTF-8). Scans 64 bytes per
+// step with SSE2 where available (26 GB/s here; 6 GB/s word by word).
 bool NeedsJsonEscape(std::string_view text);
 
 }  // namespace kvm

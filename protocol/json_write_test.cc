@@ -96,11 +96,9 @@ TEST(JsonWrite, EscapesEachSpecialByteAtEveryOffsetOfAWord) {
 }
 
 TEST(JsonWrite, BytesThatNeedNoEscapeAreCopiedAsIs) {
-  // Neighbours of the special bytes, and UTF-8 lead/continuation bytes, in every word position.
+  // Neighbours of the special bytes in every word position: ASCII needs nothing but quotes.
   std::string s =
       " !#[]^~\x7f"
-      "\xc3\xa9"
-      "\xe2\x82\xac"
       "ABCDEFGHIJKLMNOPQRSTUVWXYZ+/=";
   EXPECT_FALSE(NeedsJsonEscape(s));
   // The same bytes at every offset of a 64-byte vector step and of the word loop after it.
@@ -110,6 +108,33 @@ TEST(JsonWrite, BytesThatNeedNoEscapeAreCopiedAsIs) {
   }
   EXPECT_EQ(Write(json::string(s)), "\"" + s + "\"");
   EXPECT_EQ(Write(json::string(s)), json::serialize(json::string(s)));
+  // Valid UTF-8 takes the careful path (it is checked) and comes out unchanged.
+  std::string utf8 = s + "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80";
+  EXPECT_TRUE(NeedsJsonEscape(utf8));
+  for (size_t shift = 0; shift < 80; ++shift) {
+    std::string longer = std::string(shift, 'a') + utf8;
+    EXPECT_TRUE(NeedsJsonEscape(longer)) << shift;
+    EXPECT_EQ(Write(json::string(longer)), "\"" + longer + "\"") << shift;
+  }
+}
+
+// File and process names from the system need not be UTF-8, and JSON text must be: every byte
+// that is not part of a valid sequence becomes U+FFFD, in keys and values, short and long.
+TEST(JsonWrite, InvalidUtf8BecomesReplacementCharacters) {
+  const std::string fffd = "\xef\xbf\xbd";
+  EXPECT_EQ(Write(json::string(std::string("\xff\xfe"))), "\"" + fffd + fffd + "\"");
+  EXPECT_EQ(Write(json::string(std::string("a\xc3("))), "\"a" + fffd + "(\"");  // cut sequence
+  EXPECT_EQ(Write(json::string(std::string("\xc0\xaf"))), "\"" + fffd + fffd + "\"");  // overlong
+  EXPECT_EQ(Write(json::string(std::string("\xed\xa0\x80"))),
+            "\"" + fffd + fffd + fffd + "\"");  // surrogate
+  EXPECT_EQ(Write(json::string(std::string("q\"\xff"))), "\"q\\\"" + fffd + "\"");  // + escape
+  std::string long_name = std::string(5000, 'x') + "\xff" + std::string(100, 'y');
+  json::object obj{{std::string("k\xfe"), long_name}};
+  std::string out = Write(obj);
+  json::value back = json::parse(out);  // throws on invalid UTF-8
+  EXPECT_EQ(back.as_object().begin()->key(), "k" + fffd);
+  EXPECT_EQ(std::string(back.as_object().begin()->value().as_string()),
+            std::string(5000, 'x') + fffd + std::string(100, 'y'));
 }
 
 TEST(JsonWrite, LongBase64StringRoundTrips) {

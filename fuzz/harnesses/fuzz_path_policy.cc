@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "agent/handlers/files/file_io.h"
+#include "protocol/utf8.h"
 #include "agent/handlers/files/path_policy.h"
 #include "protocol/errors.h"
 
@@ -73,7 +74,7 @@ bool IsComponentPrefix(const Parts& entry, const Parts& path) {
 
 bool ValidUtf8(std::string_view s) {
   bool truncated = false;
-  return kvm::files::ValidUtf8Prefix(s, &truncated) == s.size();
+  return kvm::ValidUtf8Prefix(s, &truncated) == s.size();
 }
 
 // NormalizeAbsolute agrees with the reference, and its output is a fixed point.

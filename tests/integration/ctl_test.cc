@@ -53,6 +53,38 @@ TEST(Ctl, AgentErrorIsPrintedWithCodeKindAndDataAndExitsOne) {
   EXPECT_NE(p.err.find("-32602"), std::string::npos) << p.err;
 }
 
+// A request line the agent cannot read (here: longer than max_message_size_kb) is answered
+// with an error whose id is null; ctl takes it as the answer to its one request in flight,
+// at once, instead of waiting for its timeout and saying nothing useful.
+TEST(Ctl, RequestTheAgentCannotReadGetsItsErrorNotATimeout) {
+  AgentProcess agent;
+  std::string data(70000, 'A');
+  auto start = std::chrono::steady_clock::now();
+  RunResult r = Ctl({"--socket", agent.socket_path(), "--timeout", "10", "call", "file_write",
+                     R"({"path":"/tmp/x","data":")" + data + "\"}"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("too_large"), std::string::npos) << r.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  // The connection is still good for the next call.
+  EXPECT_EQ(Ctl({"--socket", agent.socket_path(), "ping"}).exit_code, 0);
+}
+
+// JSON cannot carry bytes that are not UTF-8: such an argument is refused before anything is
+// sent (exit 2), for plain calls and for transfers alike.
+TEST(Ctl, ArgumentThatIsNotUtf8IsRefusedBeforeSending) {
+  AgentProcess agent;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"stat", ":/tmp/\xff\xfe"},
+        std::vector<std::string>{"cat", ":/tmp/\xff"},
+        std::vector<std::string>{"cp", ":/tmp/a\xc3", "/dev/null"}}) {
+    std::vector<std::string> argv{"--socket", agent.socket_path(), "--timeout", "10"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    RunResult r = Ctl(argv);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << ": " << r.err;
+    EXPECT_NE(r.err.find("not valid UTF-8"), std::string::npos) << args[0] << ": " << r.err;
+  }
+}
+
 TEST(Ctl, BadUsageExitsTwo) {
   EXPECT_EQ(Ctl({}).exit_code, 2);
   EXPECT_EQ(Ctl({"frobnicate"}).exit_code, 2);

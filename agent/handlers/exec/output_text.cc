@@ -3,6 +3,7 @@
 #include <string>
 
 #include "protocol/base64.h"
+#include "protocol/utf8.h"
 
 namespace kvm::exec {
 namespace {
@@ -33,20 +34,7 @@ bool ValidSequence(const unsigned char* s, size_t len) {
 
 }  // namespace
 
-bool IsValidUtf8(std::string_view bytes) {
-  auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
-  size_t n = bytes.size();
-  for (size_t i = 0; i < n;) {
-    if (s[i] < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len = SequenceLength(s[i]);
-    if (len == 0 || i + len > n || !ValidSequence(s + i, len)) return false;
-    i += len;
-  }
-  return true;
-}
+bool IsValidUtf8(std::string_view bytes) { return kvm::IsValidUtf8(bytes); }
 
 size_t IncompleteUtf8Tail(std::string_view bytes) {
   auto* s = reinterpret_cast<const unsigned char*>(bytes.data());

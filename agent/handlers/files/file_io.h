@@ -67,10 +67,6 @@ struct SweepRoot {
 };
 size_t SweepStrayTemps(const std::vector<SweepRoot>& roots, size_t max_entries, Logger& log);
 
-// Length of the longest prefix of `data` that is valid UTF-8. *truncated is set when the rest
-// is only an incomplete (but so far valid) sequence at the very end.
-size_t ValidUtf8Prefix(std::string_view data, bool* truncated);
-
 // At most `max_bytes` of host-supplied text for an error message, with "..." when cut. Cuts only
 // at a UTF-8 character boundary: half a character would make the JSON reply invalid UTF-8.
 std::string ShortForMessage(std::string_view text, size_t max_bytes = 256);

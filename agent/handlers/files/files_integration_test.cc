@@ -969,6 +969,25 @@ TEST(FileReadOnTmpfs, IsServedOnTheIoThreadWhenNothingIsInSwap) {
   fs::remove_all(dir);
 }
 
+// A file name need not be UTF-8 and a JSON reply must be: such names are listed with U+FFFD in
+// place of each stray byte, and the reply stays JSON (it used to carry the raw bytes, which the
+// ctl could not parse: `ls` waited for its timeout).
+TEST_F(FileMethodsTest, ListOfNamesThatAreNotUtf8IsStillJson) {
+  fs::create_directory(sb_ + "/odd");
+  WriteFile(sb_ + "/odd/\xff\xfe", "x");
+  WriteFile(sb_ + "/odd/caf\xc3\xa9", "y");
+  CallResult r = f_.Call("file_list", {{"path", sb_ + "/odd"}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  std::vector<std::string> names;
+  for (const auto& e : r.result.at("entries").as_array()) {
+    names.emplace_back(e.at("name").as_string());
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"caf\xc3\xa9", "\xef\xbf\xbd\xef\xbf\xbd"}));
+  RunResult ls = Ctl({"ls", ":" + sb_ + "/odd"});
+  EXPECT_EQ(ls.exit_code, 0) << ls.err;
+  EXPECT_NE(ls.out.find("\xef\xbf\xbd\xef\xbf\xbd"), std::string::npos) << ls.out;
+}
+
 // The download hashes and writes on a thread of its own; a local write that fails there must
 // still end the copy with the error, remove the partial file and not hang.
 TEST_F(FileMethodsTest, CtlDownloadThatCannotBeWrittenLocallyFailsAndLeavesNothing) {

@@ -22,6 +22,7 @@
 #include "agent/handlers/files/sha256.h"
 #include "agent/handlers/register_all.h"
 #include "protocol/base64.h"
+#include "protocol/utf8.h"
 #include "protocol/errors.h"
 #include "protocol/params.h"
 
@@ -299,7 +300,7 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
   json::string data;
   {
     bool truncated = false;
-    size_t valid = files::ValidUtf8Prefix(std::string_view(buf.get(), got), &truncated);
+    size_t valid = ValidUtf8Prefix(std::string_view(buf.get(), got), &truncated);
     if (valid < got) {
       // A character cut by the chunk end is left for the next read; anything else is invalid.
       if (!(truncated && !eof && valid > 0)) {

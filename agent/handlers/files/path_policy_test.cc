@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "agent/handlers/files/file_io.h"
+#include "protocol/utf8.h"
 #include "protocol/errors.h"
 
 namespace kvm::files {
