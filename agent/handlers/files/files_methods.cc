@@ -22,6 +22,7 @@
 #include "agent/handlers/files/sha256.h"
 #include "agent/handlers/register_all.h"
 #include "protocol/base64.h"
+#include "protocol/json_write.h"
 #include "protocol/utf8.h"
 #include "protocol/errors.h"
 #include "protocol/params.h"
@@ -499,6 +500,7 @@ json::value FileList(const json::object& params, RequestContext& ctx, const File
   size_t budget = reply_budget > overhead ? reply_budget - overhead : 0;
   json::array entries;
   size_t used = 0;
+  std::string cost_text;
   uint64_t i = offset;
   for (; i < names.size() && entries.size() < limit; ++i) {
     json::object entry;
@@ -512,7 +514,10 @@ json::value FileList(const json::object& params, RequestContext& ctx, const File
     } else {
       entry["type"] = "unknown";  // vanished meanwhile
     }
-    size_t cost = json::serialize(entry).size() + 1;
+    // Measured as the reply will be written (a name that is not UTF-8 grows: U+FFFD per byte).
+    cost_text.clear();
+    AppendJson(cost_text, entry);
+    size_t cost = cost_text.size() + 1;
     if (used + cost > budget && !entries.empty()) break;
     used += cost;
     entries.push_back(std::move(entry));
