@@ -182,6 +182,16 @@ std::string Text(const json::value* v) {
   return CompactJson(*v);
 }
 
+// A name for a table row: control characters (a newline in a file name would start a false
+// row) shown as '?', as ls(1) does on a terminal. --json keeps the name exact.
+std::string RowName(const json::value* v) {
+  std::string name = Text(v);
+  for (char& c : name) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  return name;
+}
+
 }  // namespace
 
 void AddFileCommands(CLI::App& app, Options& options) {
@@ -276,7 +286,7 @@ void AddFileCommands(CLI::App& app, Options& options) {
       std::printf("%-10s %5s %12s  %s  %s\n", Text(Field(entry, "type")).c_str(),
                   Text(Field(entry, "mode")).c_str(), Text(Field(entry, "size")).c_str(),
                   mtime && mtime->is_int64() ? FormatTime(mtime->get_int64()).c_str() : "-",
-                  Text(Field(entry, "name")).c_str());
+                  RowName(Field(entry, "name")).c_str());
     }
   });
 

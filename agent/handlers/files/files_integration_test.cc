@@ -986,6 +986,14 @@ TEST_F(FileMethodsTest, ListOfNamesThatAreNotUtf8IsStillJson) {
   RunResult ls = Ctl({"ls", ":" + sb_ + "/odd"});
   EXPECT_EQ(ls.exit_code, 0) << ls.err;
   EXPECT_NE(ls.out.find("\xef\xbf\xbd\xef\xbf\xbd"), std::string::npos) << ls.out;
+  // A newline or tab in a name does not break the table: one row per entry, shown as '?'.
+  WriteFile(sb_ + "/odd/two\nlines\tname", "z");
+  RunResult rows = Ctl({"ls", ":" + sb_ + "/odd"});
+  EXPECT_EQ(rows.exit_code, 0) << rows.err;
+  EXPECT_EQ(std::count(rows.out.begin(), rows.out.end(), '\n'), 3) << rows.out;
+  EXPECT_NE(rows.out.find("two?lines?name\n"), std::string::npos) << rows.out;
+  RunResult raw = Ctl({"--json", "ls", ":" + sb_ + "/odd"});
+  EXPECT_NE(raw.out.find(R"(two\nlines\tname)"), std::string::npos) << raw.out;
 }
 
 // The download hashes and writes on a thread of its own; a local write that fails there must
