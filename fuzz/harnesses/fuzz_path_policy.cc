@@ -13,9 +13,9 @@
 #include <vector>
 
 #include "agent/handlers/files/file_io.h"
-#include "protocol/utf8.h"
 #include "agent/handlers/files/path_policy.h"
 #include "protocol/errors.h"
+#include "protocol/utf8.h"
 
 namespace {
 
@@ -70,11 +70,6 @@ bool IsComponentPrefix(const Parts& entry, const Parts& path) {
     if (entry[i] != path[i]) return false;
   }
   return true;
-}
-
-bool ValidUtf8(std::string_view s) {
-  bool truncated = false;
-  return kvm::ValidUtf8Prefix(s, &truncated) == s.size();
 }
 
 // NormalizeAbsolute agrees with the reference, and its output is a fixed point.
@@ -160,7 +155,8 @@ void CheckRefusalError(std::string_view path) {
   } catch (const kvm::RpcError& e) {
     if (e.code() != kvm::ErrorCode::kPermissionDenied) Fail("refusal is not -32000", path);
     // The message quotes (a prefix of) the path; the reply must stay valid JSON text.
-    if (ValidUtf8(path) && !ValidUtf8(e.what())) Fail("error message is not UTF-8", path, e.what());
+    if (kvm::IsValidUtf8(path) && !kvm::IsValidUtf8(e.what()))
+      Fail("error message is not UTF-8", path, e.what());
     return;
   }
   Fail("Check did not throw for a refused path", path);

@@ -7,8 +7,6 @@
 
 namespace kvm::exec {
 
-bool IsValidUtf8(std::string_view bytes);
-
 // Length of a trailing, incomplete-but-so-far-valid UTF-8 sequence (0..3). A streamed chunk
 // holds these bytes back so a character split across two reads does not force base64.
 size_t IncompleteUtf8Tail(std::string_view bytes);

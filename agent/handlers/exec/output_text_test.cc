@@ -4,6 +4,8 @@
 
 #include <boost/json.hpp>
 
+#include "protocol/utf8.h"
+
 namespace kvm::exec {
 namespace {
 

@@ -237,11 +237,11 @@ json::object DescribeDisk(const SystemRoot& sys, const std::string& disk_dir,
         {"host", (*scsi)[0]}, {"channel", (*scsi)[1]}, {"target", (*scsi)[2]}, {"lun", (*scsi)[3]}};
   }
   auto str = [](const std::optional<std::string>& s) {
-    return s ? json::value(ValidUtf8(*s)) : json::value(nullptr);
+    return s ? json::value(ToValidUtf8(*s)) : json::value(nullptr);
   };
   return json::object{
-      {"name", ValidUtf8(name)},
-      {"dev", ValidUtf8("/dev/" + name)},
+      {"name", ToValidUtf8(name)},
+      {"dev", ToValidUtf8("/dev/" + name)},
       {"size_bytes", size},
       {"serial", str(serial)},
       {"model", str(model)},
@@ -506,11 +506,11 @@ json::object CollectDiskUsage(const SystemRoot& sys, const DiskOptions& options,
     // (Fedora's / is subvol "/root") are the only view of their data.
     bool bind = !devices_seen.insert({m.major, m.minor}).second;
     json::object fs{
-        {"mount_point", ValidUtf8(m.mount_point)},
-        {"source", ValidUtf8(m.source)},
-        {"fstype", ValidUtf8(m.fstype)},
+        {"mount_point", ToValidUtf8(m.mount_point)},
+        {"source", ToValidUtf8(m.source)},
+        {"fstype", ToValidUtf8(m.fstype)},
         {"read_only", has_opt(m.options, "ro") || has_opt(m.super_options, "ro")},
-        {"fs_root", ValidUtf8(m.fs_root)},
+        {"fs_root", ToValidUtf8(m.fs_root)},
         {"bind", bind},
         {"device", json::object{{"major", m.major}, {"minor", m.minor}}},
     };

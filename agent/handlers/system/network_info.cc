@@ -206,10 +206,10 @@ void ParseResolvConf(std::string_view text, json::array& servers, json::array* s
     auto f = SplitFields(line);
     if (f.size() < 2) continue;
     if (f[0] == "nameserver") {
-      servers.emplace_back(ValidUtf8(f[1]));
+      servers.emplace_back(ToValidUtf8(f[1]));
     } else if (search && (f[0] == "search" || f[0] == "domain")) {
       search->clear();  // the last search/domain line wins, as in the resolver
-      for (size_t i = 1; i < f.size(); ++i) search->emplace_back(ValidUtf8(f[i]));
+      for (size_t i = 1; i < f.size(); ++i) search->emplace_back(ToValidUtf8(f[i]));
     }
   }
 }
@@ -456,15 +456,15 @@ json::object BuildNetworkInfo(const std::vector<LinkInfo>& links,
   auto name_of = [&](int index) -> json::value {
     auto it = by_index.find(index);
     if (it == by_index.end()) return nullptr;
-    return json::string(ValidUtf8(it->second->name));
+    return json::string(ToValidUtf8(it->second->name));
   };
   if (filter.interface) {
     bool found = false;
     for (const auto& l : links) found = found || l.name == *filter.interface;
     if (!found) {
       throw RpcError(ErrorCode::kNotFound,
-                     "no network interface named '" + ValidUtf8(*filter.interface) + "'",
-                     {{"interface", ValidUtf8(*filter.interface)}});
+                     "no network interface named '" + ToValidUtf8(*filter.interface) + "'",
+                     {{"interface", ToValidUtf8(*filter.interface)}});
     }
   }
 
@@ -487,7 +487,7 @@ json::object BuildNetworkInfo(const std::vector<LinkInfo>& links,
       };
       if (!peer.empty()) o["peer"] = FormatIp(a.family, peer);
       if (!a.broadcast.empty()) o["broadcast"] = FormatIp(a.family, a.broadcast);
-      if (!a.label.empty() && a.label != l.name) o["label"] = ValidUtf8(a.label);
+      if (!a.label.empty() && a.label != l.name) o["label"] = ToValidUtf8(a.label);
       o["flags"] = AddrFlags(a.family, a.flags);
       o["valid_lifetime_seconds"] = Lifetime(a.valid_lifetime);
       o["preferred_lifetime_seconds"] = Lifetime(a.preferred_lifetime);
@@ -502,10 +502,10 @@ json::object BuildNetworkInfo(const std::vector<LinkInfo>& links,
                            {"tx_errors", s.tx_errors}, {"tx_dropped", s.tx_dropped}};
     }
     interfaces.push_back(json::object{
-        {"name", ValidUtf8(l.name)},
+        {"name", ToValidUtf8(l.name)},
         {"index", l.index},
         {"type", LinkType(l.type)},
-        {"kind", l.kind.empty() ? json::value(nullptr) : json::value(ValidUtf8(l.kind))},
+        {"kind", l.kind.empty() ? json::value(nullptr) : json::value(ToValidUtf8(l.kind))},
         {"mac", l.hw_address.empty() ? json::value(nullptr) : json::value(FormatMac(l.hw_address))},
         {"mtu", l.mtu ? json::value(*l.mtu) : json::value(nullptr)},
         {"operstate", l.operstate ? OperState(*l.operstate) : "unknown"},

@@ -5,8 +5,6 @@
 #include <charconv>
 #include <cstdlib>
 
-#include "protocol/utf8.h"
-
 #include "agent/core/file_util.h"
 
 namespace kvm::sysinfo {
@@ -74,8 +72,6 @@ std::optional<double> ParseDouble(std::string_view s) {
   if (ec != std::errc() || p != s.data() + s.size() || s.empty()) return std::nullopt;
   return v;
 }
-
-std::string ValidUtf8(std::string_view s) { return ToValidUtf8(s); }
 
 std::optional<std::vector<unsigned>> ParseCpuList(std::string_view text) {
   std::vector<unsigned> out;

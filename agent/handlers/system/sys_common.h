@@ -8,6 +8,10 @@
 #include <string_view>
 #include <vector>
 
+// Kernel-provided names (paths, interface names, utmp fields) need not be UTF-8 and json::string
+// values must be: the handlers pass them through ToValidUtf8.
+#include "protocol/utf8.h"
+
 namespace kvm::sysinfo {
 
 // Every file this module reads is `root + "/proc/..."` etc. Empty root = the live system.
@@ -27,10 +31,6 @@ std::vector<std::string_view> SplitFields(std::string_view line);  // on runs of
 std::vector<std::string_view> SplitLines(std::string_view text);
 std::optional<uint64_t> ParseU64(std::string_view s);
 std::optional<double> ParseDouble(std::string_view s);
-
-// JSON strings must be valid UTF-8: kernel-provided names (paths, interface names, utmp fields)
-// need not be. Invalid bytes become U+FFFD so the reply stays parseable.
-std::string ValidUtf8(std::string_view s);
 
 // Parses a CPU list such as "0-3,5,7-8" (sysfs online/present); nullopt on bad syntax.
 std::optional<std::vector<unsigned>> ParseCpuList(std::string_view text);

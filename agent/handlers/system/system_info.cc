@@ -25,7 +25,7 @@ namespace {
 
 json::value StrOrNull(const std::optional<std::string>& s) {
   if (!s || s->empty()) return nullptr;
-  return json::string(ValidUtf8(*s));
+  return json::string(ToValidUtf8(*s));
 }
 
 // "Key : value" lines of /proc/meminfo and /proc/cpuinfo.
@@ -191,8 +191,8 @@ json::object CpuInfo(const SystemRoot& sys) {
     for (unsigned c : *online_list) online_ids.push_back(c);
   }
   return json::object{
-      {"model", model.empty() ? json::value(nullptr) : json::value(ValidUtf8(model))},
-      {"vendor", vendor.empty() ? json::value(nullptr) : json::value(ValidUtf8(vendor))},
+      {"model", model.empty() ? json::value(nullptr) : json::value(ToValidUtf8(model))},
+      {"vendor", vendor.empty() ? json::value(nullptr) : json::value(ToValidUtf8(vendor))},
       {"logical_count", logical},
       {"online_count", online_count},
       {"online", std::move(online_ids)},
@@ -272,7 +272,7 @@ json::array LoggedInUsers(const SystemRoot& sys) {
   // Records have this libc's struct utmp layout (the file is written through the same ABI);
   // read directly because getutent() is not usable from a static binary everywhere.
   auto field = [](const char* p, size_t max) {
-    return ValidUtf8(std::string_view(p, strnlen(p, max)));
+    return ToValidUtf8(std::string_view(p, strnlen(p, max)));
   };
   for (size_t off = 0; off + sizeof(struct utmp) <= data->size(); off += sizeof(struct utmp)) {
     struct utmp u;
@@ -326,7 +326,8 @@ json::object TimezoneInfo(const SystemRoot& sys, bool reload_rules, const json::
   return json::object(
       {
           {"name", StrOrNull(name)},
-          {"abbreviation", tm.tm_zone ? json::value(ValidUtf8(tm.tm_zone)) : json::value(nullptr)},
+          {"abbreviation",
+           tm.tm_zone ? json::value(ToValidUtf8(tm.tm_zone)) : json::value(nullptr)},
           {"utc_offset_seconds", static_cast<int64_t>(off)},
           {"utc_offset", text},
           {"dst", tm.tm_isdst > 0},
@@ -346,12 +347,12 @@ json::value FindFqdn(const SystemRoot& sys, std::string_view hostname) {
       bool match = false;
       for (size_t i = 1; i < f.size(); ++i) match = match || f[i] == hostname;
       if (match) {
-        if (f[1].find('.') != std::string_view::npos) return json::string(ValidUtf8(f[1]));
+        if (f[1].find('.') != std::string_view::npos) return json::string(ToValidUtf8(f[1]));
         break;
       }
     }
   }
-  if (hostname.find('.') != std::string_view::npos) return json::string(ValidUtf8(hostname));
+  if (hostname.find('.') != std::string_view::npos) return json::string(ToValidUtf8(hostname));
   return nullptr;
 }
 
@@ -366,9 +367,9 @@ json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache) {
   utsname uts{};
   ::uname(&uts);
   auto from_proc = [&](const char* path, const char* fallback) {
-    if (live) return ValidUtf8(fallback);
+    if (live) return ToValidUtf8(fallback);
     auto v = ReadAttr(sys, path);
-    return ValidUtf8(v && !v->empty() ? *v : std::string(fallback));
+    return ToValidUtf8(v && !v->empty() ? *v : std::string(fallback));
   };
   std::string hostname = from_proc("/proc/sys/kernel/hostname", uts.nodename);
   // Slow-changing parts: from the cache while it is fresh and still describes this system.
@@ -490,10 +491,10 @@ json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache) {
       }
     }
   }
-  json::object kernel({{"name", ValidUtf8(from_proc("/proc/sys/kernel/ostype", uts.sysname))},
+  json::object kernel({{"name", ToValidUtf8(from_proc("/proc/sys/kernel/ostype", uts.sysname))},
                        {"release", from_proc("/proc/sys/kernel/osrelease", uts.release)},
                        {"version", from_proc("/proc/sys/kernel/version", uts.version)},
-                       {"machine", ValidUtf8(uts.machine)}},
+                       {"machine", ToValidUtf8(uts.machine)}},
                       sp);
   return json::object(
       {
