@@ -1028,15 +1028,14 @@ TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesOnlyStableOnes) {
   ASSERT_EQ(cp.exit_code, 0) << cp.err;
   EXPECT_EQ(ReadFileText(f_.box("version")), ReadFileText("/proc/version"));
 
-  // The agent's own /proc/PID/io counts the bytes it has read, so the agent's hash pass and
-  // the reads never see the same content: the sha256 check fails, with a hint, and nothing
-  // is left behind.
-  std::string io = "/proc/" + std::to_string(f_.agent().pid()) + "/io";
-  RunResult changing = Ctl({"cp", ":" + io, f_.box("io")});
+  // Every open of the kernel's uuid file makes a new uuid, so the agent's hash pass and the
+  // read never see the same content (even when they run at once, as they may: ctl sends them
+  // together): the sha256 check fails, with a hint, and nothing is left behind.
+  RunResult changing = Ctl({"cp", ":/proc/sys/kernel/random/uuid", f_.box("uuid")});
   EXPECT_EQ(changing.exit_code, 1);
   EXPECT_NE(changing.err.find("use cat for those"), std::string::npos) << changing.err;
-  EXPECT_FALSE(fs::exists(f_.box("io")));
-  EXPECT_FALSE(fs::exists(f_.box("io.kvmctl-part")));
+  EXPECT_FALSE(fs::exists(f_.box("uuid")));
+  EXPECT_FALSE(fs::exists(f_.box("uuid.kvmctl-part")));
 }
 
 }  // namespace
