@@ -182,16 +182,26 @@ class QgaPeer {
     Stop(pid_);
   }
 
-  // Writes then reads `data` through guest-file-* in `chunk`-byte calls; MB/s each way.
-  std::pair<double, double> Round(const std::string& data, size_t chunk) {
+  // Copies the local file `src` (holding `data`) to the guest and back to the local file
+  // `back` through guest-file-* in `chunk`-byte calls; MB/s each way. Like the agent's rounds,
+  // it reads the upload from a file and writes the download to one as it arrives.
+  std::pair<double, double> Round(const std::string& data, const std::string& src,
+                                  const std::string& back, size_t chunk) {
+    int in = ::open(src.c_str(), O_RDONLY);
+    std::string piece(chunk, '\0');
     auto start = Clock::now();
     int64_t h = QgaCall(*client_, R"({"execute":"guest-file-open","arguments":{"path":")" +
                                       target_ + R"(","mode":"w"}})")
                     .as_int64();
     for (size_t off = 0; off < data.size(); off += chunk) {
+      ssize_t n = ::pread(in, piece.data(), chunk, static_cast<off_t>(off));
+      if (n <= 0) {
+        std::fprintf(stderr, "cannot read %s\n", src.c_str());
+        std::exit(1);
+      }
       std::string line = R"({"execute":"guest-file-write","arguments":{"handle":)" +
                          std::to_string(h) + R"(,"buf-b64":")";
-      kvm::Base64Append(line, std::string_view(data).substr(off, chunk));
+      kvm::Base64Append(line, std::string_view(piece).substr(0, static_cast<size_t>(n)));
       line += "\"}}";
       QgaCall(*client_, line);
     }
@@ -203,23 +213,30 @@ class QgaPeer {
       std::exit(1);
     }
 
+    ::close(in);
+
+    int out = ::open(back.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     start = Clock::now();
     h = QgaCall(*client_, R"({"execute":"guest-file-open","arguments":{"path":")" + target_ +
                               R"(","mode":"r"}})")
             .as_int64();
-    std::string got, piece;
     for (;;) {
       json::value ret =
           QgaCall(*client_, R"({"execute":"guest-file-read","arguments":{"handle":)" +
                                 std::to_string(h) + R"(,"count":)" + std::to_string(chunk) + "}}");
       kvm::Base64Decode(ret.at("buf-b64").as_string(), piece);
-      got += piece;
+      if (!piece.empty() &&
+          ::write(out, piece.data(), piece.size()) != static_cast<ssize_t>(piece.size())) {
+        std::fprintf(stderr, "cannot write %s\n", back.c_str());
+        std::exit(1);
+      }
       if (ret.at("eof").as_bool() || piece.empty()) break;
     }
     QgaCall(*client_,
             R"({"execute":"guest-file-close","arguments":{"handle":)" + std::to_string(h) + "}}");
     double rd = static_cast<double>(data.size()) / 1e6 / Seconds(start);
-    if (got != data) {
+    ::close(out);
+    if (ReadAll(back) != data) {
       std::fprintf(stderr, "qemu-ga read a different file\n");
       std::exit(1);
     }
@@ -337,7 +354,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     for (size_t c = 0; peer && c < std::size(kQgaChunks); ++c) {
-      auto [w, rd] = peer->Round(data, kQgaChunks[c]);
+      auto [w, rd] = peer->Round(data, src, dir + "/qga-back.bin", kQgaChunks[c]);
       qwrites[c].push_back(w);
       qreads[c].push_back(rd);
     }
