@@ -252,7 +252,7 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
   json::object begin_params{{"path", remote}, {"size", size}, {"mode", options.mode}};
   if (options.permissions) begin_params["permissions"] = *options.permissions;
   CallResult begin = client.Call("file_upload_begin", begin_params);
-  if (!begin.ok) throw TransferError("file_upload_begin failed", begin);
+  if (!begin.ok) throw TransferError("file_upload_begin failed", begin, "file_upload_begin");
   std::string handle = GetString(begin.result, "handle");
   size_t chunk = GetUint(begin.result, "chunk_size");
   if (chunk == 0) throw ClientError("agent announced chunk_size 0");
@@ -264,10 +264,10 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
   std::string params;
   std::string handle_json = JsonString(handle);
   uint64_t offset = 0, done = 0;
-  auto fail = [&](const std::string& what, const CallResult& r) {
+  auto fail = [&](const CallResult& r) {
     pipe.Drain();
     client.Call("file_upload_abort", {{"handle", handle}});
-    throw TransferError(what, r);
+    throw TransferError("file_upload_chunk failed", r, "file_upload_chunk");
   };
   while (offset < size || pipe.in_flight() > 0) {
     while (offset < size && pipe.in_flight() < static_cast<size_t>(options.window)) {
@@ -295,7 +295,7 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
       offset += piece.size();
     }
     auto [id, result] = pipe.Receive();
-    if (!result.ok) fail("file_upload_chunk failed", result);
+    if (!result.ok) fail(result);
     done += lengths[id];
     lengths.erase(id);
     if (options.progress) options.progress(done, size);
@@ -303,7 +303,7 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
   Outcome out{size, hash.FinishHex()};
   CallResult commit = client.Call("file_upload_commit",
                                   {{"handle", handle}, {"sha256", out.sha256}, {"size", size}});
-  if (!commit.ok) throw TransferError("file_upload_commit failed", commit);
+  if (!commit.ok) throw TransferError("file_upload_commit failed", commit, "file_upload_commit");
   return out;
 }
 
@@ -338,7 +338,7 @@ uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeli
   }
   if (!first.ok) {
     pipe.Drain();
-    throw TransferError("file_read failed", first);
+    throw TransferError("file_read failed", first, "file_read");
   }
   std::string decoded;
   if (!Base64Decode(GetView(first.result, "data"), decoded)) {
@@ -366,7 +366,7 @@ uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeli
       const CallResult& result = reply.second;
       if (!result.ok) {
         pipe.Drain();
-        throw TransferError("file_read failed", result);
+        throw TransferError("file_read failed", result, "file_read");
       }
       if (!Base64Decode(GetView(result.result, "data"), decoded)) {
         throw ClientError("agent sent invalid base64");
@@ -401,7 +401,7 @@ uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeli
     }
     if (!result.ok) {
       pipe.Drain();
-      throw TransferError("file_read failed", result);
+      throw TransferError("file_read failed", result, "file_read");
     }
     uint64_t off = offsets[id];
     offsets.erase(id);
@@ -441,7 +441,7 @@ Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
       [&](std::string& bytes) { writer.Push(std::exchange(bytes, writer.Spare())); }, "file_stat",
       R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result, &size);
   Outcome out{received, writer.Finish()};
-  if (!hash_result.ok) throw TransferError("file_stat (sha256) failed", hash_result);
+  if (!hash_result.ok) throw TransferError("file_stat (sha256) failed", hash_result, "file_stat");
   std::string remote_sha = GetString(hash_result.result, "sha256");
   if (remote_sha != out.sha256 || GetUint(hash_result.result, "size") != size) {
     throw TransferError("sha256 mismatch: agent " + remote_sha + ", received " + out.sha256 +

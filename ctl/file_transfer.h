@@ -14,9 +14,10 @@ namespace kvm::transfer {
 // The agent refused or failed a step; `result` holds its error.
 class TransferError : public std::runtime_error {
  public:
-  TransferError(std::string what, CallResult result)
-      : std::runtime_error(std::move(what)), result(std::move(result)) {}
+  TransferError(std::string what, CallResult result, std::string method = {})
+      : std::runtime_error(std::move(what)), result(std::move(result)), method(std::move(method)) {}
   CallResult result;
+  std::string method;  // the agent method that answered `result`; empty for a local failure
 };
 
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;

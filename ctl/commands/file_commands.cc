@@ -38,8 +38,8 @@ bool RefusedAsDirectory(const transfer::TransferError& e) {
   const json::object& data = e.result.error_data.get_object();
   const json::value* policy = data.if_contains("policy");
   const json::value* type = data.if_contains("type");
-  return std::string_view(e.what()) == "file_upload_begin failed" && policy && type &&
-         *policy == "regular_files_only" && *type == "directory";
+  return e.method == "file_upload_begin" && policy && type && *policy == "regular_files_only" &&
+         *type == "directory";
 }
 
 // A progress line on stderr, only when it is a terminal.
