@@ -42,6 +42,13 @@ bool RefusedAsDirectory(const transfer::TransferError& e) {
          *type == "directory";
 }
 
+// The `kind` in an agent error's data ("not_found", "permission_denied", ...); empty if none.
+std::string_view ErrorKind(const CallResult& r) {
+  if (r.ok || !r.error_data.is_object()) return {};
+  const json::value* kind = r.error_data.get_object().if_contains("kind");
+  return kind && kind->is_string() ? std::string_view(kind->get_string()) : std::string_view();
+}
+
 // A progress line on stderr, only when it is a terminal.
 transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
   if (!enabled || options.json || !::isatty(STDERR_FILENO)) return nullptr;
@@ -253,8 +260,9 @@ void AddFileCommands(CLI::App& app, Options& options) {
     uint64_t offset = 0;
     for (;;) {
       CallResult r = client->Call("file_list", {{"path", path}, {"offset", offset}});
-      if (!r.ok && offset == 0) {
-        // Like ls(1), a path that is not a directory is listed as itself, if it exists.
+      if (!r.ok && offset == 0 && ErrorKind(r) == "not_found") {
+        // Like ls(1), a path that is not a directory is listed as itself, if it exists (the
+        // agent's file_list answers ENOTDIR as not_found; a refusal needs no second call).
         CallResult st = client->Call("file_stat", {{"path", path}});
         if (st.ok && Text(Field(st.result, "type")) != "directory") {
           json::object entry{{"name", path}};
