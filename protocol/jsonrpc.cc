@@ -102,7 +102,7 @@ std::variant<Request, InvalidRequest> ValidateRequest(json::value&& message) {
 
 void AppendId(std::string& out, const json::value& id) { AppendJson(out, id); }
 
-std::string ResultResponseHead() { return R"({"jsonrpc":"2.0","result":)"; }
+std::string_view ResultResponseHead() { return R"({"jsonrpc":"2.0","result":)"; }
 
 void FinishResultResponse(std::string& out, const json::value& id) {
   out += R"(,"id":)";
@@ -113,7 +113,8 @@ void FinishResultResponse(std::string& out, const json::value& id) {
 std::string ResultResponse(const json::value& id, const json::value& result) {
   std::string out;
   out.reserve(256);  // one allocation for a small reply, rather than doubling from 15 bytes
-  out = ResultResponseHead();
+  out.append(
+      ResultResponseHead());  // into the reserved buffer (assigning a string would swap it out)
   AppendJson(out, result);
   FinishResultResponse(out, id);
   return out;

@@ -43,7 +43,7 @@ std::variant<Request, InvalidRequest> ValidateRequest(boost::json::value&& messa
 std::string ResultResponse(const boost::json::value& id, const boost::json::value& result);
 // The same line built in two steps around a result serialized by its method
 // (RequestContext::result_text): the head, then the result's JSON, then the tail.
-std::string ResultResponseHead();
+std::string_view ResultResponseHead();
 void FinishResultResponse(std::string& out, const boost::json::value& id);
 std::string ErrorResponse(const boost::json::value& id, const RpcError& error);
 

@@ -87,7 +87,7 @@ TEST(JsonRpcResponse, EchoesIdsExactly) {
             R"({"jsonrpc":"2.0","result":null,"id":"a\"b"})");
   EXPECT_EQ(ResultResponse(nullptr, 1), R"({"jsonrpc":"2.0","result":1,"id":null})");
   // Built in two steps around a result serialized elsewhere: the same line.
-  std::string two_step = ResultResponseHead() + "[true]";
+  std::string two_step = std::string(ResultResponseHead()) + "[true]";
   FinishResultResponse(two_step, json::parse(R"("x\ny")"));
   EXPECT_EQ(two_step, ResultResponse(json::parse(R"("x\ny")"), json::parse("[true]")));
 }
