@@ -172,6 +172,10 @@ bool ReadCannotWaitForDisk(int fd, uint64_t offset, size_t size) {
   // tmpfs: only a page that went to swap would wait.
   struct sysinfo si;
   if (::sysinfo(&si) == 0 && si.totalswap == 0) return true;
+  return NoPageOfRangeInSwap(fd, offset, size);
+}
+
+bool NoPageOfRangeInSwap(int fd, uint64_t offset, size_t size) {
   CachestatRange range{offset, size};
   Cachestat cs{};
   if (::syscall(kSysCachestat, fd, &range, &cs, 0) != 0) return false;  // ENOSYS before 6.5

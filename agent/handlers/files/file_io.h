@@ -56,6 +56,9 @@ size_t ReadCachedAt(int fd, char* data, size_t size, uint64_t offset, std::strin
 // True when reading the range cannot wait for a disk: ramfs; tmpfs with no swap configured, or
 // (cachestat(2), Linux 6.5+) with no page of the range in swap. False for other file systems.
 bool ReadCannotWaitForDisk(int fd, uint64_t offset, size_t size);
+// Its tmpfs-with-swap case: true when cachestat(2) says no page of the range was evicted (a
+// tmpfs page in swap counts as evicted); false when it cannot say (before Linux 6.5).
+bool NoPageOfRangeInSwap(int fd, uint64_t offset, size_t size);
 
 [[noreturn]] void ThrowIo(int err, std::string_view what, std::string_view path);
 

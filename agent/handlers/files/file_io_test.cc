@@ -5,8 +5,10 @@
 #include <linux/magic.h>
 #include <sys/statfs.h>
 #include <sys/sysinfo.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -55,6 +57,22 @@ TEST(ReadCannotWaitForDisk, TmpfsWithoutSwapIsReadFromMemory) {
   ASSERT_GE(file.fd(), 0);
   EXPECT_TRUE(ReadCannotWaitForDisk(file.fd(), 0, 5));
   EXPECT_TRUE(ReadCannotWaitForDisk(file.fd(), 0, 1 << 20));  // past the end: a hole, no wait
+}
+
+// The branch taken on machines with swap (this one has none, so the test above never reaches
+// it): cachestat(2) on a tmpfs file whose pages are all in memory, and past its end (a hole).
+TEST(ReadCannotWaitForDisk, CachestatFindsNoPageOfAResidentTmpfsFileInSwap) {
+  if (FsType("/dev/shm") != TMPFS_MAGIC) GTEST_SKIP() << "/dev/shm is not a tmpfs here";
+  utsname uts{};
+  ASSERT_EQ(::uname(&uts), 0);
+  int major = 0, minor = 0;
+  ASSERT_EQ(std::sscanf(uts.release, "%d.%d", &major, &minor), 2) << uts.release;
+  if (major < 6 || (major == 6 && minor < 5)) GTEST_SKIP() << "no cachestat before Linux 6.5";
+  ScratchFile file("/dev/shm");
+  ASSERT_GE(file.fd(), 0);
+  EXPECT_TRUE(NoPageOfRangeInSwap(file.fd(), 0, 5));
+  EXPECT_TRUE(NoPageOfRangeInSwap(file.fd(), 0, 1 << 20));
+  EXPECT_FALSE(NoPageOfRangeInSwap(-1, 0, 5));  // cannot say: may wait
 }
 
 TEST(ReadCannotWaitForDisk, DiskBackedAndOtherFileSystemsMayWait) {
