@@ -1,9 +1,12 @@
 #include "ctl/file_transfer.h"
 
+#include <fcntl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
 #include <cerrno>
+#include <climits>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -153,6 +156,42 @@ void WriteFully(int fd, const char* data, size_t size) {
   }
 }
 
+// Writes all of `pieces` with writev, resuming after short writes.
+void WritevFully(int fd, const std::vector<std::string>& pieces) {
+  std::vector<iovec> iov;
+  for (const std::string& piece : pieces) {
+    if (!piece.empty()) iov.push_back({const_cast<char*>(piece.data()), piece.size()});
+  }
+  size_t first = 0;
+  while (first < iov.size()) {
+    int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+    ssize_t n = ::writev(fd, &iov[first], count);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error(std::string("local write: ") + std::strerror(errno));
+    }
+    for (auto left = static_cast<size_t>(n); left > 0;) {
+      size_t step = std::min(left, iov[first].iov_len);
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + step;
+      iov[first].iov_len -= step;
+      left -= step;
+      if (iov[first].iov_len == 0) ++first;
+    }
+  }
+}
+
+// Reserves the blocks of a download of `size` bytes before any is written, without changing
+// the file's size: ext4 writes a reserved 10 MB in ~40% less kernel time, and a full disk is
+// reported before the transfer rather than at the end. Nothing to do where fallocate is not
+// supported (pipes, some file systems).
+void ReserveSpace(int fd, uint64_t size) {
+  if (size == 0) return;
+  if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(size)) != 0 && errno == ENOSPC) {
+    throw std::runtime_error(std::string("local write: ") + std::strerror(ENOSPC) + " (" +
+                             std::to_string(size) + " bytes needed)");
+  }
+}
+
 // Hashes and writes downloaded pieces on a thread of its own, in the order pushed: SHA-256 is
 // about a third of the client's CPU in a download, and on its own thread it runs alongside
 // receiving and decoding the next replies (measured: 50 MB downloads went from ~430 to ~600
@@ -192,36 +231,54 @@ class HashingWriter {
 
  private:
   static constexpr size_t kMaxQueued = 16;  // 16 x 48 KiB waiting at most
+  // Pieces are written once this much has been hashed, in one writev: on ext4, 1 MiB writes
+  // of a 10 MB file took half the kernel time of 48 KiB ones (fewer calls, larger folios).
+  static constexpr size_t kWriteBytes = size_t{1} << 20;
 
   // Takes every piece waiting at once: one wake-up and one lock round per batch, not per piece.
   void Run() {
     std::deque<std::string> batch;
+    std::vector<std::string> held;  // hashed, not yet written
+    size_t held_bytes = 0;
     std::unique_lock lock(mu_);
     for (;;) {
       work_.wait(lock, [&] { return !queue_.empty() || closed_; });
-      if (queue_.empty()) return;
+      bool last = queue_.empty();  // closed, and nothing more will come
       batch.clear();
       batch.swap(queue_);
       space_.notify_one();
-      if (error_) continue;  // after a failed write, only drain
+      if (error_) {  // after a failed write, only drain
+        if (last) return;
+        continue;
+      }
       lock.unlock();
       std::exception_ptr failed;
       try {
-        for (const std::string& piece : batch) {
+        for (std::string& piece : batch) {
           hash_.Update(piece);
-          WriteFully(fd_, piece.data(), piece.size());
+          held_bytes += piece.size();
+          held.push_back(std::move(piece));
+        }
+        if (held_bytes >= kWriteBytes || (last && !held.empty())) {
+          WritevFully(fd_, held);
+          held_bytes = 0;
         }
       } catch (...) {
         failed = std::current_exception();
       }
       lock.lock();
-      for (std::string& piece : batch) {
-        if (spare_.size() < kMaxQueued) spare_.push_back(std::move(piece));
+      if (held_bytes == 0 || failed) {
+        for (std::string& piece : held) {
+          if (spare_.size() < kMaxSpare) spare_.push_back(std::move(piece));
+        }
+        held.clear();
+        held_bytes = 0;
       }
       if (failed) {
         error_ = failed;
         space_.notify_all();
       }
+      if (last) return;
     }
   }
 
@@ -240,6 +297,7 @@ class HashingWriter {
   std::condition_variable work_, space_;
   std::deque<std::string> queue_;
   std::vector<std::string> spare_;  // written pieces' buffers, for Spare()
+  static constexpr size_t kMaxSpare = kMaxQueued + kWriteBytes / 32768;
   bool closed_ = false;
   std::exception_ptr error_;
   std::thread thread_;  // last: starts once the members above exist
@@ -436,10 +494,17 @@ Outcome Download(AgentClient& client, const std::string& remote, int local_fd,
   CallResult hash_result;
   HashingWriter writer(local_fd);
   uint64_t size = 0;  // as file_read reports it (0 for procfs/sysfs files)
+  bool reserved = false;
   uint64_t received = ReadPipelined(
       remote, options, pipe,
-      [&](std::string& bytes) { writer.Push(std::exchange(bytes, writer.Spare())); }, "file_stat",
-      R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result, &size);
+      [&](std::string& bytes) {
+        if (!reserved) {  // `size` is known from the first reply on
+          ReserveSpace(local_fd, size);
+          reserved = true;
+        }
+        writer.Push(std::exchange(bytes, writer.Spare()));
+      },
+      "file_stat", R"({"path":)" + JsonString(remote) + R"(,"sha256":true})", &hash_result, &size);
   Outcome out{received, writer.Finish()};
   if (!hash_result.ok) throw TransferError("file_stat (sha256) failed", hash_result, "file_stat");
   std::string remote_sha = GetString(hash_result.result, "sha256");
