@@ -186,8 +186,9 @@ void WritevFully(int fd, const std::vector<std::string>& pieces) {
 // supported (pipes, some file systems).
 void ReserveSpace(int fd, uint64_t size) {
   if (size == 0) return;
-  if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(size)) != 0 && errno == ENOSPC) {
-    throw std::runtime_error(std::string("local write: ") + std::strerror(ENOSPC) + " (" +
+  if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(size)) == 0) return;
+  if (errno == ENOSPC || errno == EDQUOT) {
+    throw std::runtime_error(std::string("local write: ") + std::strerror(errno) + " (" +
                              std::to_string(size) + " bytes needed)");
   }
 }

@@ -33,6 +33,12 @@ void ThrowIo(int err, std::string_view what, std::string_view path) {
       {{"errno", err}, {"detail", std::strerror(err)}, {"path", path}});
 }
 
+void ReserveSpace(int fd, uint64_t size, std::string_view path) {
+  if (size == 0) return;
+  if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(size)) == 0) return;
+  if (errno == ENOSPC || errno == EDQUOT) ThrowIo(errno, "reserving space", path);
+}
+
 std::string RandomHex() {
   unsigned char bytes[16];
   size_t got = 0;

@@ -60,6 +60,12 @@ bool ReadCannotWaitForDisk(int fd, uint64_t offset, size_t size);
 // tmpfs page in swap counts as evicted); false when it cannot say (before Linux 6.5).
 bool NoPageOfRangeInSwap(int fd, uint64_t offset, size_t size);
 
+// Reserves `size` bytes of blocks for `fd` without changing its size (fallocate KEEP_SIZE): an
+// upload that the disk cannot hold is refused before any data moves, and ext4 then writes the
+// file in less time. Throws io_error on ENOSPC or EDQUOT; does nothing where the file system
+// has no fallocate.
+void ReserveSpace(int fd, uint64_t size, std::string_view path);
+
 [[noreturn]] void ThrowIo(int err, std::string_view what, std::string_view path);
 
 // Removes stray kTempPrefix files in the given directories (recursively where asked, no

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <linux/magic.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysinfo.h>
@@ -1012,6 +1013,54 @@ TEST_F(FileMethodsTest, CtlDownloadThatCannotBeWrittenLocallyFailsAndLeavesNothi
   EXPECT_FALSE(fs::exists(target));
   EXPECT_FALSE(fs::exists(target + ".kvmctl-part"));
   // The agent serves the next client as usual.
+  EXPECT_TRUE(f_.Call("ping", {}).ok);
+}
+
+// A 256 KiB tmpfs mounted at `dir` for one test (needs root, as CI runs; skipped otherwise).
+class SmallTmpfs {
+ public:
+  explicit SmallTmpfs(const std::string& dir) : dir_(dir) {
+    fs::create_directories(dir_);
+    mounted_ = ::mount("kvm-test", dir_.c_str(), "tmpfs", 0, "size=256k") == 0;
+    if (!mounted_) error_ = std::strerror(errno);
+  }
+  ~SmallTmpfs() {
+    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+  std::string error_;
+};
+
+// The upload's declared size is reserved at begin: a disk that cannot hold it says so before
+// any data moves, and no temp file is left behind.
+TEST_F(FileMethodsTest, UploadTooLargeForTheDiskIsRefusedAtBegin) {
+  SmallTmpfs small(sb_ + "/small");
+  if (!small.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << small.error();
+  CallResult b = f_.Call("file_upload_begin", {{"path", sb_ + "/small/big"}, {"size", 1000000}});
+  EXPECT_FALSE(b.ok);
+  EXPECT_EQ(b.error_code, -32005) << b.error_message;  // io_error
+  EXPECT_NE(b.error_message.find("No space left on device"), std::string::npos) << b.error_message;
+  EXPECT_TRUE(fs::is_empty(sb_ + "/small"));
+  // What fits is taken as before.
+  RunResult up = Ctl({"cp", "/etc/hostname", ":" + sb_ + "/small/fits"});
+  EXPECT_EQ(up.exit_code, 0) << up.err;
+}
+
+TEST_F(FileMethodsTest, CtlDownloadTooLargeForTheLocalDiskFailsAtOnceAndLeavesNothing) {
+  SmallTmpfs small(f_.box("small"));
+  if (!small.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << small.error();
+  WriteFile(sb_ + "/remote.bin", RandomBytes(1000000, 9));
+  RunResult down = Ctl({"cp", ":" + sb_ + "/remote.bin", f_.box("small") + "/back.bin"});
+  EXPECT_EQ(down.exit_code, 1) << down.err;
+  EXPECT_NE(down.err.find("local write: No space left on device (1000000 bytes needed)"),
+            std::string::npos)
+      << down.err;
+  EXPECT_TRUE(fs::is_empty(f_.box("small")));
   EXPECT_TRUE(f_.Call("ping", {}).ok);
 }
 

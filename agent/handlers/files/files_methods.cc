@@ -641,6 +641,7 @@ json::value UploadBegin(const json::object& params, RequestContext& ctx, FilesSt
                    {{"path", parent.normalized}});
   }
   session->file = std::make_unique<files::PendingFile>(parent.dir.get(), 0600, path);
+  if (size) files::ReserveSpace(session->file->fd(), *size, parent.normalized);
   session->path = parent.normalized;
   session->name = parent.name;
   session->dir = std::move(parent.dir);
