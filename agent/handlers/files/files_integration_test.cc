@@ -1051,6 +1051,24 @@ TEST_F(FileMethodsTest, UploadTooLargeForTheDiskIsRefusedAtBegin) {
   EXPECT_EQ(up.exit_code, 0) << up.err;
 }
 
+// A commit may name a smaller size than the begin reserved; the installed file keeps no
+// blocks past its end.
+TEST_F(FileMethodsTest, CommitSmallerThanTheReservedSizeLeavesNoBlocksAllocatedPastTheEnd) {
+  CallResult b = f_.Call("file_upload_begin", {{"path", sb_ + "/small"}, {"size", 4000000}});
+  ASSERT_TRUE(b.ok) << b.error_message;
+  json::string handle = b.result.at("handle").as_string();
+  ASSERT_TRUE(f_.Call("file_upload_chunk",
+                      {{"handle", handle}, {"offset", 0}, {"data", Base64Encode("hello")}})
+                  .ok);
+  CallResult c = f_.Call("file_upload_commit",
+                         {{"handle", handle}, {"sha256", Sha256Hex("hello")}, {"size", 5}});
+  ASSERT_TRUE(c.ok) << c.error_message;
+  EXPECT_EQ(ReadFileText(sb_ + "/small"), "hello");
+  struct stat st {};
+  ASSERT_EQ(::stat((sb_ + "/small").c_str(), &st), 0);
+  EXPECT_LT(st.st_blocks * 512, 65536) << "blocks: " << st.st_blocks;
+}
+
 TEST_F(FileMethodsTest, CtlDownloadTooLargeForTheLocalDiskFailsAtOnceAndLeavesNothing) {
   SmallTmpfs small(f_.box("small"));
   if (!small.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << small.error();

@@ -738,6 +738,13 @@ json::value UploadCommit(const json::object& params, RequestContext& ctx, FilesS
                        std::to_string(*want_size) + "; nothing was written",
                    {{"expected_size", *want_size}, {"actual_size", size}});
   }
+  // Blocks reserved at begin past the final size (a commit may name a smaller `size` than the
+  // begin did) would stay allocated beyond the end of the installed file: released here.
+  if (session->expected_size && *session->expected_size > size) {
+    if (::ftruncate(file->fd(), static_cast<off_t>(size)) != 0) {
+      files::ThrowIo(errno, "ftruncate", session->path);
+    }
+  }
   std::string actual =
       session->in_order && session->hashed == size
           ? session->hash.FinishHex()
