@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "ctl/interrupt.h"
 #include "protocol/jsonrpc.h"
 #include "protocol/utf8.h"
 
@@ -66,7 +67,10 @@ void AgentClient::SendLine(std::string_view line) {
     msg.msg_iovlen = static_cast<size_t>(count);
     ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR) {
+        if (stop_on_interrupt_) ThrowIfInterrupted();
+        continue;
+      }
       throw ClientError(std::string("send: ") + std::strerror(errno));
     }
     sent += static_cast<size_t>(n);
@@ -105,12 +109,14 @@ std::string_view AgentClient::ReadLineView() {
     pollfd pfd{fd_, POLLIN, 0};
     int rc = ::poll(&pfd, 1, static_cast<int>(left.count()));
     if (rc < 0 && errno != EINTR) throw ClientError(std::string("poll: ") + std::strerror(errno));
+    if (rc < 0 && stop_on_interrupt_) ThrowIfInterrupted();
     if (rc <= 0) continue;
     // Straight into the buffer, 64 KiB of room at least: one copy out of the socket, no more.
     constexpr size_t kReadSize = 65536;
     if (buffer_.size() - filled_ < kReadSize) buffer_.resize(filled_ + kReadSize);
     ssize_t n = ::read(fd_, buffer_.data() + filled_, buffer_.size() - filled_);
     if (n < 0) {
+      if (errno == EINTR && stop_on_interrupt_) ThrowIfInterrupted();
       if (errno == EINTR || errno == EAGAIN) continue;
       throw ClientError(std::string("read: ") + std::strerror(errno));
     }

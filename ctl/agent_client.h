@@ -57,6 +57,9 @@ class AgentClient {
   CallResult Call(std::string_view method, const boost::json::object& params = {});
 
   void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
+  // Within an InterruptScope: a wait for the agent that a signal interrupts throws Interrupted
+  // (ctl/interrupt.h) instead of going on waiting.
+  void set_stop_on_interrupt(bool stop) { stop_on_interrupt_ = stop; }
 
   // Raw access for tests and tools.
   void SendLine(std::string_view line);
@@ -73,6 +76,7 @@ class AgentClient {
   size_t scanned_ = 0;  // buffer_[start_, scanned_) holds no newline
   uint64_t next_id_;
   bool resynced_ = false;
+  bool stop_on_interrupt_ = false;
 };
 
 }  // namespace kvm

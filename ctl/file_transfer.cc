@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "agent/handlers/files/sha256.h"
+#include "ctl/interrupt.h"
 #include "ctl/read_reply.h"
 #include "protocol/base64.h"
 
@@ -238,6 +239,7 @@ class HashingWriter {
 
   // Takes every piece waiting at once: one wake-up and one lock round per batch, not per piece.
   void Run() {
+    BlockInterruptsInThisThread();  // a signal must wake the thread waiting on the agent
     std::deque<std::string> batch;
     std::vector<std::string> held;  // hashed, not yet written
     size_t held_bytes = 0;
@@ -304,20 +306,10 @@ class HashingWriter {
   std::thread thread_;  // last: starts once the members above exist
 };
 
-}  // namespace
-
-Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::string& remote,
-               const Options& options) {
-  json::object begin_params{{"path", remote}, {"size", size}, {"mode", options.mode}};
-  if (options.permissions) begin_params["permissions"] = *options.permissions;
-  CallResult begin = client.Call("file_upload_begin", begin_params);
-  if (!begin.ok) throw TransferError("file_upload_begin failed", begin, "file_upload_begin");
-  std::string handle = GetString(begin.result, "handle");
-  size_t chunk = GetUint(begin.result, "chunk_size");
-  if (chunk == 0) throw ClientError("agent announced chunk_size 0");
-
-  Sha256 hash;
-  Pipeline pipe(client);
+// Sends `size` bytes of `local_fd` as file_upload_chunk requests, `options.window` in flight,
+// hashing them into `hash`. On a refused chunk or a local read error the session is aborted.
+void UploadChunks(AgentClient& client, Pipeline& pipe, int local_fd, uint64_t size, size_t chunk,
+                  const std::string& handle, const Options& options, Sha256& hash) {
   std::map<uint64_t, size_t> lengths;
   std::string buf(chunk, '\0');
   std::string params;
@@ -329,6 +321,7 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
     throw TransferError("file_upload_chunk failed", r, "file_upload_chunk");
   };
   while (offset < size || pipe.in_flight() > 0) {
+    ThrowIfInterrupted();
     while (offset < size && pipe.in_flight() < static_cast<size_t>(options.window)) {
       size_t want = static_cast<size_t>(std::min<uint64_t>(chunk, size - offset));
       ssize_t n = ::pread(local_fd, buf.data(), want, static_cast<off_t>(offset));
@@ -358,6 +351,35 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
     done += lengths[id];
     lengths.erase(id);
     if (options.progress) options.progress(done, size);
+  }
+}
+
+}  // namespace
+
+Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::string& remote,
+               const Options& options) {
+  json::object begin_params{{"path", remote}, {"size", size}, {"mode", options.mode}};
+  if (options.permissions) begin_params["permissions"] = *options.permissions;
+  CallResult begin = client.Call("file_upload_begin", begin_params);
+  if (!begin.ok) throw TransferError("file_upload_begin failed", begin, "file_upload_begin");
+  std::string handle = GetString(begin.result, "handle");
+  size_t chunk = GetUint(begin.result, "chunk_size");
+  if (chunk == 0) throw ClientError("agent announced chunk_size 0");
+
+  Sha256 hash;
+  Pipeline pipe(client);
+  try {
+    UploadChunks(client, pipe, local_fd, size, chunk, handle, options, hash);
+  } catch (const Interrupted&) {
+    // The agent would keep the session and its temp file (space reserved for the whole file)
+    // until it expires: abort it now. Briefly: the user asked to stop, and a second signal
+    // ends this wait too.
+    client.set_timeout(std::chrono::seconds(2));
+    try {
+      client.Call("file_upload_abort", {{"handle", handle}});
+    } catch (const std::exception&) {
+    }
+    throw;
   }
   Outcome out{size, hash.FinishHex()};
   CallResult commit = client.Call("file_upload_commit",
@@ -415,6 +437,7 @@ uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeli
   if (size == 0 && !GetBool(first.result, "eof")) {
     // A procfs/sysfs file: size 0 yet content, so one read at a time until the agent says eof.
     for (;;) {
+      ThrowIfInterrupted();
       pipe.Send("file_read", R"({"path":)" + path_json + R"(,"offset":)" + std::to_string(done) +
                                  R"(,"length":)" + std::to_string(chunk) + "}");
       std::pair<uint64_t, CallResult> reply = pipe.Receive();
@@ -443,6 +466,7 @@ uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeli
   uint64_t next_offset = done;
   std::string params;
   while (done < size || pipe.in_flight() > 0) {
+    ThrowIfInterrupted();
     while (next_offset < size && pipe.in_flight() < static_cast<size_t>(options.window)) {
       params = R"({"path":)" + path_json + R"(,"offset":)" + std::to_string(next_offset) +
                R"(,"length":)" + std::to_string(chunk) + "}";

@@ -1,9 +1,7 @@
 // exec (run a command in the guest, streaming its output), ps and kill.
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <boost/json.hpp>
 #include <charconv>
 #include <cstdio>
@@ -11,16 +9,13 @@
 #include <vector>
 
 #include "ctl/ctl.h"
+#include "ctl/interrupt.h"
 #include "ctl/json_print.h"
 #include "protocol/base64.h"
 
 namespace kvm::ctl {
 namespace json = boost::json;
 namespace {
-
-std::atomic<bool> g_interrupted{false};
-
-void OnInterrupt(int) { g_interrupted = true; }
 
 void WriteAll(int fd, std::string_view bytes) {
   while (!bytes.empty()) {
@@ -92,15 +87,12 @@ void RunExec(Options& options, const ExecArgs& args) {
     return;
   }
   int64_t handle = started.result.at("handle").as_int64();
-  // Ctrl-C asks the guest command to stop instead of orphaning it.
-  struct sigaction sa {};
-  sa.sa_handler = OnInterrupt;
-  ::sigaction(SIGINT, &sa, nullptr);
-  ::sigaction(SIGTERM, &sa, nullptr);
+  // Ctrl-C (or SIGTERM, SIGHUP) asks the guest command to stop instead of orphaning it.
+  InterruptScope interrupts;
   int64_t wait_ms = std::min<int64_t>(1000, static_cast<int64_t>(options.timeout_seconds * 500));
   bool kill_sent = false;
   for (;;) {
-    if (g_interrupted && !kill_sent) {
+    if (PendingInterrupt() != 0 && !kill_sent) {
       CallOrPrint(*client, "exec_kill", {{"handle", handle}, {"signal", "TERM"}});
       kill_sent = true;
     }

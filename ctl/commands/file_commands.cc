@@ -12,6 +12,7 @@
 
 #include "ctl/ctl.h"
 #include "ctl/file_transfer.h"
+#include "ctl/interrupt.h"
 #include "ctl/json_print.h"
 
 namespace kvm::ctl {
@@ -72,9 +73,14 @@ transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
 
 // Runs a transfer step; maps failures to ctl exit codes.
 template <class Fn>
-void RunTransfer(Options& options, Fn&& fn) {
+void RunTransfer(Options& options, AgentClient& client, Fn&& fn) {
+  client.set_stop_on_interrupt(true);  // the caller holds an InterruptScope
   try {
     fn();
+  } catch (const Interrupted& e) {
+    // After the progress bar's line, if there is one.
+    std::fprintf(stderr, "%skvmmanager-ctl: %s\n", ::isatty(STDERR_FILENO) ? "\n" : "", e.what());
+    options.exit_code = 128 + e.signal;
   } catch (const transfer::TransferError& e) {
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     if (e.result.error_code != 0) PrintRpcError(e.result);
@@ -89,6 +95,7 @@ void RunTransfer(Options& options, Fn&& fn) {
 
 void CopyToGuest(Options& options, const std::string& local, const std::string& remote_in,
                  const transfer::Options& topt) {
+  InterruptScope interrupts;  // Ctrl-C aborts the upload session instead of leaving it behind
   int fd = ::open(local.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     std::fprintf(stderr, "kvmmanager-ctl: cannot open %s: %s\n", local.c_str(),
@@ -106,7 +113,7 @@ void CopyToGuest(Options& options, const std::string& local, const std::string& 
   std::string remote = remote_in;
   if (!remote.empty() && remote.back() == '/') remote += BaseName(local);
   auto client = Connect(options);
-  RunTransfer(options, [&] {
+  RunTransfer(options, *client, [&] {
     auto upload = [&] {
       return transfer::Upload(*client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
     };
@@ -135,6 +142,7 @@ void CopyToGuest(Options& options, const std::string& local, const std::string& 
 
 void CopyFromGuest(Options& options, const std::string& remote, std::string local,
                    const transfer::Options& topt) {
+  InterruptScope interrupts;  // Ctrl-C removes the partial file instead of leaving it behind
   struct stat st;
   if (local == "." || (::stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
     local = JoinPath(local, BaseName(remote));
@@ -150,7 +158,7 @@ void CopyFromGuest(Options& options, const std::string& remote, std::string loca
   }
   auto client = Connect(options);
   bool ok = false;
-  RunTransfer(options, [&] {
+  RunTransfer(options, *client, [&] {
     transfer::Outcome out = transfer::Download(*client, remote, fd, topt);
     if (::fsync(fd) != 0 || ::rename(temp.c_str(), local.c_str()) != 0) {
       throw std::runtime_error("cannot finish " + local + ": " + std::strerror(errno));
@@ -243,8 +251,9 @@ void AddFileCommands(CLI::App& app, Options& options) {
   auto cat_path = std::make_shared<std::string>();
   cat->add_option("path", *cat_path, ":REMOTE path (the ':' is optional)")->required();
   cat->callback([&options, cat_path] {
+    InterruptScope interrupts;
     auto client = Connect(options);
-    RunTransfer(options, [&] {
+    RunTransfer(options, *client, [&] {
       transfer::Stream(*client, StripColon(*cat_path), STDOUT_FILENO, transfer::Options{});
     });
   });

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <spawn.h>
 #include <linux/magic.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -10,9 +11,11 @@
 #include <sys/sysinfo.h>
 #include <sys/utsname.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -1080,6 +1083,112 @@ TEST_F(FileMethodsTest, CtlDownloadTooLargeForTheLocalDiskFailsAtOnceAndLeavesNo
       << down.err;
   EXPECT_TRUE(fs::is_empty(f_.box("small")));
   EXPECT_TRUE(f_.Call("ping", {}).ok);
+}
+
+// ---------------------------------------------------------------- Ctrl-C during a copy
+
+// kvmmanager-ctl started in the background (output discarded), for signalling mid-copy.
+class BackgroundCtl {
+ public:
+  explicit BackgroundCtl(const std::vector<std::string>& args) {
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    if (::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  ~BackgroundCtl() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  // Exit code (128+N if killed by signal N) within `limit`, or -1.
+  int Wait(std::chrono::milliseconds limit) {
+    auto end = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < end) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Polls `done` every millisecond for up to 20 s.
+template <class Fn>
+bool WaitFor(Fn done) {
+  for (int i = 0; i < 20000; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+// How many of `pid`'s open files lie under `dir` (an upload's temp file and directory).
+int OpenFilesUnder(pid_t pid, const std::string& dir) {
+  int count = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    std::error_code link_ec;
+    std::string target = fs::read_symlink(e.path(), link_ec).string();
+    if (!link_ec && target.rfind(dir, 0) == 0) ++count;
+  }
+  return count;
+}
+
+// Copies big enough to be caught mid-way (64 MB: over 60 ms even at 1 GB/s).
+class CopyInterruptTest : public ::testing::Test {
+ protected:
+  FilesFixture f_{"", 100};
+  std::string sb_ = f_.sandbox();
+  std::string data_ = RandomBytes(64000000, 11);
+};
+
+TEST_F(CopyInterruptTest, CtrlCDuringADownloadRemovesThePartialFile) {
+  WriteFile(sb_ + "/big.bin", data_);
+  std::string local = f_.box("big.bin");
+  for (int signal : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(signal);
+    BackgroundCtl ctl({KVM_CTL_BINARY, "--socket", f_.agent().socket_path(), "cp",
+                       ":" + sb_ + "/big.bin", local});
+    ASSERT_GT(ctl.pid(), 0);
+    ASSERT_TRUE(WaitFor([&] {
+      std::error_code ec;
+      return fs::file_size(local + ".kvmctl-part", ec) > 0 && !ec;
+    }));
+    ::kill(ctl.pid(), signal);
+    EXPECT_EQ(ctl.Wait(std::chrono::seconds(20)), 128 + signal);
+    EXPECT_FALSE(fs::exists(local + ".kvmctl-part"));
+    EXPECT_FALSE(fs::exists(local));
+  }
+  EXPECT_TRUE(f_.Call("ping", {}).ok);
+}
+
+TEST_F(CopyInterruptTest, CtrlCDuringAnUploadAbortsTheSessionInTheAgent) {
+  std::string local = f_.box("big.bin");
+  WriteFile(local, data_);
+  BackgroundCtl ctl(
+      {KVM_CTL_BINARY, "--socket", f_.agent().socket_path(), "cp", local, ":" + sb_ + "/up.bin"});
+  ASSERT_GT(ctl.pid(), 0);
+  // The session's temp file is open in the agent once file_upload_begin has run.
+  ASSERT_TRUE(WaitFor([&] { return OpenFilesUnder(f_.agent().pid(), sb_) > 0; }));
+  ::kill(ctl.pid(), SIGINT);
+  EXPECT_EQ(ctl.Wait(std::chrono::seconds(20)), 128 + SIGINT);
+  // Aborted, not left to expire (300 s): the agent closes the temp file and the directory.
+  EXPECT_TRUE(WaitFor([&] { return OpenFilesUnder(f_.agent().pid(), sb_) == 0; }));
+  EXPECT_FALSE(fs::exists(sb_ + "/up.bin"));
 }
 
 TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesOnlyStableOnes) {
