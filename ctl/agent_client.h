@@ -60,6 +60,7 @@ class AgentClient {
   // Within an InterruptScope: a wait for the agent that a signal interrupts throws Interrupted
   // (ctl/interrupt.h) instead of going on waiting.
   void set_stop_on_interrupt(bool stop) { stop_on_interrupt_ = stop; }
+  bool stop_on_interrupt() const { return stop_on_interrupt_; }
 
   // Raw access for tests and tools.
   void SendLine(std::string_view line);
