@@ -68,7 +68,9 @@ void AgentClient::SendLine(std::string_view line) {
     ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) {
-        if (stop_on_interrupt_) ThrowIfInterrupted();
+        // A line is sent whole or not at all: a fragment would spoil the next line (the
+        // upload's abort) for the agent.
+        if (stop_on_interrupt_ && sent == 0) ThrowIfInterrupted();
         continue;
       }
       throw ClientError(std::string("send: ") + std::strerror(errno));
