@@ -1136,16 +1136,26 @@ bool WaitFor(Fn done) {
   return false;
 }
 
-// How many of `pid`'s open files lie under `dir` (an upload's temp file and directory).
-int OpenFilesUnder(pid_t pid, const std::string& dir) {
+// How many of `pid`'s open files lie under `dir` (an upload's temp file and directory), and
+// the size of the largest.
+struct OpenFiles {
   int count = 0;
+  uint64_t largest = 0;
+};
+OpenFiles OpenFilesUnder(pid_t pid, const std::string& dir) {
+  OpenFiles out;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
     std::error_code link_ec;
     std::string target = fs::read_symlink(e.path(), link_ec).string();
-    if (!link_ec && target.rfind(dir, 0) == 0) ++count;
+    if (link_ec || target.rfind(dir, 0) != 0) continue;
+    ++out.count;
+    struct stat st {};
+    if (::stat(e.path().c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      out.largest = std::max(out.largest, static_cast<uint64_t>(st.st_size));
+    }
   }
-  return count;
+  return out;
 }
 
 // Copies big enough to be caught mid-way (64 MB: over 60 ms even at 1 GB/s).
@@ -1176,19 +1186,26 @@ TEST_F(CopyInterruptTest, CtrlCDuringADownloadRemovesThePartialFile) {
   EXPECT_TRUE(f_.Call("ping", {}).ok);
 }
 
+// Caught twice: as file_upload_begin runs (ctl lets the call finish, to know the session it must
+// abort) and once chunks have been written.
 TEST_F(CopyInterruptTest, CtrlCDuringAnUploadAbortsTheSessionInTheAgent) {
   std::string local = f_.box("big.bin");
   WriteFile(local, data_);
-  BackgroundCtl ctl(
-      {KVM_CTL_BINARY, "--socket", f_.agent().socket_path(), "cp", local, ":" + sb_ + "/up.bin"});
-  ASSERT_GT(ctl.pid(), 0);
-  // The session's temp file is open in the agent once file_upload_begin has run.
-  ASSERT_TRUE(WaitFor([&] { return OpenFilesUnder(f_.agent().pid(), sb_) > 0; }));
-  ::kill(ctl.pid(), SIGINT);
-  EXPECT_EQ(ctl.Wait(std::chrono::seconds(20)), 128 + SIGINT);
-  // Aborted, not left to expire (300 s): the agent closes the temp file and the directory.
-  EXPECT_TRUE(WaitFor([&] { return OpenFilesUnder(f_.agent().pid(), sb_) == 0; }));
-  EXPECT_FALSE(fs::exists(sb_ + "/up.bin"));
+  for (uint64_t written_before_signal : {uint64_t{0}, uint64_t{4} << 20}) {
+    SCOPED_TRACE(written_before_signal);
+    BackgroundCtl ctl(
+        {KVM_CTL_BINARY, "--socket", f_.agent().socket_path(), "cp", local, ":" + sb_ + "/up.bin"});
+    ASSERT_GT(ctl.pid(), 0);
+    ASSERT_TRUE(WaitFor([&] {
+      OpenFiles open = OpenFilesUnder(f_.agent().pid(), sb_);
+      return open.count > 0 && open.largest >= written_before_signal;
+    }));
+    ::kill(ctl.pid(), SIGINT);
+    EXPECT_EQ(ctl.Wait(std::chrono::seconds(20)), 128 + SIGINT);
+    // Aborted, not left to expire (300 s): the agent closes the temp file and the directory.
+    EXPECT_TRUE(WaitFor([&] { return OpenFilesUnder(f_.agent().pid(), sb_).count == 0; }));
+    EXPECT_FALSE(fs::exists(sb_ + "/up.bin"));
+  }
 }
 
 TEST_F(FileMethodsTest, CtlCatsProcfsFilesWholeAndCopiesOnlyStableOnes) {
