@@ -80,6 +80,9 @@ void RunExec(Options& options, const ExecArgs& args) {
     params["input"] = Base64Encode(input);
   }
 
+  // Ctrl-C (or SIGTERM, SIGHUP) asks the guest command to stop instead of orphaning it; noted
+  // from before the start, so a signal as the command starts still reaches it.
+  InterruptScope interrupts;
   auto client = Connect(options);
   CallResult started = CallOrPrint(*client, "exec_start", params);
   if (!started.ok) {
@@ -87,8 +90,6 @@ void RunExec(Options& options, const ExecArgs& args) {
     return;
   }
   int64_t handle = started.result.at("handle").as_int64();
-  // Ctrl-C (or SIGTERM, SIGHUP) asks the guest command to stop instead of orphaning it.
-  InterruptScope interrupts;
   int64_t wait_ms = std::min<int64_t>(1000, static_cast<int64_t>(options.timeout_seconds * 500));
   bool kill_sent = false;
   for (;;) {

@@ -4,6 +4,14 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <vector>
+
 #include "agent/handlers/exec/exec_test_util.h"
 
 extern char** environ;
@@ -53,6 +61,60 @@ TEST(CtlExec, GuestErrorsAndBadUsageHaveTheirOwnExitCodes) {
   auto timed = RunProgram(Ctl(agent, {"exec", "--command-timeout", "1", "--", "sleep", "30"}));
   EXPECT_EQ(timed.exit_code, 128 + SIGTERM);
   EXPECT_NE(timed.err.find("timed out"), std::string::npos);
+}
+
+// The pid of a process whose command line is exactly `argv` (NULs between), or -1.
+pid_t FindProcess(const std::string& cmdline) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream f(e.path() / "cmdline", std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (text == cmdline) return static_cast<pid_t>(std::stol(name));
+  }
+  return -1;
+}
+
+// Ctrl-C on ctl stops the guest command (SIGTERM) and reports how it ended; ctl is not just
+// killed, leaving the command running in the guest.
+TEST(CtlExec, CtrlCStopsTheGuestCommandAndReportsItsSignal) {
+  AgentProcess agent;
+  std::vector<std::string> args = Ctl(agent, {"exec", "--", "sleep", "1000.7373"});
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawnattr_t attr;  // default dispositions, even under a runner that ignores SIGINT
+  posix_spawnattr_init(&attr);
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGINT);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
+  pid_t ctl;
+  ASSERT_EQ(::posix_spawn(&ctl, argv[0], nullptr, &attr, argv.data(), environ), 0);
+  posix_spawnattr_destroy(&attr);
+  const std::string guest_cmdline = std::string(
+      "sleep\0"
+      "1000.7373\0",
+      16);
+  struct KillLeftover {  // a failure must not leave the sleep running on the machine
+    const std::string& cmdline;
+    ~KillLeftover() {
+      if (pid_t left = FindProcess(cmdline); left > 0) ::kill(left, SIGKILL);
+    }
+  } cleanup{guest_cmdline};
+  pid_t guest = -1;
+  for (int i = 0; i < 10000 && guest < 0; ++i) {
+    guest = FindProcess(guest_cmdline);
+    if (guest < 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_GT(guest, 0) << "the guest command did not start";
+  ::kill(ctl, SIGINT);
+  int status = 0;
+  ASSERT_EQ(::waitpid(ctl, &status, 0), ctl);
+  ASSERT_TRUE(WIFEXITED(status)) << "ctl was killed by the signal instead of handling it";
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  EXPECT_EQ(FindProcess(guest_cmdline), -1) << "the guest command is still running";
 }
 
 TEST(CtlPsKill, ListsAndKillsProcesses) {
