@@ -39,6 +39,23 @@ struct RunResult {
 RunResult RunProgram(const std::vector<std::string>& argv, const std::string& input = "",
                      std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
+// A program started in the background with default SIGINT/SIGTERM/SIGHUP dispositions (a test
+// runner started in the background of a script ignores SIGINT, and so would the child) and its
+// output discarded, for tests that signal it mid-way. SIGKILLed and reaped at destruction.
+class BackgroundProcess {
+ public:
+  explicit BackgroundProcess(const std::vector<std::string>& argv);
+  ~BackgroundProcess();
+  BackgroundProcess(const BackgroundProcess&) = delete;
+  BackgroundProcess& operator=(const BackgroundProcess&) = delete;
+  pid_t pid() const { return pid_; }  // -1 if it could not be started
+  // Its exit code (128+N if signal N killed it) once it ends within `limit`; -1 otherwise.
+  int Wait(std::chrono::milliseconds limit);
+
+ private:
+  pid_t pid_ = -1;
+};
+
 // The agent under test. Writes `config_json` (or a test default that confines files to the
 // temp dir) and starts `kvmmanager-agent --foreground --listen unix:<dir>/agent.sock`.
 class AgentProcess {

@@ -79,20 +79,8 @@ pid_t FindProcess(const std::string& cmdline) {
 // killed, leaving the command running in the guest.
 TEST(CtlExec, CtrlCStopsTheGuestCommandAndReportsItsSignal) {
   AgentProcess agent;
-  std::vector<std::string> args = Ctl(agent, {"exec", "--", "sleep", "1000.7373"});
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawnattr_t attr;  // default dispositions, even under a runner that ignores SIGINT
-  posix_spawnattr_init(&attr);
-  sigset_t defaults;
-  sigemptyset(&defaults);
-  sigaddset(&defaults, SIGINT);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
-  pid_t ctl;
-  ASSERT_EQ(::posix_spawn(&ctl, argv[0], nullptr, &attr, argv.data(), environ), 0);
-  posix_spawnattr_destroy(&attr);
+  test::BackgroundProcess ctl(Ctl(agent, {"exec", "--", "sleep", "1000.7373"}));
+  ASSERT_GT(ctl.pid(), 0);
   const std::string guest_cmdline = std::string(
       "sleep\0"
       "1000.7373\0",
@@ -109,11 +97,9 @@ TEST(CtlExec, CtrlCStopsTheGuestCommandAndReportsItsSignal) {
     if (guest < 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ASSERT_GT(guest, 0) << "the guest command did not start";
-  ::kill(ctl, SIGINT);
-  int status = 0;
-  ASSERT_EQ(::waitpid(ctl, &status, 0), ctl);
-  ASSERT_TRUE(WIFEXITED(status)) << "ctl was killed by the signal instead of handling it";
-  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  ::kill(ctl.pid(), SIGINT);
+  // 130 would mean ctl was killed by the signal instead of handling it.
+  EXPECT_EQ(ctl.Wait(std::chrono::seconds(20)), 128 + SIGTERM);
   EXPECT_EQ(FindProcess(guest_cmdline), -1) << "the guest command is still running";
 }
 

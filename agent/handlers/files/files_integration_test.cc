@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <linux/magic.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -11,7 +10,6 @@
 #include <sys/sysinfo.h>
 #include <sys/utsname.h>
 #include <sys/sysmacros.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -1087,55 +1085,6 @@ TEST_F(FileMethodsTest, CtlDownloadTooLargeForTheLocalDiskFailsAtOnceAndLeavesNo
 
 // ---------------------------------------------------------------- Ctrl-C during a copy
 
-// kvmmanager-ctl started in the background (output discarded), for signalling mid-copy.
-class BackgroundCtl {
- public:
-  explicit BackgroundCtl(const std::vector<std::string>& args) {
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-    // Default dispositions: a test runner started in the background of a script ignores
-    // SIGINT, and ctl (as it should) keeps a signal ignored on entry ignored.
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t defaults;
-    sigemptyset(&defaults);
-    for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&defaults, s);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
-    if (::posix_spawn(&pid_, argv[0], &actions, &attr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawnattr_destroy(&attr);
-    posix_spawn_file_actions_destroy(&actions);
-  }
-  ~BackgroundCtl() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // Exit code (128+N if killed by signal N) within `limit`, or -1.
-  int Wait(std::chrono::milliseconds limit) {
-    auto end = std::chrono::steady_clock::now() + limit;
-    while (std::chrono::steady_clock::now() < end) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
 // Polls `done` every millisecond for up to 20 s.
 template <class Fn>
 bool WaitFor(Fn done) {
@@ -1181,8 +1130,8 @@ TEST_F(CopyInterruptTest, CtrlCDuringADownloadRemovesThePartialFile) {
   std::string local = f_.box("big.bin");
   for (int signal : {SIGINT, SIGTERM}) {
     SCOPED_TRACE(signal);
-    BackgroundCtl ctl({KVM_CTL_BINARY, "--socket", f_.agent().socket_path(), "cp",
-                       ":" + sb_ + "/big.bin", local});
+    BackgroundProcess ctl({KVM_CTL_BINARY, "--socket", f_.agent().socket_path(), "cp",
+                           ":" + sb_ + "/big.bin", local});
     ASSERT_GT(ctl.pid(), 0);
     ASSERT_TRUE(WaitFor([&] {
       std::error_code ec;
@@ -1203,7 +1152,7 @@ TEST_F(CopyInterruptTest, CtrlCDuringAnUploadAbortsTheSessionInTheAgent) {
   WriteFile(local, data_);
   for (uint64_t written_before_signal : {uint64_t{0}, uint64_t{4} << 20}) {
     SCOPED_TRACE(written_before_signal);
-    BackgroundCtl ctl(
+    BackgroundProcess ctl(
         {KVM_CTL_BINARY, "--socket", f_.agent().socket_path(), "cp", local, ":" + sb_ + "/up.bin"});
     ASSERT_GT(ctl.pid(), 0);
     ASSERT_TRUE(WaitFor([&] {
