@@ -17,14 +17,14 @@ std::unique_ptr<AgentClient> Connect(const Options& options) {
       std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000)));
 }
 
+std::string_view ErrorKind(const CallResult& result) {
+  if (result.ok || !result.error_data.is_object()) return {};
+  const boost::json::value* kind = result.error_data.get_object().if_contains("kind");
+  return kind && kind->is_string() ? std::string_view(kind->get_string()) : std::string_view();
+}
+
 void PrintRpcError(const CallResult& result) {
-  std::string kind;
-  if (result.error_data.is_object()) {
-    if (auto k = result.error_data.get_object().find("kind");
-        k != result.error_data.get_object().end() && k->value().is_string()) {
-      kind = std::string(k->value().get_string());
-    }
-  }
+  std::string kind(ErrorKind(result));
   std::fprintf(stderr, "error %lld%s%s%s: %s\n", static_cast<long long>(result.error_code),
                kind.empty() ? "" : " (", kind.c_str(), kind.empty() ? "" : ")",
                result.error_message.c_str());

@@ -30,6 +30,8 @@ std::unique_ptr<AgentClient> Connect(const Options& options);
 CallResult CallOrPrint(AgentClient& client, std::string_view method,
                        const boost::json::object& params = {});
 // Prints "error CODE (kind): message" and data to stderr.
+// The `kind` in an agent error's data ("not_found", "permission_denied", ...); empty if none.
+std::string_view ErrorKind(const CallResult& result);
 void PrintRpcError(const CallResult& result);
 // The usual subcommand: connect, call `method`, then print the raw result with --json or hand it
 // to `show` for a readable form. An RPC error is printed and sets options.exit_code.

@@ -300,6 +300,7 @@ class HashingWriter {
   std::condition_variable work_, space_;
   std::deque<std::string> queue_;
   std::vector<std::string> spare_;  // written pieces' buffers, for Spare()
+  // Room for the queue and for what is held until kWriteBytes (default chunks are 48 KiB).
   static constexpr size_t kMaxSpare = kMaxQueued + kWriteBytes / 32768;
   bool closed_ = false;
   std::exception_ptr error_;
@@ -397,8 +398,9 @@ namespace {
 
 // Reads `remote` by chunks with up to `window` reads in flight; hands each piece, in file
 // order, to `sink(std::string& bytes)`, which may take the bytes and leave another buffer in
-// their place (it is reused for a later chunk). Returns the total size; `expected_size` pins
-// the size found by file_stat.
+// their place (it is reused for a later chunk). Returns the total size. `extra_method` goes out
+// with the first read, its answer to `extra_result`; `reported_size` gets the file's size as
+// the first read tells it (before the first piece reaches `sink`).
 template <class Sink>
 uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeline& pipe,
                        Sink&& sink, const std::string& extra_method,

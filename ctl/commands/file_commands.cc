@@ -43,13 +43,6 @@ bool RefusedAsDirectory(const transfer::TransferError& e) {
          *type == "directory";
 }
 
-// The `kind` in an agent error's data ("not_found", "permission_denied", ...); empty if none.
-std::string_view ErrorKind(const CallResult& r) {
-  if (r.ok || !r.error_data.is_object()) return {};
-  const json::value* kind = r.error_data.get_object().if_contains("kind");
-  return kind && kind->is_string() ? std::string_view(kind->get_string()) : std::string_view();
-}
-
 // A progress line on stderr, only when it is a terminal.
 transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
   if (!enabled || options.json || !::isatty(STDERR_FILENO)) return nullptr;
