@@ -1,10 +1,13 @@
 // exec (run a command in the guest, streaming its output), ps and kill.
+#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -44,6 +47,65 @@ int64_t IntOr(const json::object& o, const char* key, int64_t fallback) {
   return v && v->is_int64() ? v->get_int64() : fallback;
 }
 
+// exec -i: local stdin to the command's stdin, one exec_input at a time, never waiting on
+// stdin while the command's output waits to be shown (an interactive stdin may stay silent).
+class StdinFeeder {
+ public:
+  StdinFeeder(AgentClient& client, int64_t handle, size_t chunk)
+      : client_(client), handle_(handle), buf_(chunk, '\0') {}
+
+  bool active() const { return !done_; }
+  bool has_pending() const { return !pending_.empty() || local_eof_; }
+  void Stop() { done_ = true; }
+
+  // Reads what stdin holds now, without waiting, unless a chunk is already pending.
+  void Fill() {
+    if (done_ || has_pending()) return;
+    pollfd p{0, POLLIN, 0};
+    if (::poll(&p, 1, 0) <= 0) return;
+    ssize_t n = ::read(0, buf_.data(), buf_.size());
+    if (n > 0) {
+      pending_.assign(buf_.data(), static_cast<size_t>(n));
+    } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+      if (n < 0 && errno != EBADF) {
+        std::fprintf(stderr, "kvmmanager-ctl: reading stdin: %s\n", std::strerror(errno));
+      }
+      local_eof_ = true;
+    }
+  }
+
+  // Sends the pending chunk (or the end of input), waiting up to `wait_ms` for room in the
+  // agent's buffer. Not accepted (the command is not reading): it stays pending for later.
+  void Send(int64_t wait_ms) {
+    if (done_ || !has_pending()) return;
+    json::object params{{"handle", handle_}, {"wait_ms", wait_ms}};
+    if (!pending_.empty()) params["data"] = Base64Encode(pending_);
+    if (pending_.empty()) params["eof"] = true;
+    CallResult r = CallOrPrint(client_, "exec_input", params);
+    if (!r.ok) {  // printed; exec_status will tell the rest
+      done_ = true;
+      return;
+    }
+    const json::object& o = r.result.as_object();
+    bool accepted = o.at("accepted").as_bool();
+    if (accepted) {
+      if (pending_.empty()) done_ = true;  // that was the end of input
+      pending_.clear();
+    }
+    // Closed: the command closed its stdin or exited; the rest of ours is not wanted, as
+    // for the writer of a shell pipeline whose reader went away.
+    if (!o.at("stdin_open").as_bool()) done_ = true;
+  }
+
+ private:
+  AgentClient& client_;
+  int64_t handle_;
+  std::string buf_;
+  std::string pending_;
+  bool local_eof_ = false;
+  bool done_ = false;
+};
+
 struct ExecArgs {
   std::vector<std::string> command;
   std::vector<std::string> env;
@@ -72,13 +134,7 @@ void RunExec(Options& options, const ExecArgs& args) {
   }
   if (!args.cwd.empty()) params["cwd"] = args.cwd;
   if (args.timeout > 0) params["timeout_seconds"] = args.timeout;
-  if (args.send_stdin) {
-    std::string input;
-    char buf[65536];
-    ssize_t n;
-    while ((n = ::read(0, buf, sizeof buf)) > 0) input.append(buf, static_cast<size_t>(n));
-    params["input"] = Base64Encode(input);
-  }
+  if (args.send_stdin) params["keep_stdin_open"] = true;
 
   // Ctrl-C (or SIGTERM, SIGHUP) asks the guest command to stop instead of orphaning it; noted
   // from before the start, so a signal as the command starts still reaches it.
@@ -91,14 +147,32 @@ void RunExec(Options& options, const ExecArgs& args) {
   }
   int64_t handle = started.result.at("handle").as_int64();
   int64_t wait_ms = std::min<int64_t>(1000, static_cast<int64_t>(options.timeout_seconds * 500));
+  // Polls while stdin may bring input are short: they bound how long typed input waits.
+  int64_t input_wait_ms = std::min<int64_t>(100, wait_ms);
+  StdinFeeder feeder(
+      *client, handle,
+      static_cast<size_t>(IntOr(started.result.as_object(), "input_chunk_bytes", 32768)));
+  if (!args.send_stdin) feeder.Stop();
   bool kill_sent = false;
   for (;;) {
     if (PendingInterrupt() != 0 && !kill_sent) {
       CallOrPrint(*client, "exec_kill", {{"handle", handle}, {"signal", "TERM"}});
       kill_sent = true;
+      feeder.Stop();
+    }
+    int64_t status_wait = wait_ms;
+    if (feeder.active()) {
+      feeder.Fill();
+      // A full buffer in the agent: its wait lets the command read; the output collected
+      // below may be what the command waits for before it reads on.
+      feeder.Send(input_wait_ms);
+      feeder.Fill();
+      // Input ready to go: collect output without waiting. None: wait a little for output,
+      // then look at stdin again.
+      if (feeder.active()) status_wait = feeder.has_pending() ? 0 : input_wait_ms;
     }
     CallResult status =
-        CallOrPrint(*client, "exec_status", {{"handle", handle}, {"wait_ms", wait_ms}});
+        CallOrPrint(*client, "exec_status", {{"handle", handle}, {"wait_ms", status_wait}});
     if (!status.ok) {
       options.exit_code = kExitRpcError;
       return;
@@ -171,7 +245,9 @@ void AddExecCommands(CLI::App& app, Options& options) {
                    "seconds before the guest kills the command (default and cap: the agent's "
                    "max_command_timeout_seconds)")
       ->check(CLI::PositiveNumber);
-  exec->add_flag("-i,--stdin", args->send_stdin, "send local stdin as the command's input");
+  exec->add_flag("-i,--stdin", args->send_stdin,
+                 "stream local stdin to the command as it arrives (any size; without -i the "
+                 "command's stdin is /dev/null)");
   exec->callback([&options, args] { RunExec(options, *args); });
 
   auto* ps = app.add_subcommand("ps", "list the guest's processes");

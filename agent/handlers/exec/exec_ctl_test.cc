@@ -52,6 +52,46 @@ TEST(CtlExec, PassesBinaryOutputEnvCwdAndStdin) {
   EXPECT_EQ(in.out, "HELLO\n");
 }
 
+// exec -i streams stdin: input far larger than one message (max_message_size_kb is 64)
+// arrives whole; a command that stops reading ends the copy quietly, as in a shell pipeline.
+TEST(CtlExec, StdinOfAnySizeIsStreamedToTheCommand) {
+  AgentProcess agent;
+  std::string in(5'000'000, '\0');
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<char>((i * 7919) >> 3);
+  auto cat = RunProgram(Ctl(agent, {"exec", "-i", "--", "cat"}), in);
+  EXPECT_EQ(cat.exit_code, 0) << cat.err;
+  EXPECT_EQ(cat.out.size(), in.size());
+  EXPECT_TRUE(cat.out == in);
+  auto head = RunProgram(Ctl(agent, {"exec", "-i", "--", "head", "-c", "5"}), in);
+  EXPECT_EQ(head.exit_code, 0) << head.err;
+  EXPECT_EQ(head.out, in.substr(0, 5));
+  EXPECT_EQ(head.err, "");
+  auto empty = RunProgram(Ctl(agent, {"exec", "-i", "--", "wc", "-c"}), "");
+  EXPECT_EQ(empty.out, "0\n");
+}
+
+// Input reaches the command as it is typed, not when stdin ends: the guest command answers
+// the first line before the local writer sends the second (it waits for that answer).
+TEST(CtlExec, StdinIsSentAsItArrivesNotAtItsEnd) {
+  AgentProcess agent;
+  std::string flag = "/tmp/kvm-ctl-stdin-flag-" + std::to_string(::getpid());
+  std::filesystem::remove(flag);
+  std::string ctl;
+  for (const auto& a : Ctl(agent, {"exec", "-i", "--", "sh", "-c",
+                                   "read x; touch " + flag + "; read y; echo $x$y"})) {
+    ctl += "'" + a + "' ";
+  }
+  std::string writer = "echo a; i=0; while [ ! -e " + flag +
+                       " ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+                       "[ -e " +
+                       flag + " ] || echo 'the first line never arrived' >&2; echo b";
+  auto r = RunProgram({"sh", "-c", "(" + writer + ") | " + ctl});
+  std::filesystem::remove(flag);
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out, "ab\n");
+  EXPECT_EQ(r.err, "");
+}
+
 TEST(CtlExec, GuestErrorsAndBadUsageHaveTheirOwnExitCodes) {
   AgentProcess agent;
   auto missing = RunProgram(Ctl(agent, {"exec", "--", "no-such-command-kvmtest"}));

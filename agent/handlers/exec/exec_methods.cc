@@ -12,6 +12,7 @@
 #include "agent/handlers/exec/exec_state.h"
 #include "agent/handlers/exec/execution.h"
 #include "agent/handlers/exec/proc_util.h"
+#include "agent/core/message_limits.h"
 #include "agent/handlers/register_all.h"
 #include "protocol/base64.h"
 #include "protocol/errors.h"
@@ -151,8 +152,9 @@ json::value ExecCommand(ExecState& state, const json::object& params, RequestCon
 
 json::value ExecStart(ExecState& state, const json::object& params, RequestContext& ctx) {
   Params p(params, {"command", "args", "env", "cwd", "input", "timeout_seconds", "max_output_bytes",
-                    "retain_seconds"});
+                    "retain_seconds", "keep_stdin_open"});
   ExecRequest request = BuildRequest(p, ctx.config(), true);
+  request.keep_stdin_open = p.OptionalBool("keep_stdin_open").value_or(false);
   auto retain = std::chrono::seconds(
       p.OptionalInt("retain_seconds", 1, kMaxRetainSeconds).value_or(kDefaultRetainSeconds));
   if (state.running() >= kMaxRunningHandles) {
@@ -165,7 +167,33 @@ json::value ExecStart(ExecState& state, const json::object& params, RequestConte
   LOG_INFO(ctx.log(), "exec_start: handle %llu %s pid %d",
            static_cast<unsigned long long>(handle->id), request.resolved.real_path.c_str(),
            static_cast<int>(pid));
-  return json::object{{"handle", handle->id}, {"pid", pid}};
+  json::object result{{"handle", handle->id}, {"pid", pid}};
+  // The most raw bytes one exec_input can carry within max_message_size_kb.
+  if (request.keep_stdin_open) result["input_chunk_bytes"] = MaxBinaryChunk(ctx.config());
+  return result;
+}
+
+json::value ExecInput(ExecState& state, const json::object& params, RequestContext& ctx) {
+  Params p(params, {"handle", "data", "eof", "wait_ms"});
+  auto id = static_cast<uint64_t>(p.RequiredInt("handle", 1, INT64_MAX));
+  std::string data;
+  if (auto text = p.OptionalString("data"); text && !Base64Decode(*text, data)) {
+    Params::Fail("data", "base64 (RFC 4648, padded)");
+  }
+  bool eof = p.OptionalBool("eof").value_or(false);
+  int64_t wait_ms = p.OptionalInt("wait_ms", 0, kMaxWaitMs).value_or(0);
+  auto handle = state.Find(id);
+  if (!handle->exec->keeps_stdin_open()) {
+    throw RpcError(ErrorCode::kConflict,
+                   "Handle " + std::to_string(id) + " was started without keep_stdin_open",
+                   {{"handle", id}});
+  }
+  ctx.ExtendDeadline(std::chrono::milliseconds(wait_ms) + std::chrono::seconds(2));
+  auto r = handle->exec->AddInput(data, eof, Clock::now() + std::chrono::milliseconds(wait_ms));
+  return json::object{{"handle", id},
+                      {"accepted", r.accepted},
+                      {"stdin_open", r.stdin_open},
+                      {"buffered_bytes", r.buffered}};
 }
 
 json::value ExecStatus(ExecState& state, const json::object& params, RequestContext& ctx) {
@@ -240,6 +268,10 @@ ChildSpawned RegisterExecMethods(MethodTable& table) {
   table.Add("exec_status", RunMode::kWorker,
             [&state](const json::object& params, RequestContext& ctx) {
               return ExecStatus(state, params, ctx);
+            });
+  table.Add("exec_input", RunMode::kWorker,
+            [&state](const json::object& params, RequestContext& ctx) {
+              return ExecInput(state, params, ctx);
             });
   table.Add("exec_kill", RunMode::kWorker,
             [&state](const json::object& params, RequestContext& ctx) {

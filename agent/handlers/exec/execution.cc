@@ -107,7 +107,8 @@ Execution::Execution(const ExecRequest& request) : request_(request) {
   UniqueFd out_read, out_write, err_read, err_write, in_read, in_write;
   MakePipe(out_read, out_write, true);
   MakePipe(err_read, err_write, true);
-  if (request_.input) MakePipe(in_read, in_write, false);
+  bool stdin_pipe = request_.input || request_.keep_stdin_open;
+  if (stdin_pipe) MakePipe(in_read, in_write, false);
   wake_fd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   if (!wake_fd_) ThrowErrno("eventfd", errno);
 
@@ -135,7 +136,7 @@ Execution::Execution(const ExecRequest& request) : request_(request) {
 #endif
   posix_spawnattr_setsigdefault(&s.attr, &defaults);
 
-  if (request_.input) {
+  if (stdin_pipe) {
     posix_spawn_file_actions_adddup2(&s.actions, in_read.get(), 0);
   } else {
     posix_spawn_file_actions_addopen(&s.actions, 0, "/dev/null", O_RDONLY, 0);
@@ -167,7 +168,16 @@ Execution::Execution(const ExecRequest& request) : request_(request) {
   out_.fd = std::move(out_read);
   err_.fd = std::move(err_read);
   input_fd_ = std::move(in_write);
-  if (request_.input && request_.input->empty()) input_fd_.reset();  // immediate EOF
+  if (request_.input) {
+    input_ = std::move(*request_.input);
+    request_.input.reset();
+  }
+  input_eof_ = !request_.keep_stdin_open;
+  if (!stdin_pipe) {
+    input_closed_ = true;
+  } else if (input_eof_ && input_.empty()) {
+    CloseInput();  // immediate EOF
+  }
   // Waiting through a pidfd: poll()able together with the pipes, and immune to pid reuse.
   pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
   if (!pidfd_) {
@@ -283,8 +293,19 @@ bool Execution::Pump(milliseconds max_wait) {
     }
   }
   if (input_fd_) {
-    fds[n] = {input_fd_.get(), POLLOUT, 0};
-    in_i = n++;
+    short events = 0;  // POLLERR still tells when the command closes its stdin
+    {
+      std::lock_guard lock(mutex_);
+      if (input_done_ < input_.size()) {
+        events = POLLOUT;
+      } else if (input_eof_) {
+        CloseInput();
+      }
+    }
+    if (input_fd_) {
+      fds[n] = {input_fd_.get(), events, 0};
+      in_i = n++;
+    }
   }
   auto wait_until = now + max_wait;
   if (!exited_ && !timed_out_) wait_until = std::min(wait_until, deadline_);
@@ -300,7 +321,7 @@ bool Execution::Pump(milliseconds max_wait) {
   }
   if (out_i >= 0 && fds[out_i].revents) ReadStream(out_, now);
   if (err_i >= 0 && fds[err_i].revents) ReadStream(err_, now);
-  if (in_i >= 0 && fds[in_i].revents) WriteInput();
+  if (in_i >= 0 && fds[in_i].revents) WriteInput(fds[in_i].revents);
   if (pid_i >= 0 && fds[pid_i].revents) OnPidfdReadable();
   if (exited_ && !out_.fd && !err_.fd) {
     Finish();
@@ -338,15 +359,57 @@ void Execution::ReadStream(Stream& s, Clock::time_point) {
   news_.notify_all();
 }
 
-void Execution::WriteInput() {
-  const std::string& input = *request_.input;
-  ssize_t n = ::write(input_fd_.get(), input.data() + input_written_,
-                      std::min<size_t>(input.size() - input_written_, 65536));
-  if (n > 0) input_written_ += static_cast<size_t>(n);
-  // EPIPE: the command closed its stdin without reading it all; that is its choice.
-  if ((n < 0 && errno != EAGAIN && errno != EINTR) || input_written_ == input.size()) {
-    input_fd_.reset();
+void Execution::WriteInput(short revents) {
+  std::lock_guard lock(mutex_);
+  if (input_done_ == input_.size()) {
+    if (revents & (POLLERR | POLLHUP)) CloseInput();  // the command closed its stdin
+    return;
   }
+  ssize_t n = ::write(input_fd_.get(), input_.data() + input_done_, input_.size() - input_done_);
+  if (n > 0) {
+    input_done_ += static_cast<size_t>(n);
+    if (input_done_ == input_.size()) {
+      input_.clear();
+      input_done_ = 0;
+    }
+    news_.notify_all();  // room for exec_input
+  } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+    // EPIPE: the command closed its stdin without reading it all; that is its choice.
+    CloseInput();
+    return;
+  }
+  if (input_eof_ && input_.empty()) CloseInput();
+}
+
+void Execution::CloseInput() {
+  input_fd_.reset();
+  input_closed_ = true;
+  input_.clear();
+  input_done_ = 0;
+  news_.notify_all();
+}
+
+Execution::InputResult Execution::AddInput(std::string_view data, bool eof,
+                                           Clock::time_point until) {
+  InputResult r;
+  std::unique_lock lock(mutex_);
+  news_.wait_until(lock, until, [&] {
+    return input_closed_ || input_eof_ || input_.size() - input_done_ < kInputBufferBytes;
+  });
+  if (!input_closed_ && !input_eof_ && input_.size() - input_done_ < kInputBufferBytes) {
+    if (input_done_ > 0 && input_done_ >= input_.size() / 2) {
+      input_.erase(0, input_done_);  // keeps the copy at most the size of what is queued
+      input_done_ = 0;
+    }
+    input_.append(data);
+    input_eof_ = eof;
+    r.accepted = true;
+  }
+  r.stdin_open = !input_closed_ && !input_eof_;
+  r.buffered = input_.size() - input_done_;
+  lock.unlock();
+  if (r.accepted) Wake();
+  return r;
 }
 
 void Execution::OnPidfdReadable() {
@@ -368,8 +431,8 @@ void Execution::OnPidfdReadable() {
       signal_ = info.si_status;
     }
     duration_ms_ = std::chrono::duration_cast<milliseconds>(now - start_).count();
+    CloseInput();
   }
-  input_fd_.reset();
   if (out_.fd || err_.fd) exit_deadline_ = now + kExitGrace;
   news_.notify_all();
 }

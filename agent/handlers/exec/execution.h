@@ -26,6 +26,9 @@ inline constexpr auto kExitGrace = std::chrono::milliseconds(200);
 // exec_start: after the command exited, how far past max_output_bytes a stream's buffer may
 // grow to take in what is left in the pipe (a pipe holds at most 1 MiB by default).
 inline constexpr size_t kAfterExitSlack = 1 << 20;
+// exec_input: input waiting for the command to read it is accepted while less than this is
+// queued (so at most this plus one message per handle).
+inline constexpr size_t kInputBufferBytes = 1 << 20;
 
 struct ExecRequest {
   std::string command;  // as the request gave it (argv[0])
@@ -33,7 +36,9 @@ struct ExecRequest {
   std::vector<std::string> args;
   std::vector<std::string> env;  // complete environment, "KEY=value"
   std::string cwd;
-  std::optional<std::string> input;  // stdin bytes; nullopt: /dev/null
+  std::optional<std::string> input;  // stdin bytes; nullopt: /dev/null (unless kept open)
+  // exec_start: stdin stays a pipe after `input`, fed by exec_input until it sends eof.
+  bool keep_stdin_open = false;
   std::chrono::milliseconds timeout{30000};
   size_t max_output_bytes = 1 << 20;  // per stream
   // false (exec_command): output past the cap is cut off by closing the pipe.
@@ -54,6 +59,7 @@ class Execution {
   Execution& operator=(const Execution&) = delete;
 
   pid_t pid() const { return pid_; }
+  bool keeps_stdin_open() const { return request_.keep_stdin_open; }
 
   // Does I/O for at most `max_wait`. Returns true once the command has exited, its pipes are
   // drained and everything is reaped. One thread pumps; others may call the methods below.
@@ -69,6 +75,15 @@ class Execution {
   boost::json::object FinalResult();
 
   bool finished() const;
+
+  // exec_input: queues `data` for the command's stdin (all or nothing), waiting until `until`
+  // for room; `eof` closes stdin once everything queued is written.
+  struct InputResult {
+    bool accepted = false;
+    bool stdin_open = false;  // false: closed (eof sent, the command closed it, or it exited)
+    size_t buffered = 0;      // bytes queued, not yet read by the command
+  };
+  InputResult AddInput(std::string_view data, bool eof, Clock::time_point until);
   // Blocks until there is output to take, the command finished, or `until`.
   void WaitForNews(Clock::time_point until);
 
@@ -83,7 +98,8 @@ class Execution {
 
   void OnPidfdReadable();
   void ReadStream(Stream& s, Clock::time_point now);
-  void WriteInput();
+  void WriteInput(short revents);
+  void CloseInput();  // under mutex_
   void KillTree(int signo);
   void Finish();
   void Wake();
@@ -93,9 +109,8 @@ class Execution {
   ExecRequest request_;
   pid_t pid_ = -1;
   UniqueFd pidfd_;
-  UniqueFd input_fd_;
+  UniqueFd input_fd_;  // the pump's; closed under mutex_
   UniqueFd wake_fd_;
-  size_t input_written_ = 0;
   Clock::time_point start_;
   Clock::time_point deadline_;
   std::optional<Clock::time_point> kill_at_;         // SIGKILL the tree then
@@ -107,8 +122,12 @@ class Execution {
   mutable std::mutex mutex_;
   std::condition_variable news_;
   Stream out_, err_;
-  bool exited_ = false;    // main process exited (status known)
-  bool finished_ = false;  // exited, drained and reaped
+  std::string input_;  // queued for stdin; input_[0, input_done_) already written
+  size_t input_done_ = 0;
+  bool input_eof_ = false;     // close stdin once input_ is written
+  bool input_closed_ = false;  // stdin is closed; nothing more is accepted
+  bool exited_ = false;        // main process exited (status known)
+  bool finished_ = false;      // exited, drained and reaped
   bool timed_out_ = false;
   std::optional<int> exit_code_;
   std::optional<int> signal_;

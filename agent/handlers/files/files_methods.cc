@@ -17,7 +17,7 @@
 #include <optional>
 
 #include "agent/handlers/files/file_io.h"
-#include "agent/handlers/files/files_limits.h"
+#include "agent/core/message_limits.h"
 #include "agent/handlers/files/path_policy.h"
 #include "agent/handlers/files/sha256.h"
 #include "agent/handlers/register_all.h"
@@ -267,8 +267,7 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
   uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size > limit) ThrowTooLarge("File size " + std::to_string(size), limit);
 
-  size_t cap = enc == Encoding::kBase64 ? files::MaxBinaryChunk(ctx.config())
-                                        : files::MaxUtf8Chunk(ctx.config());
+  size_t cap = enc == Encoding::kBase64 ? MaxBinaryChunk(ctx.config()) : MaxUtf8Chunk(ctx.config());
   uint64_t want = std::min<uint64_t>(length.value_or(cap), cap);
   // procfs and sysfs files report size 0 yet have content: those are read until a short read.
   bool size_known = size > 0;
@@ -496,7 +495,7 @@ json::value FileList(const json::object& params, RequestContext& ctx, const File
 
   // Entries are added while the reply still fits in max_message_size_kb; the rest is paged.
   size_t overhead = 256 + std::min<size_t>(path.size(), 4096);
-  size_t reply_budget = files::ReplyBudget(ctx.config());
+  size_t reply_budget = ReplyBudget(ctx.config());
   size_t budget = reply_budget > overhead ? reply_budget - overhead : 0;
   json::array entries;
   size_t used = 0;
@@ -650,7 +649,7 @@ json::value UploadBegin(const json::object& params, RequestContext& ctx, FilesSt
   std::string handle = state.uploads.Add(session);
   return json::object{{"handle", handle},
                       {"path", session->path},
-                      {"chunk_size", files::MaxBinaryChunk(ctx.config())},
+                      {"chunk_size", MaxBinaryChunk(ctx.config())},
                       {"expires_after_idle_seconds", state.uploads.idle().count()}};
 }
 

@@ -1,5 +1,5 @@
-// How much file data fits in one message: replies and requests must stay within
-// max_message_size_kb, leaving room for the JSON-RPC envelope (id, member names).
+// How much binary data fits in one message (file chunks, exec input): replies and requests must
+// stay within max_message_size_kb, leaving room for the JSON-RPC envelope (id, member names).
 #pragma once
 
 #include <algorithm>
@@ -7,14 +7,15 @@
 
 #include "agent/core/config.h"
 
-namespace kvm::files {
+namespace kvm {
 
 // Bytes a reply may use; 1 KiB is kept for the envelope (ids up to ~900 characters).
 inline size_t ReplyBudget(const Config& config) {
   size_t max = config.max_message_bytes();
   return max - std::min<size_t>(1024, max / 4);
 }
-// Largest chunk of raw bytes per file_read (base64) or file_upload_chunk: 48384 at 64 KiB.
+// Largest chunk of raw bytes per file_read (base64), file_upload_chunk or exec_input: 48384
+// at 64 KiB.
 inline size_t MaxBinaryChunk(const Config& config) {
   return std::max<size_t>(3, ReplyBudget(config) / 4 * 3);
 }
@@ -23,4 +24,4 @@ inline size_t MaxUtf8Chunk(const Config& config) {
   return std::max<size_t>(4, ReplyBudget(config) / 6);
 }
 
-}  // namespace kvm::files
+}  // namespace kvm
