@@ -611,6 +611,23 @@ TEST(RealVm, MultiMegabyteTransferVerifiedBothWays) {
   EXPECT_EQ(out.substr(0, 64), sha) << "the guest's copy differs";
 }
 
+// exec -i over the real channel: 2 MiB of stdin, far more than one message, streamed to a
+// guest command in exec_input chunks; the guest's own sha256sum sees every byte.
+TEST(RealVm, CtlExecStreamsStdinThroughRealChannel) {
+  REQUIRE_VM_A(s);
+  s.ch.Close();
+  const std::string data = RandomBytes(2 << 20, 11);
+  const std::string file = g_paths.work + "/stdin-input.bin";
+  std::ofstream(file, std::ios::binary)
+      .write(data.data(), static_cast<std::streamsize>(data.size()));
+  auto r = RunCommand({"sh", "-c", "exec \"$0\" --socket \"$1\" exec -i -- sha256sum < \"$2\"",
+                       g_paths.ctl, s.vm.sock, file},
+                      seconds(180));
+  std::remove(file.c_str());
+  ASSERT_EQ(r.status, 0) << "kvmmanager-ctl exec -i failed: " << r.output << s.vm.Diagnostics();
+  EXPECT_EQ(r.output.substr(0, 64), Sha256(data)) << r.output;
+}
+
 // The agent's pid, from pidof in the guest.
 ::testing::AssertionResult AgentPid(Channel& ch, std::string* pid) {
   std::string out;
