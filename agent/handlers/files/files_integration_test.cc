@@ -1117,6 +1117,45 @@ OpenFiles OpenFilesUnder(pid_t pid, const std::string& dir) {
   return out;
 }
 
+// A client that vanishes without an abort (kill -9, a lost connection) leaves its session; it
+// goes at the idle expiry with its temp file and reserved space, whether or not any other
+// upload call ever comes by.
+TEST(FileUploadExpiry, AnAbandonedSessionGoesWithoutAnyFurtherCall) {
+  ::setenv("KVMMANAGER_UPLOAD_IDLE_SECONDS", "1", 1);
+  FilesFixture f("");
+  ::unsetenv("KVMMANAGER_UPLOAD_IDLE_SECONDS");
+  CallResult b = f.Call("file_upload_begin", {{"path", f.sandbox() + "/gone"}, {"size", 1000000}});
+  ASSERT_TRUE(b.ok) << b.error_message;
+  ASSERT_TRUE(f.Call("file_upload_chunk", {{"handle", Str(b.result, "handle")},
+                                           {"offset", 0},
+                                           {"data", Base64Encode(std::string(4096, 'x'))}})
+                  .ok);
+  EXPECT_GE(OpenFilesUnder(f.agent().pid(), f.sandbox()).count, 1);
+  // No call of any kind from here on.
+  EXPECT_TRUE(WaitFor([&] { return OpenFilesUnder(f.agent().pid(), f.sandbox()).count == 0; }))
+      << "the abandoned session's files are still open after 20 s";
+  EXPECT_TRUE(fs::is_empty(f.sandbox()));
+}
+
+// On a full disk, the space reserved by a session idle for 2 s (a client killed mid-copy) is
+// taken back for a new upload; a live session's reservation stands.
+TEST_F(FileMethodsTest, ARetriedUploadIsNotRefusedForItsAbandonedPredecessorsReservation) {
+  SmallTmpfs small(sb_ + "/small");
+  if (!small.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << small.error();
+  // 256 KiB holds one of these reservations, not two.
+  CallResult a = f_.Call("file_upload_begin", {{"path", sb_ + "/small/a"}, {"size", 200000}});
+  ASSERT_TRUE(a.ok) << a.error_message;
+  ASSERT_TRUE(f_.Call("file_upload_chunk", {{"handle", Str(a.result, "handle")},
+                                            {"offset", 0},
+                                            {"data", Base64Encode(std::string(1000, 'a'))}})
+                  .ok);
+  CallResult live = f_.Call("file_upload_begin", {{"path", sb_ + "/small/b"}, {"size", 200000}});
+  EXPECT_EQ(live.error_code, -32005) << "a live session's reservation was taken";
+  std::this_thread::sleep_for(std::chrono::milliseconds(2300));
+  CallResult retry = f_.Call("file_upload_begin", {{"path", sb_ + "/small/b"}, {"size", 200000}});
+  EXPECT_TRUE(retry.ok) << retry.error_message;
+}
+
 // Copies big enough to be caught mid-way (64 MB: over 60 ms even at 1 GB/s).
 class CopyInterruptTest : public ::testing::Test {
  protected:

@@ -9,12 +9,15 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <thread>
+#include <vector>
 
 #include "agent/handlers/files/file_io.h"
 #include "agent/core/message_limits.h"
@@ -42,6 +45,9 @@ constexpr size_t kMaxUploadSessions = 32;
 constexpr size_t kMaxListEntries = 100000;
 constexpr size_t kSweepMaxEntries = 100000;
 constexpr uint64_t kWritebackBytes = 1 << 20;  // upload bytes between writeback kicks
+// A begin that finds the disk full takes back the space reserved by sessions idle this long:
+// a live client sends its chunks milliseconds apart; one this quiet has most likely gone.
+constexpr auto kReservationIdle = std::chrono::seconds(2);
 
 struct UploadSession {
   std::mutex mu;
@@ -63,7 +69,19 @@ struct UploadSession {
 
 class UploadStore {
  public:
-  explicit UploadStore(std::chrono::seconds idle) : idle_(idle) {}
+  explicit UploadStore(std::chrono::seconds idle) : idle_(idle) {
+    reaper_ = std::thread([this] { ReapLoop(); });
+  }
+  ~UploadStore() {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    reaper_.join();
+  }
+  UploadStore(const UploadStore&) = delete;
+  UploadStore& operator=(const UploadStore&) = delete;
   std::chrono::seconds idle() const { return idle_; }
 
   std::string Add(std::shared_ptr<UploadSession> session) {
@@ -76,6 +94,7 @@ class UploadStore {
     std::string handle = "upl-" + files::RandomHex();
     session->last_used = Clock::now();
     sessions_[handle] = std::move(session);
+    cv_.notify_all();  // the reaper may have been waiting with no session to watch
     return handle;
   }
   // Finds (and with `take`, removes) a session; throws not_found.
@@ -95,8 +114,59 @@ class UploadStore {
     return session;
   }
 
+  // Gives back the disk space reserved (beyond what was written) by sessions idle for
+  // kReservationIdle; a session busy with a chunk is left alone. Returns how many released.
+  size_t ReleaseIdleReservations() {
+    std::lock_guard lock(mu_);
+    auto now = Clock::now();
+    size_t released = 0;
+    for (auto& [handle, session] : sessions_) {
+      if (now - session->last_used < kReservationIdle || !session->expected_size) continue;
+      std::unique_lock busy(session->mu, std::try_to_lock);
+      if (!busy || !session->file) continue;
+      struct stat st;
+      // Truncating to the current size frees the blocks reserved past it (KEEP_SIZE).
+      if (::fstat(session->file->fd(), &st) == 0 &&
+          ::ftruncate(session->file->fd(), st.st_size) == 0)
+        ++released;
+    }
+    return released;
+  }
+
  private:
-  // Abandoned sessions go when any upload call comes by; their temp file goes with them.
+  // Sessions whose client went away without an abort (killed, connection lost) go idle_ after
+  // their last call, temp file and reserved space with them, whether or not any other upload
+  // call comes by. With no session open the thread sleeps without timeouts (no wakeups).
+  void ReapLoop() {
+    std::unique_lock lock(mu_);
+    while (!stopping_) {
+      if (sessions_.empty()) {
+        cv_.wait(lock);
+        continue;
+      }
+      auto oldest = Clock::time_point::max();
+      for (const auto& [handle, session] : sessions_) oldest = std::min(oldest, session->last_used);
+      if (cv_.wait_until(lock, oldest + idle_ + std::chrono::milliseconds(1)) ==
+          std::cv_status::no_timeout) {
+        continue;
+      }
+      std::vector<std::shared_ptr<UploadSession>> gone;
+      auto now = Clock::now();
+      for (auto it = sessions_.begin(); it != sessions_.end();) {
+        if (now - it->second->last_used > idle_) {
+          gone.push_back(std::move(it->second));
+          it = sessions_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      lock.unlock();
+      gone.clear();  // closes and removes the temp files outside the lock
+      lock.lock();
+    }
+  }
+
+  // Also checked on every upload call, so an expired handle never works.
   void ExpireLocked() {
     auto now = Clock::now();
     for (auto it = sessions_.begin(); it != sessions_.end();) {
@@ -108,8 +178,11 @@ class UploadStore {
     }
   }
   std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
   std::chrono::seconds idle_;
   std::map<std::string, std::shared_ptr<UploadSession>> sessions_;
+  std::thread reaper_;
 };
 
 struct FilesState {
@@ -640,7 +713,16 @@ json::value UploadBegin(const json::object& params, RequestContext& ctx, FilesSt
                    {{"path", parent.normalized}});
   }
   session->file = std::make_unique<files::PendingFile>(parent.dir.get(), 0600, path);
-  if (size) files::ReserveSpace(session->file->fd(), *size, parent.normalized);
+  if (size) {
+    try {
+      files::ReserveSpace(session->file->fd(), *size, parent.normalized);
+    } catch (const RpcError&) {
+      // The disk is full: a retried copy must not fail on the reservation of its own
+      // predecessor, killed mid-way and not yet expired.
+      if (state.uploads.ReleaseIdleReservations() == 0) throw;
+      files::ReserveSpace(session->file->fd(), *size, parent.normalized);
+    }
+  }
   session->path = parent.normalized;
   session->name = parent.name;
   session->dir = std::move(parent.dir);
