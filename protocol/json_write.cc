@@ -304,4 +304,62 @@ void AppendJson(std::string& out, const json::value& value) {
   PutJson(buffered, value);
 }
 
+std::string& JsonObjectWriter::Key(std::string_view key) {
+  // One append per key: four would each check the capacity (keys are short names).
+  char buf[64];
+  if (key.size() + 4 > sizeof buf) {
+    out_ += first_ ? "\"" : ",\"";
+    out_ += key;
+    out_ += "\":";
+  } else {
+    size_t n = 0;
+    if (!first_) buf[n++] = ',';
+    buf[n++] = '"';
+    std::memcpy(buf + n, key.data(), key.size());
+    n += key.size();
+    buf[n++] = '"';
+    buf[n++] = ':';
+    out_.append(buf, n);
+  }
+  first_ = false;
+  return out_;
+}
+
+void JsonObjectWriter::Int(std::string_view key, int64_t n) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, n);
+  Key(key).append(buf, static_cast<size_t>(end - buf));
+}
+
+void JsonObjectWriter::Uint(std::string_view key, uint64_t n) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, n);
+  Key(key).append(buf, static_cast<size_t>(end - buf));
+}
+
+void JsonObjectWriter::OptionalUint(std::string_view key, const std::optional<uint64_t>& n) {
+  if (n) {
+    Uint(key, *n);
+  } else {
+    Null(key);
+  }
+}
+
+void JsonObjectWriter::OptionalDouble(std::string_view key, const std::optional<double>& d) {
+  if (d) {
+    Double(key, *d);
+  } else {
+    Null(key);
+  }
+}
+
+void JsonObjectWriter::OptionalString(std::string_view key,
+                                      const std::optional<std::string>& text) {
+  if (text) {
+    String(key, *text);
+  } else {
+    Null(key);
+  }
+}
+
 }  // namespace kvm

@@ -7,6 +7,8 @@
 
 #include <boost/json/value.hpp>
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -33,5 +35,34 @@ void AppendJsonString(std::string& out, std::string_view text);
 // '\\', a control character) or a non-ASCII byte (to be checked for UTF-8). Scans 64 bytes per
 // step with SSE2 where available (26 GB/s here; 6 GB/s word by word).
 bool NeedsJsonEscape(std::string_view text);
+
+// Writes one JSON object straight into a string, member by member, for a reply assembled from
+// parts without building a DOM first (get_system_info: its cached parts are kept as text).
+// Keys are written as given: they must be plain ASCII names that need no escaping.
+class JsonObjectWriter {
+ public:
+  explicit JsonObjectWriter(std::string& out) : out_(out) { out_ += '{'; }
+  JsonObjectWriter(const JsonObjectWriter&) = delete;
+  JsonObjectWriter& operator=(const JsonObjectWriter&) = delete;
+
+  // Starts a member; what follows (a nested writer, Raw text) is its value.
+  std::string& Key(std::string_view key);
+  void Null(std::string_view key) { Key(key) += "null"; }
+  void Bool(std::string_view key, bool b) { Key(key) += b ? "true" : "false"; }
+  void Int(std::string_view key, int64_t n);
+  void Uint(std::string_view key, uint64_t n);
+  void Double(std::string_view key, double d) { AppendDouble(Key(key), d); }
+  void String(std::string_view key, std::string_view text) { AppendJsonString(Key(key), text); }
+  void Raw(std::string_view key, std::string_view json_text) { Key(key) += json_text; }
+  // null when empty.
+  void OptionalUint(std::string_view key, const std::optional<uint64_t>& n);
+  void OptionalDouble(std::string_view key, const std::optional<double>& d);
+  void OptionalString(std::string_view key, const std::optional<std::string>& text);
+  void Close() { out_ += '}'; }
+
+ private:
+  std::string& out_;
+  bool first_ = true;
+};
 
 }  // namespace kvm

@@ -126,7 +126,7 @@ TEST(JsonWrite, InvalidUtf8BecomesReplacementCharacters) {
   EXPECT_EQ(Write(json::string(std::string("a\xc3("))), "\"a" + fffd + "(\"");  // cut sequence
   EXPECT_EQ(Write(json::string(std::string("\xc0\xaf"))), "\"" + fffd + fffd + "\"");  // overlong
   EXPECT_EQ(Write(json::string(std::string("\xed\xa0\x80"))),
-            "\"" + fffd + fffd + fffd + "\"");  // surrogate
+            "\"" + fffd + fffd + fffd + "\"");                                      // surrogate
   EXPECT_EQ(Write(json::string(std::string("q\"\xff"))), "\"q\\\"" + fffd + "\"");  // + escape
   std::string long_name = std::string(5000, 'x') + "\xff" + std::string(100, 'y');
   json::object obj{{std::string("k\xfe"), long_name}};
@@ -170,6 +170,46 @@ TEST(JsonWrite, ManySmallPiecesAcrossTheStagingBufferMatchBoostSerialize) {
   std::string out = prefix;
   AppendJson(out, v);
   EXPECT_EQ(out, prefix + json::serialize(v));
+}
+
+TEST(JsonObjectWriter, WritesWhatAppendJsonWritesForTheSameObject) {
+  std::string out = "prefix:";
+  JsonObjectWriter w(out);
+  w.Null("n");
+  w.Bool("t", true);
+  w.Int("i", -42);
+  w.Uint("u", UINT64_MAX);
+  w.Double("d", 0.25);
+  w.String("s", "a\"b\n\xff");
+  w.OptionalUint("ou", std::nullopt);
+  w.OptionalDouble("od", 1.5);
+  w.OptionalString("os", std::string("x"));
+  const std::string long_key(100, 'k');  // past the writer's staging buffer for keys
+  w.Int(long_key, 7);
+  {
+    JsonObjectWriter inner(w.Key("obj"));
+    inner.Raw("raw", "[1,2]");
+    inner.Close();
+  }
+  w.Key("empty");
+  JsonObjectWriter(out).Close();
+  w.Close();
+  json::object expected;  // members in the order written
+  expected["n"] = nullptr;
+  expected["t"] = true;
+  expected["i"] = -42;
+  expected["u"] = UINT64_MAX;
+  expected["d"] = 0.25;
+  expected["s"] = "a\"b\n\xff";
+  expected["ou"] = nullptr;
+  expected["od"] = 1.5;
+  expected["os"] = "x";
+  expected[long_key] = 7;
+  expected["obj"] = json::object{{"raw", json::array{1, 2}}};
+  expected["empty"] = json::object{};
+  std::string want = "prefix:";
+  AppendJson(want, expected);
+  EXPECT_EQ(out, want);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <map>
 
 #include "agent/core/file_util.h"
+#include "protocol/json_write.h"
 #include "version.h"
 
 namespace kvm::sysinfo {
@@ -200,8 +201,15 @@ json::object CpuInfo(const SystemRoot& sys) {
   };
 }
 
-json::object MemoryInfo(const SystemRoot& sys, const std::optional<std::string>* meminfo,
-                        json::storage_ptr sp) {
+namespace {
+
+// The figures of /proc/meminfo that get_system_info reports, in bytes.
+struct MemoryFigures {
+  std::optional<uint64_t> total, available, free, used, buffers, cache, shared, swap_total,
+      swap_free;
+};
+
+MemoryFigures ParseMeminfo(const std::optional<std::string>& text) {
   // Only the keys used below are parsed, in one pass that looks at each line's key and nothing
   // else (meminfo has ~50 lines and this runs on every call; splitting and trimming every line
   // was most of this function's time).
@@ -210,9 +218,6 @@ json::object MemoryInfo(const SystemRoot& sys, const std::optional<std::string>*
                                                "Shmem",    "SwapTotal",    "SwapFree"};
   enum { kTotal, kFree, kBuffers, kCached, kReclaim, kAvailable, kShmem, kSwapTotal, kSwapFree };
   std::optional<uint64_t> bytes[std::size(kKeys)];
-  std::optional<std::string> read;
-  if (!meminfo) read = ReadText(sys, "/proc/meminfo", 64 * 1024);
-  const std::optional<std::string>& text = meminfo ? *meminfo : read;
   if (text) {
     std::string_view rest = *text;
     // The keys sit in the first ~26 of ~55 lines: stop once all are seen.
@@ -236,32 +241,48 @@ json::object MemoryInfo(const SystemRoot& sys, const std::optional<std::string>*
       }
     }
   }
-  auto val = [](std::optional<uint64_t> v) { return v ? json::value(*v) : json::value(nullptr); };
-  auto total = bytes[kTotal], free = bytes[kFree], buffers = bytes[kBuffers];
-  auto cached = bytes[kCached], reclaim = bytes[kReclaim];
+  MemoryFigures m;
+  m.total = bytes[kTotal];
+  m.free = bytes[kFree];
+  m.buffers = bytes[kBuffers];
   // buff/cache as free(1) counts it: page cache plus reclaimable slab.
-  std::optional<uint64_t> cache;
-  if (cached) cache = *cached + reclaim.value_or(0);
-  auto available = bytes[kAvailable];
-  if (!available && free) available = *free + buffers.value_or(0) + cache.value_or(0);  // < 3.14
-  std::optional<uint64_t> used;
-  if (total && free) {
-    uint64_t not_used = *free + buffers.value_or(0) + cache.value_or(0);
-    used = *total > not_used ? *total - not_used : 0;
+  if (bytes[kCached]) m.cache = *bytes[kCached] + bytes[kReclaim].value_or(0);
+  m.available = bytes[kAvailable];
+  if (!m.available && m.free) {  // kernels before 3.14
+    m.available = *m.free + m.buffers.value_or(0) + m.cache.value_or(0);
   }
-  return json::object(
-      {
-          {"total_bytes", val(total)},
-          {"available_bytes", val(available)},
-          {"free_bytes", val(free)},
-          {"used_bytes", val(used)},
-          {"buffers_bytes", val(buffers)},
-          {"cached_bytes", val(cache)},
-          {"shared_bytes", val(bytes[kShmem])},
-          {"swap_total_bytes", val(bytes[kSwapTotal])},
-          {"swap_free_bytes", val(bytes[kSwapFree])},
-      },
-      std::move(sp));
+  if (m.total && m.free) {
+    uint64_t not_used = *m.free + m.buffers.value_or(0) + m.cache.value_or(0);
+    m.used = *m.total > not_used ? *m.total - not_used : 0;
+  }
+  m.shared = bytes[kShmem];
+  m.swap_total = bytes[kSwapTotal];
+  m.swap_free = bytes[kSwapFree];
+  return m;
+}
+
+void WriteMemory(std::string& out, const MemoryFigures& m) {
+  JsonObjectWriter w(out);
+  w.OptionalUint("total_bytes", m.total);
+  w.OptionalUint("available_bytes", m.available);
+  w.OptionalUint("free_bytes", m.free);
+  w.OptionalUint("used_bytes", m.used);
+  w.OptionalUint("buffers_bytes", m.buffers);
+  w.OptionalUint("cached_bytes", m.cache);
+  w.OptionalUint("shared_bytes", m.shared);
+  w.OptionalUint("swap_total_bytes", m.swap_total);
+  w.OptionalUint("swap_free_bytes", m.swap_free);
+  w.Close();
+}
+
+json::object ParseObject(const std::string& text) { return json::parse(text).as_object(); }
+
+}  // namespace
+
+json::object MemoryInfo(const SystemRoot& sys) {
+  std::string text;
+  WriteMemory(text, ParseMeminfo(ReadText(sys, "/proc/meminfo", 64 * 1024)));
+  return ParseObject(text);
 }
 
 json::array LoggedInUsers(const SystemRoot& sys) {
@@ -290,28 +311,30 @@ json::array LoggedInUsers(const SystemRoot& sys) {
   return users;
 }
 
-json::object TimezoneInfo(const SystemRoot& sys, bool reload_rules, const json::value* known_name,
-                          json::storage_ptr sp) {
+namespace {
+
+// The zone's name is the path below zoneinfo/ that /etc/localtime links to (systemd's rule),
+// else Debian's /etc/timezone.
+std::optional<std::string> ZoneName(const SystemRoot& sys) {
   std::optional<std::string> name;
-  if (known_name) {
-    if (known_name->is_string()) name = std::string(known_name->get_string());
-  } else {
-    // The zone name is the path below zoneinfo/ that /etc/localtime links to (systemd's rule),
-    // else Debian's /etc/timezone.
-    if (auto target = ResolveLink(sys.Path("/etc/localtime"))) {
-      size_t pos = target->find("/zoneinfo/");
-      if (pos != std::string::npos) {
-        name = target->substr(pos + 10);
-        if (name->rfind("posix/", 0) == 0)
-          name = name->substr(6);
-        else if (name->rfind("right/", 0) == 0)
-          name = name->substr(6);
-      }
-    }
-    if (!name) {
-      if (auto tz = ReadAttr(sys, "/etc/timezone"); tz && !tz->empty()) name = *tz;
+  if (auto target = ResolveLink(sys.Path("/etc/localtime"))) {
+    size_t pos = target->find("/zoneinfo/");
+    if (pos != std::string::npos) {
+      name = target->substr(pos + 10);
+      if (name->rfind("posix/", 0) == 0)
+        name = name->substr(6);
+      else if (name->rfind("right/", 0) == 0)
+        name = name->substr(6);
     }
   }
+  if (!name) {
+    if (auto tz = ReadAttr(sys, "/etc/timezone"); tz && !tz->empty()) name = *tz;
+  }
+  return name;
+}
+
+// The time zone object: `name` as found by ZoneName, the rest from libc for this moment.
+void WriteZone(std::string& out, const std::optional<std::string>& name, bool reload_rules) {
   // The offset comes from libc's reading of the live /etc/localtime (TZif parsing is not NSS).
   // tzset() re-reads that file; localtime_r alone keeps the rules already loaded (and still
   // follows their DST transitions).
@@ -320,19 +343,36 @@ json::object TimezoneInfo(const SystemRoot& sys, bool reload_rules, const json::
   struct tm tm {};
   ::localtime_r(&now, &tm);
   long off = tm.tm_gmtoff;
-  char text[40];
-  std::snprintf(text, sizeof text, "%c%02ld:%02ld", off < 0 ? '-' : '+', std::labs(off) / 3600,
-                (std::labs(off) % 3600) / 60);
-  return json::object(
-      {
-          {"name", StrOrNull(name)},
-          {"abbreviation",
-           tm.tm_zone ? json::value(ToValidUtf8(tm.tm_zone)) : json::value(nullptr)},
-          {"utc_offset_seconds", static_cast<int64_t>(off)},
-          {"utc_offset", text},
-          {"dst", tm.tm_isdst > 0},
-      },
-      std::move(sp));
+  long hours = std::labs(off) / 3600, minutes = std::labs(off) % 3600 / 60;
+  const char text[] = {off < 0 ? '-' : '+',
+                       static_cast<char>('0' + hours / 10 % 10),
+                       static_cast<char>('0' + hours % 10),
+                       ':',
+                       static_cast<char>('0' + minutes / 10),
+                       static_cast<char>('0' + minutes % 10)};  // "+05:30" (offsets < 100 h)
+  JsonObjectWriter w(out);
+  if (name && !name->empty()) {
+    w.String("name", *name);
+  } else {
+    w.Null("name");
+  }
+  if (tm.tm_zone) {
+    w.String("abbreviation", tm.tm_zone);
+  } else {
+    w.Null("abbreviation");
+  }
+  w.Int("utc_offset_seconds", off);
+  w.String("utc_offset", std::string_view(text, sizeof text));
+  w.Bool("dst", tm.tm_isdst > 0);
+  w.Close();
+}
+
+}  // namespace
+
+json::object TimezoneInfo(const SystemRoot& sys, bool reload_rules) {
+  std::string text;
+  WriteZone(text, ZoneName(sys), reload_rules);
+  return ParseObject(text);
 }
 
 json::value FindFqdn(const SystemRoot& sys, std::string_view hostname) {
@@ -356,49 +396,82 @@ json::value FindFqdn(const SystemRoot& sys, std::string_view hostname) {
   return nullptr;
 }
 
-json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache) {
+namespace {
+
+StaticParts ReadStaticParts(const SystemRoot& sys, std::string_view hostname) {
+  StaticParts parts;
+  AppendJson(parts.os, OsInfo(sys));
+  std::optional<std::string> id = ReadAttr(sys, "/etc/machine-id");
+  if (!id || id->empty()) id = ReadAttr(sys, "/var/lib/dbus/machine-id");
+  AppendJson(parts.machine_id, StrOrNull(id));
+  AppendJson(parts.fqdn, FindFqdn(sys, hostname));
+  AppendJson(parts.cpu, CpuInfo(sys));
+  parts.zone_name = ZoneName(sys);
+  return parts;
+}
+
+std::string UsersText(const SystemRoot& sys) {
+  std::string text;
+  AppendJson(text, LoggedInUsers(sys));
+  return text;
+}
+
+// The load_average object, from the text of /proc/loadavg ("0.95 0.76 1.16 2/90 31987").
+void WriteLoad(std::string& out, const std::optional<std::string>& loadavg) {
+  std::optional<double> avg[3];
+  std::optional<uint64_t> running, total;
+  if (loadavg) {
+    auto f = SplitFields(Trim(*loadavg));
+    for (size_t i = 0; i < 3 && i < f.size(); ++i) avg[i] = ParseDouble(f[i]);
+    if (f.size() > 3) {
+      size_t slash = f[3].find('/');
+      if (slash != std::string_view::npos) {
+        running = ParseU64(f[3].substr(0, slash));
+        total = ParseU64(f[3].substr(slash + 1));
+      }
+    }
+  }
+  JsonObjectWriter w(out);
+  w.OptionalDouble("1m", avg[0]);
+  w.OptionalDouble("5m", avg[1]);
+  w.OptionalDouble("15m", avg[2]);
+  w.OptionalUint("running_tasks", running);
+  w.OptionalUint("total_tasks", total);
+  w.Close();
+}
+
+}  // namespace
+
+void AppendSystemInfo(std::string& out, const SystemRoot& sys, SystemInfoCache* cache) {
   // The live system answers from syscalls where /proc would cost an open/read/close each
   // (uname, clocks); a fixture root is read from its files.
   const bool live = sys.root.empty();
-  // The reply's ~80 values and strings come from one arena that lives as long as the reply:
-  // one allocation instead of one per value (under TCG, malloc and free were a large share of
-  // this call's time). Parts copied from the cache are copied into it too.
-  json::storage_ptr sp = json::make_shared_resource<json::monotonic_resource>(8192);
   utsname uts{};
   ::uname(&uts);
   auto from_proc = [&](const char* path, const char* fallback) {
-    if (live) return ToValidUtf8(fallback);
+    if (live) return std::string(fallback);
     auto v = ReadAttr(sys, path);
-    return ToValidUtf8(v && !v->empty() ? *v : std::string(fallback));
+    return v && !v->empty() ? *v : std::string(fallback);
   };
   std::string hostname = from_proc("/proc/sys/kernel/hostname", uts.nodename);
+
   // Slow-changing parts: from the cache while it is fresh and still describes this system.
-  json::value os(sp), machine_id(sp), fqdn(sp), cpu(sp), zone_name(sp), users(sp);
+  // The cache stays locked while the reply is written: its texts are copied straight in.
+  StaticParts fresh;
+  const StaticParts* parts = &fresh;
+  std::string fresh_users;
+  const std::string* users = &fresh_users;
+  std::optional<std::string> loadavg_text, meminfo_text;
+  bool reload_zone_rules = true;
   std::unique_lock<std::mutex> cache_lock;
-  bool refresh = true;
   if (cache) {
     cache_lock = std::unique_lock(cache->mu_);
-    refresh = !cache->filled_ || SystemInfoCache::Clock::now() - cache->loaded_ >= cache->ttl_ ||
-              cache->hostname_ != hostname;
-  }
-  if (refresh) {
-    os = OsInfo(sys);
-    std::optional<std::string> id = ReadAttr(sys, "/etc/machine-id");
-    if (!id || id->empty()) id = ReadAttr(sys, "/var/lib/dbus/machine-id");
-    machine_id = StrOrNull(id);
-    fqdn = FindFqdn(sys, hostname);
-    cpu = CpuInfo(sys);
-    json::object tz = TimezoneInfo(sys, true);
-    zone_name = tz["name"];
-    if (cache) {
+    auto now = SystemInfoCache::Clock::now();
+    if (!cache->filled_ || now - cache->loaded_ >= cache->ttl_ || cache->hostname_ != hostname) {
+      cache->parts_ = ReadStaticParts(sys, hostname);
       cache->filled_ = true;
-      cache->loaded_ = SystemInfoCache::Clock::now();
+      cache->loaded_ = now;
       cache->hostname_ = hostname;
-      cache->os_ = os;
-      cache->machine_id_ = machine_id;
-      cache->fqdn_ = fqdn;
-      cache->cpu_ = cpu;
-      cache->zone_name_ = zone_name;
       cache->utmp_path_.clear();
       for (const char* path : {"/run/utmp", "/var/run/utmp"}) {
         if (::access(sys.Path(path).c_str(), F_OK) == 0) {
@@ -407,44 +480,37 @@ json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache) {
         }
       }
       cache->utmp_key_ = {};
+      cache->users_ = "[]";
+    } else {
+      reload_zone_rules = false;  // tzset ran at the refresh
     }
-  } else {
-    os = cache->os_;
-    machine_id = cache->machine_id_;
-    fqdn = cache->fqdn_;
-    cpu = cache->cpu_;
-    zone_name = cache->zone_name_;
-  }
-  if (!cache) {
-    users = LoggedInUsers(sys);
-  } else if (cache->utmp_path_.empty()) {
-    users = json::array();  // none at the last refresh; looked for again at the next one
-  } else {
-    // utmp is rewritten at every login and logout, so its stat identity says when to re-read.
-    struct stat st {};
-    SystemInfoCache::UtmpKey key;
-    if (::stat(cache->utmp_path_.c_str(), &st) == 0) {
-      key = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
-             static_cast<uint64_t>(st.st_size),
-             static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
-    }
-    if (key.mtime_ns < 0 || !(key == cache->utmp_key_)) {
-      cache->users_ = LoggedInUsers(sys);
-      cache->utmp_key_ = key;
-    }
-    users = cache->users_;
-  }
-  std::optional<std::string> loadavg_text, meminfo_text;
-  if (cache) {
+    parts = &cache->parts_;
+    if (!cache->utmp_path_.empty()) {
+      // utmp is rewritten at every login and logout, so its stat identity says when to re-read.
+      struct stat st {};
+      SystemInfoCache::UtmpKey key;
+      if (::stat(cache->utmp_path_.c_str(), &st) == 0) {
+        key = {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+               static_cast<uint64_t>(st.st_size),
+               static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+      }
+      if (key.mtime_ns < 0 || !(key == cache->utmp_key_)) {
+        cache->users_ = UsersText(sys);
+        cache->utmp_key_ = key;
+      }
+    }  // else none at the last refresh; looked for again at the next one
+    users = &cache->users_;
     loadavg_text = RereadKernelFile(sys.Path("/proc/loadavg"), cache->loadavg_fd_);
     meminfo_text = RereadKernelFile(sys.Path("/proc/meminfo"), cache->meminfo_fd_);
   } else {
+    fresh = ReadStaticParts(sys, hostname);
+    fresh_users = UsersText(sys);
     loadavg_text = ReadText(sys, "/proc/loadavg", 4096);
     meminfo_text = ReadText(sys, "/proc/meminfo", 64 * 1024);
   }
-  if (cache_lock) cache_lock.unlock();
 
-  json::value boot_time = nullptr, uptime = nullptr;
+  std::optional<int64_t> boot_time;
+  std::optional<double> uptime;
   if (live) {
     // What the kernel prints as btime: wall clock minus time since boot, whole seconds.
     timespec real{}, boot{};
@@ -466,53 +532,45 @@ json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache) {
     }
     if (auto up = ReadText(sys, "/proc/uptime", 4096)) {
       auto f = SplitFields(Trim(*up));
-      if (!f.empty()) {
-        if (auto v = ParseDouble(f[0])) uptime = *v;
-      }
+      if (!f.empty()) uptime = ParseDouble(f[0]);
     }
   }
-  json::object load({{"1m", nullptr},
-                     {"5m", nullptr},
-                     {"15m", nullptr},
-                     {"running_tasks", nullptr},
-                     {"total_tasks", nullptr}},
-                    sp);
-  if (const auto& la = loadavg_text) {
-    auto f = SplitFields(Trim(*la));
-    const char* keys[] = {"1m", "5m", "15m"};
-    for (size_t i = 0; i < 3 && i < f.size(); ++i) {
-      if (auto v = ParseDouble(f[i])) load[keys[i]] = *v;
-    }
-    if (f.size() > 3) {
-      size_t slash = f[3].find('/');
-      if (slash != std::string_view::npos) {
-        if (auto r = ParseU64(f[3].substr(0, slash))) load["running_tasks"] = *r;
-        if (auto t = ParseU64(f[3].substr(slash + 1))) load["total_tasks"] = *t;
-      }
-    }
+
+  // Written as text, member by member: building a DOM of ~80 values and serializing it was
+  // ~45K of the ~57K instructions this call took (callgrind).
+  out.reserve(out.size() + parts->os.size() + parts->cpu.size() + users->size() + 1024);
+  JsonObjectWriter w(out);
+  w.Raw("os", parts->os);
+  {
+    JsonObjectWriter kernel(w.Key("kernel"));
+    kernel.String("name", from_proc("/proc/sys/kernel/ostype", uts.sysname));
+    kernel.String("release", from_proc("/proc/sys/kernel/osrelease", uts.release));
+    kernel.String("version", from_proc("/proc/sys/kernel/version", uts.version));
+    kernel.String("machine", uts.machine);
+    kernel.Close();
   }
-  json::object kernel({{"name", ToValidUtf8(from_proc("/proc/sys/kernel/ostype", uts.sysname))},
-                       {"release", from_proc("/proc/sys/kernel/osrelease", uts.release)},
-                       {"version", from_proc("/proc/sys/kernel/version", uts.version)},
-                       {"machine", ToValidUtf8(uts.machine)}},
-                      sp);
-  return json::object(
-      {
-          {"os", std::move(os)},
-          {"kernel", std::move(kernel)},
-          {"hostname", hostname},
-          {"fqdn", std::move(fqdn)},
-          {"machine_id", std::move(machine_id)},
-          {"boot_time", boot_time},
-          {"uptime_seconds", uptime},
-          {"timezone", TimezoneInfo(sys, false, &zone_name, sp)},  // rules loaded at the refresh
-          {"cpu", std::move(cpu)},
-          {"load_average", std::move(load)},
-          {"memory", MemoryInfo(sys, &meminfo_text, sp)},
-          {"users", std::move(users)},
-          {"agent_version", KVM_AGENT_VERSION},
-      },
-      sp);
+  w.String("hostname", hostname);
+  w.Raw("fqdn", parts->fqdn);
+  w.Raw("machine_id", parts->machine_id);
+  if (boot_time) {
+    w.Int("boot_time", *boot_time);
+  } else {
+    w.Null("boot_time");
+  }
+  w.OptionalDouble("uptime_seconds", uptime);
+  WriteZone(w.Key("timezone"), parts->zone_name, reload_zone_rules);
+  w.Raw("cpu", parts->cpu);
+  WriteLoad(w.Key("load_average"), loadavg_text);
+  WriteMemory(w.Key("memory"), ParseMeminfo(meminfo_text));
+  w.Raw("users", *users);
+  w.String("agent_version", KVM_AGENT_VERSION);
+  w.Close();
+}
+
+json::object CollectSystemInfo(const SystemRoot& sys, SystemInfoCache* cache) {
+  std::string text;
+  AppendSystemInfo(text, sys, cache);
+  return ParseObject(text);
 }
 
 }  // namespace kvm::sysinfo

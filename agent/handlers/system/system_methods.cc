@@ -22,9 +22,10 @@ void RegisterSystemMethods(MethodTable& table) {
   // Inline: a handful of reads from /proc, /sys and /etc, none of which can block; the hop to a
   // worker and back would cost about as much as the work.
   table.Add("get_system_info", RunMode::kInline,
-            [live, &info_cache](const json::object& params, RequestContext&) {
+            [live, &info_cache](const json::object& params, RequestContext& ctx) {
               Params p(params, {});
-              return json::value(sysinfo::CollectSystemInfo(live, &info_cache));
+              sysinfo::AppendSystemInfo(ctx.result_text(), live, &info_cache);
+              return json::value();  // the result is the text above
             });
 
   // Inline too: three netlink dumps (the kernel builds them during our recvmsg, never waiting
