@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <string>
+#include <vector>
 
 #include "ctl/ctl.h"
 #include "ctl/file_transfer.h"
@@ -206,37 +208,62 @@ void AddFileCommands(CLI::App& app, Options& options) {
   // cp
   auto* cp = app.add_subcommand(
       "cp",
-      "copy a file to (cp LOCAL :REMOTE) or from (cp :REMOTE LOCAL) the guest, in chunks, "
+      "copy files to (cp LOCAL... :REMOTE) or from (cp :REMOTE... LOCAL) the guest, in chunks, "
       "verified by sha256");
-  auto src = std::make_shared<std::string>();
-  auto dst = std::make_shared<std::string>();
+  auto paths = std::make_shared<std::vector<std::string>>();
   auto no_clobber = std::make_shared<bool>(false);
   auto perms = std::make_shared<std::string>();
   auto no_progress = std::make_shared<bool>(false);
-  cp->add_option("source", *src, "LOCAL file or :REMOTE path")->required();
-  cp->add_option("destination", *dst,
-                 ":REMOTE or LOCAL path; into an existing directory (or a path ending in /) "
-                 "the file keeps its name")
-      ->required();
+  cp->add_option("paths", *paths,
+                 "SOURCE... DESTINATION: LOCAL files and a :REMOTE destination, or :REMOTE "
+                 "files and a LOCAL one. Into an existing directory (or a path ending in /) a "
+                 "file keeps its name; with several sources the destination is a directory")
+      ->required()
+      ->expected(2, -1);
   cp->add_flag("-n,--no-clobber", *no_clobber, "fail if the remote file exists (uploads)");
   cp->add_option("-m,--mode", *perms, "permissions of the uploaded file, e.g. 0644");
   cp->add_flag("-q,--quiet", *no_progress, "no progress bar");
-  cp->callback([&options, src, dst, no_clobber, perms, no_progress] {
-    if (IsRemote(*src) == IsRemote(*dst)) {
-      std::fprintf(stderr,
-                   "kvmmanager-ctl: exactly one of source and destination must be :REMOTE\n");
-      options.exit_code = kExitUsage;
-      return;
+  cp->callback([&options, paths, no_clobber, perms, no_progress] {
+    std::string dst = paths->back();
+    std::vector<std::string> sources(paths->begin(), paths->end() - 1);
+    for (const auto& src : sources) {
+      if (IsRemote(src) == IsRemote(dst)) {
+        std::fprintf(stderr,
+                     "kvmmanager-ctl: the sources must be on one side and the destination on "
+                     "the other (:REMOTE is the guest): %s -> %s\n",
+                     src.c_str(), dst.c_str());
+        options.exit_code = kExitUsage;
+        return;
+      }
+    }
+    if (sources.size() > 1) {
+      if (IsRemote(dst)) {
+        if (dst.back() != '/') dst += '/';  // the agent then refuses a name that is no directory
+      } else if (struct stat st; ::stat(dst.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        std::fprintf(stderr, "kvmmanager-ctl: copying %zu files: %s is not a directory\n",
+                     sources.size(), dst.c_str());
+        options.exit_code = kExitUsage;
+        return;
+      }
     }
     transfer::Options topt;
     topt.progress = MakeProgress(options, !*no_progress);
     if (*no_clobber) topt.mode = "create_new";
     if (!perms->empty()) topt.permissions = *perms;
-    if (IsRemote(*dst)) {
-      CopyToGuest(options, *src, StripColon(*dst), topt);
-    } else {
-      CopyFromGuest(options, StripColon(*src), *dst, topt);
+    // One file after the other, as cp(1): a failed file does not stop the others, and the exit
+    // code is the first failure's; a signal stops them all.
+    int first_failure = 0;
+    for (const auto& src : sources) {
+      options.exit_code = 0;
+      if (IsRemote(dst)) {
+        CopyToGuest(options, src, StripColon(dst), topt);
+      } else {
+        CopyFromGuest(options, StripColon(src), dst, topt);
+      }
+      if (options.exit_code >= 128) return;
+      if (first_failure == 0) first_failure = options.exit_code;
     }
+    options.exit_code = first_failure;
   });
 
   // cat

@@ -906,6 +906,50 @@ TEST_F(FileMethodsTest, CtlCopiesIntoAnExistingDirectoryUnderTheFilesName) {
   EXPECT_EQ(ReadFileText(f_.box("down") + "/local.bin"), data);
 }
 
+// Several sources, as cp(1): each lands in the destination directory under its own name; a
+// file that fails does not stop the others, and the exit code is the failure's.
+TEST_F(FileMethodsTest, CtlCopiesSeveralFilesIntoADirectoryEachWay) {
+  std::string a = RandomBytes(70000, 5), b = RandomBytes(3, 6);
+  WriteFile(f_.box("a.bin"), a);
+  WriteFile(f_.box("b.bin"), b);
+  fs::create_directory(sb_ + "/many");
+  RunResult up = Ctl({"cp", f_.box("a.bin"), f_.box("b.bin"), ":" + sb_ + "/many"});
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/many/a.bin"), a);
+  EXPECT_EQ(ReadFileText(sb_ + "/many/b.bin"), b);
+
+  fs::create_directory(f_.box("back"));
+  RunResult down =
+      Ctl({"cp", ":" + sb_ + "/many/a.bin", ":" + sb_ + "/many/b.bin", f_.box("back")});
+  ASSERT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_EQ(ReadFileText(f_.box("back") + "/a.bin"), a);
+  EXPECT_EQ(ReadFileText(f_.box("back") + "/b.bin"), b);
+
+  // A missing file in the middle: the others are still copied, the exit code says it failed.
+  fs::remove_all(sb_ + "/many");
+  fs::create_directory(sb_ + "/many");
+  RunResult partial =
+      Ctl({"cp", f_.box("a.bin"), f_.box("missing.bin"), f_.box("b.bin"), ":" + sb_ + "/many/"});
+  EXPECT_EQ(partial.exit_code, 2);  // a local file problem
+  EXPECT_NE(partial.err.find("missing.bin"), std::string::npos) << partial.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/many/a.bin"), a);
+  EXPECT_EQ(ReadFileText(sb_ + "/many/b.bin"), b);
+
+  // Several sources need a directory; sources on both sides are refused before anything moves.
+  RunResult not_dir =
+      Ctl({"cp", ":" + sb_ + "/many/a.bin", ":" + sb_ + "/many/b.bin", f_.box("a.bin")});
+  EXPECT_EQ(not_dir.exit_code, 2);
+  EXPECT_NE(not_dir.err.find("is not a directory"), std::string::npos) << not_dir.err;
+  EXPECT_EQ(ReadFileText(f_.box("a.bin")), a);
+  RunResult remote_not_dir =
+      Ctl({"cp", f_.box("a.bin"), f_.box("b.bin"), ":" + sb_ + "/many/a.bin"});
+  EXPECT_NE(remote_not_dir.exit_code, 0);
+  EXPECT_EQ(ReadFileText(sb_ + "/many/a.bin"), a);
+  RunResult mixed = Ctl({"cp", f_.box("a.bin"), ":" + sb_ + "/many/b.bin", ":" + sb_ + "/x/"});
+  EXPECT_EQ(mixed.exit_code, 2);
+  EXPECT_FALSE(fs::exists(sb_ + "/x"));
+}
+
 // Like ls(1): a file is listed as itself; a missing path is still the agent's error.
 TEST_F(FileMethodsTest, CtlLsOfAFileShowsThatFileAndOfNothingFails) {
   WriteFile(sb_ + "/hello.txt", "hello\n");
