@@ -6,6 +6,8 @@
 
 #include <boost/json.hpp>
 #include <chrono>
+#include <filesystem>
+#include <optional>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -19,6 +21,7 @@
 
 namespace kvm::ctl {
 namespace json = boost::json;
+namespace fs = std::filesystem;
 namespace {
 
 bool IsRemote(const std::string& s) { return !s.empty() && s[0] == ':'; }
@@ -88,8 +91,8 @@ void RunTransfer(Options& options, AgentClient& client, Fn&& fn) {
   }
 }
 
-void CopyToGuest(Options& options, const std::string& local, const std::string& remote_in,
-                 const transfer::Options& topt) {
+void CopyToGuest(Options& options, AgentClient& client, const std::string& local,
+                 const std::string& remote_in, const transfer::Options& topt) {
   InterruptScope interrupts;  // Ctrl-C aborts the upload session instead of leaving it behind
   int fd = ::open(local.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -100,17 +103,18 @@ void CopyToGuest(Options& options, const std::string& local, const std::string& 
   }
   struct stat st;
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    std::fprintf(stderr, "kvmmanager-ctl: %s is not a regular file\n", local.c_str());
+    std::fprintf(stderr, "kvmmanager-ctl: %s %s\n", local.c_str(),
+                 S_ISDIR(st.st_mode) ? "is a directory (cp -r copies directories)"
+                                     : "is not a regular file");
     ::close(fd);
     options.exit_code = kExitUsage;
     return;
   }
   std::string remote = remote_in;
   if (!remote.empty() && remote.back() == '/') remote += BaseName(local);
-  auto client = Connect(options);
-  RunTransfer(options, *client, [&] {
+  RunTransfer(options, client, [&] {
     auto upload = [&] {
-      return transfer::Upload(*client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
+      return transfer::Upload(client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
     };
     transfer::Outcome out;
     try {
@@ -135,8 +139,8 @@ void CopyToGuest(Options& options, const std::string& local, const std::string& 
   ::close(fd);
 }
 
-void CopyFromGuest(Options& options, const std::string& remote, std::string local,
-                   const transfer::Options& topt) {
+void CopyFromGuest(Options& options, AgentClient& client, const std::string& remote,
+                   std::string local, const transfer::Options& topt) {
   InterruptScope interrupts;  // Ctrl-C removes the partial file instead of leaving it behind
   struct stat st;
   if (local == "." || (::stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
@@ -151,10 +155,9 @@ void CopyFromGuest(Options& options, const std::string& remote, std::string loca
     options.exit_code = kExitUsage;
     return;
   }
-  auto client = Connect(options);
   bool ok = false;
-  RunTransfer(options, *client, [&] {
-    transfer::Outcome out = transfer::Download(*client, remote, fd, topt);
+  RunTransfer(options, client, [&] {
+    transfer::Outcome out = transfer::Download(client, remote, fd, topt);
     if (::fsync(fd) != 0 || ::rename(temp.c_str(), local.c_str()) != 0) {
       throw std::runtime_error("cannot finish " + local + ": " + std::strerror(errno));
     }
@@ -202,6 +205,122 @@ std::string RowName(const json::value* v) {
   return name;
 }
 
+// cp -r. Failures of single entries are reported and counted in `failure` (the first one's
+// exit code); the walk goes on. A signal (exit code >= 128) stops it: Stopped() says so.
+struct TreeCopy {
+  Options& options;
+  const transfer::Options& topt;
+  int failure = 0;
+
+  bool Stopped() const { return options.exit_code >= 128; }
+  void Fail(int code) {
+    if (failure == 0) failure = code;
+  }
+  void Skip(const std::string& path, const std::string& what) {
+    std::fprintf(stderr,
+                 "kvmmanager-ctl: skipping %s: %s (only files and directories are copied)\n",
+                 path.c_str(), what.c_str());
+    Fail(kExitRpcError);
+  }
+  // Runs one file's copy, folding its exit code into `failure`.
+  template <class Fn>
+  void File(Fn&& copy) {
+    options.exit_code = 0;
+    copy();
+    if (!Stopped() && options.exit_code != 0) Fail(options.exit_code);
+  }
+
+  bool RemoteMkdir(AgentClient& client, const std::string& dir) {
+    CallResult r = client.Call("file_mkdir", {{"path", dir}, {"parents", true}});
+    if (r.ok) return true;
+    std::fprintf(stderr, "kvmmanager-ctl: cannot create :%s\n", dir.c_str());
+    PrintRpcError(r);
+    Fail(kExitRpcError);
+    return false;
+  }
+
+  void Upload(AgentClient& client, const std::string& local_root, const std::string& remote_root) {
+    if (!RemoteMkdir(client, remote_root)) return;
+    std::error_code ec;
+    fs::recursive_directory_iterator it(local_root, ec), end;
+    if (ec) {
+      std::fprintf(stderr, "kvmmanager-ctl: cannot read %s: %s\n", local_root.c_str(),
+                   ec.message().c_str());
+      Fail(kExitUsage);
+      return;
+    }
+    for (; it != end && !Stopped(); it.increment(ec)) {
+      if (ec) {
+        std::fprintf(stderr, "kvmmanager-ctl: %s\n", ec.message().c_str());
+        Fail(kExitUsage);
+        break;
+      }
+      std::string local = it->path().string();
+      std::string remote =
+          JoinPath(remote_root, it->path().lexically_relative(local_root).string());
+      auto status = it->symlink_status(ec);
+      if (fs::is_directory(status)) {
+        if (!RemoteMkdir(client, remote)) it.disable_recursion_pending();
+      } else if (fs::is_regular_file(status)) {
+        File([&] { CopyToGuest(options, client, local, remote, topt); });
+      } else {
+        Skip(local, fs::is_symlink(status) ? "a symbolic link" : "not a regular file");
+      }
+    }
+  }
+
+  void Download(AgentClient& client, const std::string& remote_root,
+                const std::string& local_root) {
+    std::error_code ec;
+    if (!fs::create_directory(local_root, ec) && !fs::is_directory(local_root)) {
+      std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", local_root.c_str(),
+                   ec ? ec.message().c_str() : "a file of that name exists");
+      Fail(kExitUsage);
+      return;
+    }
+    uint64_t offset = 0;
+    for (;;) {
+      CallResult r = client.Call("file_list", {{"path", remote_root}, {"offset", offset}});
+      if (!r.ok) {
+        std::fprintf(stderr, "kvmmanager-ctl: cannot list :%s\n", remote_root.c_str());
+        PrintRpcError(r);
+        Fail(kExitRpcError);
+        return;
+      }
+      if (const json::value* e = Field(r.result, "entries"); e && e->is_array()) {
+        for (const auto& entry : e->get_array()) {
+          if (Stopped()) return;
+          std::string name = Text(Field(entry, "name")), type = Text(Field(entry, "type"));
+          std::string remote = JoinPath(remote_root, name), local = JoinPath(local_root, name);
+          if (type == "directory") {
+            Download(client, remote, local);
+          } else if (type == "file") {
+            File([&] { CopyFromGuest(options, client, remote, local, topt); });
+          } else {
+            Skip(":" + remote, type == "symlink" ? "a symbolic link" : "a " + type);
+          }
+        }
+      }
+      if (const json::value* t = Field(r.result, "truncated"); t && t->is_bool() && t->get_bool()) {
+        std::fprintf(stderr, "kvmmanager-ctl: :%s has more entries than the agent lists\n",
+                     remote_root.c_str());
+        Fail(kExitRpcError);
+      }
+      const json::value* next = Field(r.result, "next_offset");
+      if (!next || !next->is_number()) return;
+      offset = next->to_number<uint64_t>();
+    }
+  }
+};
+
+// Where `src` goes under cp's rules: into `dst` under its own name when `dst` is a directory
+// (or must be one), else as `dst` itself.
+std::string TreeTarget(const std::string& src, const std::string& dst, bool dst_is_dir) {
+  std::string name = src;
+  while (name.size() > 1 && name.back() == '/') name.pop_back();
+  return dst_is_dir ? JoinPath(dst, BaseName(name)) : dst;
+}
+
 }  // namespace
 
 void AddFileCommands(CLI::App& app, Options& options) {
@@ -214,6 +333,7 @@ void AddFileCommands(CLI::App& app, Options& options) {
   auto no_clobber = std::make_shared<bool>(false);
   auto perms = std::make_shared<std::string>();
   auto no_progress = std::make_shared<bool>(false);
+  auto recursive = std::make_shared<bool>(false);
   cp->add_option("paths", *paths,
                  "SOURCE... DESTINATION: LOCAL files and a :REMOTE destination, or :REMOTE "
                  "files and a LOCAL one. Into an existing directory (or a path ending in /) a "
@@ -223,7 +343,10 @@ void AddFileCommands(CLI::App& app, Options& options) {
   cp->add_flag("-n,--no-clobber", *no_clobber, "fail if the remote file exists (uploads)");
   cp->add_option("-m,--mode", *perms, "permissions of the uploaded file, e.g. 0644");
   cp->add_flag("-q,--quiet", *no_progress, "no progress bar");
-  cp->callback([&options, paths, no_clobber, perms, no_progress] {
+  cp->add_flag("-r,--recursive", *recursive,
+               "copy directories with everything below them (files and directories; symbolic "
+               "links and special files are reported and skipped)");
+  cp->callback([&options, paths, no_clobber, perms, no_progress, recursive] {
     std::string dst = paths->back();
     std::vector<std::string> sources(paths->begin(), paths->end() - 1);
     for (const auto& src : sources) {
@@ -236,8 +359,9 @@ void AddFileCommands(CLI::App& app, Options& options) {
         return;
       }
     }
+    const bool upload = IsRemote(dst);
     if (sources.size() > 1) {
-      if (IsRemote(dst)) {
+      if (upload) {
         if (dst.back() != '/') dst += '/';  // the agent then refuses a name that is no directory
       } else if (struct stat st; ::stat(dst.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
         std::fprintf(stderr, "kvmmanager-ctl: copying %zu files: %s is not a directory\n",
@@ -250,15 +374,52 @@ void AddFileCommands(CLI::App& app, Options& options) {
     topt.progress = MakeProgress(options, !*no_progress);
     if (*no_clobber) topt.mode = "create_new";
     if (!perms->empty()) topt.permissions = *perms;
-    // One file after the other, as cp(1): a failed file does not stop the others, and the exit
-    // code is the first failure's; a signal stops them all.
+    // One connection for everything: the host end of a VM's channel serves one at a time.
+    auto client = Connect(options);
+    std::string target = StripColon(dst);
+    // cp -r: is the destination an existing directory (the trees go into it) or a name to
+    // create? Asked once, only when a source is a directory.
+    std::optional<bool> dst_is_dir;
+    auto destination_is_dir = [&]() -> bool {
+      if (dst_is_dir) return *dst_is_dir;
+      if (sources.size() > 1 || target.back() == '/') {
+        dst_is_dir = true;
+      } else if (upload) {
+        CallResult st = client->Call("file_stat", {{"path", target}});
+        dst_is_dir = st.ok && Text(Field(st.result, "type")) == "directory";
+      } else {
+        struct stat st;
+        dst_is_dir = ::stat(target.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+      }
+      return *dst_is_dir;
+    };
+    auto is_tree = [&](const std::string& src) {
+      if (!*recursive) return false;
+      if (!upload) {
+        CallResult st = client->Call("file_stat", {{"path", StripColon(src)}});
+        return st.ok && Text(Field(st.result, "type")) == "directory";
+      }
+      struct stat st;
+      return ::stat(src.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+    };
+    // One after the other, as cp(1): a failed file does not stop the others, and the exit code
+    // is the first failure's; a signal stops them all.
     int first_failure = 0;
     for (const auto& src : sources) {
       options.exit_code = 0;
-      if (IsRemote(dst)) {
-        CopyToGuest(options, src, StripColon(dst), topt);
+      if (is_tree(src)) {
+        TreeCopy tree{options, topt};
+        std::string into = TreeTarget(StripColon(src), target, destination_is_dir());
+        if (upload) {
+          tree.Upload(*client, src, into);
+        } else {
+          tree.Download(*client, StripColon(src), into);
+        }
+        if (!tree.Stopped()) options.exit_code = tree.failure;
+      } else if (upload) {
+        CopyToGuest(options, *client, src, target, topt);
       } else {
-        CopyFromGuest(options, StripColon(src), dst, topt);
+        CopyFromGuest(options, *client, StripColon(src), target, topt);
       }
       if (options.exit_code >= 128) return;
       if (first_failure == 0) first_failure = options.exit_code;

@@ -628,6 +628,29 @@ TEST(RealVm, CtlExecStreamsStdinThroughRealChannel) {
   EXPECT_EQ(r.output.substr(0, 64), Sha256(data)) << r.output;
 }
 
+// cp -r through the real channel, both ways. QEMU's end of the channel serves one connection
+// at a time, so this also proves ctl does a whole tree over a single connection.
+TEST(RealVm, CtlCopiesADirectoryTreeBothWaysThroughRealChannel) {
+  REQUIRE_VM_A(s);
+  s.ch.Close();
+  const std::string tree = g_paths.work + "/tree", back = g_paths.work + "/tree-back";
+  RunCommand({"rm", "-rf", tree, back}, seconds(30));
+  RunCommand({"mkdir", "-p", tree + "/sub/deeper"}, seconds(30));
+  const std::string a = RandomBytes(150000, 21), b = RandomBytes(10, 22);
+  std::ofstream(tree + "/a.bin", std::ios::binary) << a;
+  std::ofstream(tree + "/sub/deeper/b.bin", std::ios::binary) << b;
+  auto up = RunCommand({g_paths.ctl, "--socket", s.vm.sock, "--timeout", "60", "cp", "-r", "-q",
+                        tree, ":/tmp/kvmm-tree"},
+                       seconds(180));
+  ASSERT_EQ(up.status, 0) << "cp -r to the guest failed: " << up.output << s.vm.Diagnostics();
+  auto down = RunCommand({g_paths.ctl, "--socket", s.vm.sock, "--timeout", "60", "cp", "-r", "-q",
+                          ":/tmp/kvmm-tree", back},
+                         seconds(180));
+  ASSERT_EQ(down.status, 0) << "cp -r from the guest failed: " << down.output << s.vm.Diagnostics();
+  auto diff = RunCommand({"diff", "-r", tree, back}, seconds(30));
+  EXPECT_EQ(diff.status, 0) << "the tree came back different: " << diff.output;
+}
+
 // The agent's pid, from pidof in the guest.
 ::testing::AssertionResult AgentPid(Channel& ch, std::string* pid) {
   std::string out;

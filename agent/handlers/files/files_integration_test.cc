@@ -950,6 +950,55 @@ TEST_F(FileMethodsTest, CtlCopiesSeveralFilesIntoADirectoryEachWay) {
   EXPECT_FALSE(fs::exists(sb_ + "/x"));
 }
 
+// cp -r, both ways, with cp(1)'s naming: a new name receives the tree's contents, an existing
+// directory receives the tree under its own name. Symbolic links and special files are named
+// on stderr and skipped (exit 1); everything else is copied.
+TEST_F(FileMethodsTest, CtlCopiesDirectoryTreesBothWaysWithR) {
+  std::string tree = f_.box("tree");
+  fs::create_directories(tree + "/sub/deeper");
+  fs::create_directories(tree + "/empty");
+  std::string big = RandomBytes(300000, 8);
+  WriteFile(tree + "/one.txt", "1\n");
+  WriteFile(tree + "/sub/two.bin", big);
+  WriteFile(tree + "/sub/deeper/three", "3\n");
+  fs::create_symlink("one.txt", tree + "/link");
+
+  RunResult up = Ctl({"cp", "-r", "-q", tree, ":" + sb_ + "/copy"});
+  EXPECT_EQ(up.exit_code, 1);
+  EXPECT_NE(up.err.find("skipping " + tree + "/link: a symbolic link"), std::string::npos)
+      << up.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/copy/one.txt"), "1\n");
+  EXPECT_EQ(ReadFileText(sb_ + "/copy/sub/two.bin"), big);
+  EXPECT_EQ(ReadFileText(sb_ + "/copy/sub/deeper/three"), "3\n");
+  EXPECT_TRUE(fs::is_directory(sb_ + "/copy/empty"));
+  EXPECT_FALSE(fs::exists(fs::symlink_status(sb_ + "/copy/link")));
+
+  // The destination now exists: the tree goes into it under its own name.
+  fs::remove(tree + "/link");
+  RunResult again = Ctl({"cp", "-r", "-q", tree, ":" + sb_ + "/copy"});
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/copy/tree/sub/two.bin"), big);
+
+  // Back to the host, a remote symbolic link skipped the same way.
+  fs::create_symlink("/etc/passwd", sb_ + "/copy/sub/escape");
+  std::string back = f_.box("back");
+  RunResult down = Ctl({"cp", "-r", "-q", ":" + sb_ + "/copy", back});
+  EXPECT_EQ(down.exit_code, 1);
+  EXPECT_NE(down.err.find("skipping :" + sb_ + "/copy/sub/escape: a symbolic link"),
+            std::string::npos)
+      << down.err;
+  EXPECT_EQ(ReadFileText(back + "/sub/two.bin"), big);
+  EXPECT_EQ(ReadFileText(back + "/tree/sub/deeper/three"), "3\n");
+  EXPECT_TRUE(fs::is_directory(back + "/empty"));
+  EXPECT_FALSE(fs::exists(fs::symlink_status(back + "/sub/escape")));
+
+  // Without -r a directory is refused with the hint, and nothing is created.
+  RunResult plain = Ctl({"cp", tree, ":" + sb_ + "/plain"});
+  EXPECT_EQ(plain.exit_code, 2);
+  EXPECT_NE(plain.err.find("cp -r"), std::string::npos) << plain.err;
+  EXPECT_FALSE(fs::exists(sb_ + "/plain"));
+}
+
 // Like ls(1): a file is listed as itself; a missing path is still the agent's error.
 TEST_F(FileMethodsTest, CtlLsOfAFileShowsThatFileAndOfNothingFails) {
   WriteFile(sb_ + "/hello.txt", "hello\n");
