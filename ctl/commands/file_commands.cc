@@ -360,6 +360,11 @@ void AddFileCommands(CLI::App& app, Options& options) {
       }
     }
     const bool upload = IsRemote(dst);
+    if (StripColon(dst).empty()) {
+      std::fprintf(stderr, "kvmmanager-ctl: the destination is an empty path\n");
+      options.exit_code = kExitUsage;
+      return;
+    }
     if (sources.size() > 1) {
       if (upload) {
         if (dst.back() != '/') dst += '/';  // the agent then refuses a name that is no directory

@@ -948,6 +948,11 @@ TEST_F(FileMethodsTest, CtlCopiesSeveralFilesIntoADirectoryEachWay) {
   RunResult mixed = Ctl({"cp", f_.box("a.bin"), ":" + sb_ + "/many/b.bin", ":" + sb_ + "/x/"});
   EXPECT_EQ(mixed.exit_code, 2);
   EXPECT_FALSE(fs::exists(sb_ + "/x"));
+  for (const char* empty : {":", ""}) {
+    RunResult r = Ctl({"cp", "-r", empty[0] ? f_.box("a.bin") : ":" + sb_ + "/many", empty});
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("empty path"), std::string::npos) << r.err;
+  }
 }
 
 // cp -r, both ways, with cp(1)'s naming: a new name receives the tree's contents, an existing
