@@ -208,6 +208,9 @@ std::string RowName(const json::value* v) {
 // cp -r. Failures of single entries are reported and counted in `failure` (the first one's
 // exit code); the walk goes on. A signal (exit code >= 128) stops it: Stopped() says so.
 struct TreeCopy {
+  // Deeper than any real tree; a guest that lists a directory inside itself forever stops here.
+  static constexpr int kMaxDepth = 256;
+
   Options& options;
   const transfer::Options& topt;
   int failure = 0;
@@ -269,8 +272,21 @@ struct TreeCopy {
     }
   }
 
-  void Download(AgentClient& client, const std::string& remote_root,
-                const std::string& local_root) {
+  // A name from the guest's listing must be one path component: a compromised guest must not
+  // make the host write outside the destination ("../x", "/etc/x", "a/b").
+  static bool SafeName(const std::string& name) {
+    return !name.empty() && name != "." && name != ".." &&
+           name.find_first_of(std::string_view("/\0", 2)) == std::string::npos;
+  }
+
+  void Download(AgentClient& client, const std::string& remote_root, const std::string& local_root,
+                int depth = 0) {
+    if (depth > kMaxDepth) {
+      std::fprintf(stderr, "kvmmanager-ctl: :%s is more than %d directories deep; not copied\n",
+                   remote_root.c_str(), kMaxDepth);
+      Fail(kExitRpcError);
+      return;
+    }
     std::error_code ec;
     if (!fs::create_directory(local_root, ec) && !fs::is_directory(local_root)) {
       std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", local_root.c_str(),
@@ -291,9 +307,17 @@ struct TreeCopy {
         for (const auto& entry : e->get_array()) {
           if (Stopped()) return;
           std::string name = Text(Field(entry, "name")), type = Text(Field(entry, "type"));
+          if (!SafeName(name)) {
+            std::fprintf(stderr,
+                         "kvmmanager-ctl: refusing the entry name \"%s\" the guest lists "
+                         "in :%s\n",
+                         RowName(Field(entry, "name")).c_str(), remote_root.c_str());
+            Fail(kExitRpcError);
+            continue;
+          }
           std::string remote = JoinPath(remote_root, name), local = JoinPath(local_root, name);
           if (type == "directory") {
-            Download(client, remote, local);
+            Download(client, remote, local, depth + 1);
           } else if (type == "file") {
             File([&] { CopyFromGuest(options, client, remote, local, topt); });
           } else {

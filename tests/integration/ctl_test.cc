@@ -6,6 +6,9 @@
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "tests/integration/test_util.h"
@@ -172,6 +175,92 @@ TEST(Ctl, TimeoutExitsThree) {
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("timed out"), std::string::npos) << r.err;
   EXPECT_LT(took, std::chrono::seconds(10));
+}
+
+// A fake agent that answers every request line of one connection with `answer(method,
+// params)`: the result object's JSON text.
+class ScriptedServer {
+ public:
+  using Answer = std::function<std::string(const std::string& method, const json::object& params)>;
+  explicit ScriptedServer(Answer answer) {
+    path_ = dir_ / "scripted.sock";
+    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, path_.c_str());
+    ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    ::listen(listen_fd_, 1);
+    thread_ = std::thread([this, answer] {
+      int fd = ::accept(listen_fd_, nullptr, nullptr);
+      std::string line;
+      char c;
+      while (::read(fd, &c, 1) == 1) {
+        if (c != '\n') {
+          line += c;
+          continue;
+        }
+        if (line.empty()) continue;
+        json::object request = json::parse(line).as_object();
+        line.clear();
+        const json::value* params = request.if_contains("params");
+        std::string reply =
+            R"({"jsonrpc":"2.0","result":)" +
+            answer(std::string(request.at("method").as_string()),
+                   params && params->is_object() ? params->as_object() : json::object{}) +
+            R"(,"id":)" + json::serialize(request.at("id")) + "}\n";
+        [[maybe_unused]] ssize_t n = ::write(fd, reply.data(), reply.size());
+      }
+      ::close(fd);
+    });
+  }
+  ~ScriptedServer() {
+    thread_.join();
+    ::close(listen_fd_);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  TempDir dir_;
+  std::string path_;
+  int listen_fd_;
+  std::thread thread_;
+};
+
+// cp -r from a guest whose agent lies: entry names that would leave the destination ("..",
+// "../x", "/abs", "a/b", a NUL) are refused, and a directory listed inside itself forever stops
+// at a depth limit. The host gets nothing outside the destination, and ctl exits 1.
+TEST(Ctl, RecursiveDownloadRefusesEscapingNamesFromACompromisedGuest) {
+  ScriptedServer server([](const std::string& method, const json::object& params) {
+    if (method == "file_stat") return std::string(R"({"type":"directory"})");
+    if (method != "file_list") return std::string("{}");
+    std::string path(params.at("path").as_string());
+    if (path == "/src") {
+      return std::string(
+          R"({"entries":[{"name":"..","type":"directory"},{"name":"../escape","type":"file"},)"
+          R"({"name":"/abs","type":"file"},{"name":"a/b","type":"file"},)"
+          R"({"name":"nul\u0000x","type":"file"},{"name":"","type":"file"},)"
+          R"({"name":"loop","type":"directory"}],"next_offset":null,"truncated":false})");
+    }
+    // Every directory below holds one more "loop".
+    return std::string(
+        R"({"entries":[{"name":"loop","type":"directory"}],"next_offset":null,"truncated":false})");
+  });
+  TempDir dir;
+  std::string dest = dir / "dest";
+  RunResult r = Ctl({"--socket", server.path(), "cp", "-r", "-q", ":/src", dest});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  for (const char* name : {"\"..\"", "\"../escape\"", "\"/abs\"", "\"a/b\"", "\"\""}) {
+    EXPECT_NE(r.err.find(std::string("refusing the entry name ") + name), std::string::npos)
+        << name << " in: " << r.err;
+  }
+  EXPECT_NE(r.err.find("directories deep"), std::string::npos) << r.err;
+  // Only the destination was created next to it: nothing escaped.
+  std::vector<std::string> beside;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    beside.push_back(e.path().filename());
+  }
+  EXPECT_EQ(beside, std::vector<std::string>{"dest"});
+  EXPECT_FALSE(std::filesystem::exists("/abs"));
 }
 
 }  // namespace
