@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "ctl/json_print.h"
+#include "ctl/terminal_text.h"
 
 namespace kvm::ctl {
 
@@ -27,7 +28,7 @@ void PrintRpcError(const CallResult& result) {
   std::string kind(ErrorKind(result));
   std::fprintf(stderr, "error %lld%s%s%s: %s\n", static_cast<long long>(result.error_code),
                kind.empty() ? "" : " (", kind.c_str(), kind.empty() ? "" : ")",
-               result.error_message.c_str());
+               ForTerminal(result.error_message).c_str());
   if (!result.error_data.is_null()) {
     std::fprintf(stderr, "data: %s\n", boost::json::serialize(result.error_data).c_str());
   }

@@ -14,6 +14,7 @@
 #include "ctl/ctl.h"
 #include "ctl/interrupt.h"
 #include "ctl/json_print.h"
+#include "ctl/terminal_text.h"
 #include "protocol/base64.h"
 
 namespace kvm::ctl {
@@ -217,7 +218,9 @@ void PrintProcesses(const json::value& result) {
       cmd += a.as_string();
     }
     if (cmd.empty()) cmd = "[" + std::string(p.at("name").as_string()) + "]";
-    std::string user = p.at("user").is_string() ? std::string(p.at("user").as_string()) : "?";
+    // Any guest user chooses its processes' argv: no escape sequences reach the terminal.
+    cmd = ForTerminal(cmd);
+    std::string user = p.at("user").is_string() ? ForTerminal(p.at("user").as_string()) : "?";
     std::printf("%7lld %7lld %-10s %s %9lld %8s  %s\n",
                 static_cast<long long>(p.at("pid").as_int64()),
                 static_cast<long long>(p.at("ppid").as_int64()), user.c_str(),

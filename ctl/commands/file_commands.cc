@@ -18,6 +18,7 @@
 #include "ctl/file_transfer.h"
 #include "ctl/interrupt.h"
 #include "ctl/json_print.h"
+#include "ctl/terminal_text.h"
 
 namespace kvm::ctl {
 namespace json = boost::json;
@@ -197,13 +198,7 @@ std::string Text(const json::value* v) {
 
 // A name for a table row: control characters (a newline in a file name would start a false
 // row) shown as '?', as ls(1) does on a terminal. --json keeps the name exact.
-std::string RowName(const json::value* v) {
-  std::string name = Text(v);
-  for (char& c : name) {
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-  }
-  return name;
-}
+std::string RowName(const json::value* v) { return ForTerminal(Text(v)); }
 
 // cp -r. Failures of single entries are reported and counted in `failure` (the first one's
 // exit code); the walk goes on. A signal (exit code >= 128) stops it: Stopped() says so.

@@ -8,13 +8,15 @@
 
 #include "ctl/ctl.h"
 #include "ctl/json_print.h"
+#include "ctl/terminal_text.h"
 
 namespace kvm::ctl {
 namespace json = boost::json;
 namespace {
 
+// Every string the tables show comes from the guest: shown without its control characters.
 std::string Str(const json::value& v) {
-  if (v.is_string()) return std::string(v.get_string());
+  if (v.is_string()) return ForTerminal(v.get_string());
   if (v.is_null()) return "-";
   return CompactJson(v);
 }

@@ -159,6 +159,19 @@ TEST(CtlPsKill, ListsAndKillsProcesses) {
   int status = 0;
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  // A guest user's argv with a terminal escape (set the window title, ring the bell) is shown
+  // defused: the host's terminal never receives the ESC.
+  pid_t evil;
+  char* evil_argv[] = {const_cast<char*>("sleep\x1b]0;owned\x07\xc2\x9b"),
+                       const_cast<char*>("1000.4646"), nullptr};
+  ASSERT_EQ(::posix_spawnp(&evil, "sleep", nullptr, nullptr, evil_argv, environ), 0);
+  auto shown = RunProgram(Ctl(agent, {"ps"}));
+  ::kill(evil, SIGKILL);
+  ::waitpid(evil, nullptr, 0);
+  EXPECT_NE(shown.out.find("sleep?]0;owned??"), std::string::npos) << shown.out;
+  EXPECT_EQ(shown.out.find('\x1b'), std::string::npos);
+  EXPECT_EQ(shown.out.find("\xc2\x9b"), std::string::npos);
+
   auto refused = RunProgram(Ctl(agent, {"kill", "1"}));
   EXPECT_EQ(refused.exit_code, 1);
   EXPECT_NE(refused.err.find("permission_denied"), std::string::npos);
