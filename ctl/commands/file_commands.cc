@@ -133,8 +133,9 @@ void CopyToGuest(Options& options, AgentClient& client, const std::string& local
                       json::object{{"path", remote}, {"size", out.size}, {"sha256", out.sha256}})
                       .c_str());
     } else if (!topt.progress) {
-      std::printf("%s -> :%s  %llu bytes  sha256 %s\n", local.c_str(), remote.c_str(),
-                  static_cast<unsigned long long>(out.size), out.sha256.c_str());
+      std::printf("%s -> :%s  %llu bytes  sha256 %s\n", ForTerminal(local).c_str(),
+                  ForTerminal(remote).c_str(), static_cast<unsigned long long>(out.size),
+                  out.sha256.c_str());
     }
   });
   ::close(fd);
@@ -169,8 +170,9 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
           json::serialize(json::object{{"path", local}, {"size", out.size}, {"sha256", out.sha256}})
               .c_str());
     } else if (!topt.progress) {
-      std::printf(":%s -> %s  %llu bytes  sha256 %s\n", remote.c_str(), local.c_str(),
-                  static_cast<unsigned long long>(out.size), out.sha256.c_str());
+      std::printf(":%s -> %s  %llu bytes  sha256 %s\n", ForTerminal(remote).c_str(),
+                  ForTerminal(local).c_str(), static_cast<unsigned long long>(out.size),
+                  out.sha256.c_str());
     }
   });
   ::close(fd);
@@ -217,7 +219,7 @@ struct TreeCopy {
   void Skip(const std::string& path, const std::string& what) {
     std::fprintf(stderr,
                  "kvmmanager-ctl: skipping %s: %s (only files and directories are copied)\n",
-                 path.c_str(), what.c_str());
+                 ForTerminal(path).c_str(), what.c_str());
     Fail(kExitRpcError);
   }
   // Runs one file's copy, folding its exit code into `failure`.
@@ -231,7 +233,7 @@ struct TreeCopy {
   bool RemoteMkdir(AgentClient& client, const std::string& dir) {
     CallResult r = client.Call("file_mkdir", {{"path", dir}, {"parents", true}});
     if (r.ok) return true;
-    std::fprintf(stderr, "kvmmanager-ctl: cannot create :%s\n", dir.c_str());
+    std::fprintf(stderr, "kvmmanager-ctl: cannot create :%s\n", ForTerminal(dir).c_str());
     PrintRpcError(r);
     Fail(kExitRpcError);
     return false;
@@ -278,13 +280,14 @@ struct TreeCopy {
                 int depth = 0) {
     if (depth > kMaxDepth) {
       std::fprintf(stderr, "kvmmanager-ctl: :%s is more than %d directories deep; not copied\n",
-                   remote_root.c_str(), kMaxDepth);
+                   ForTerminal(remote_root).c_str(), kMaxDepth);
       Fail(kExitRpcError);
       return;
     }
     std::error_code ec;
     if (!fs::create_directory(local_root, ec) && !fs::is_directory(local_root)) {
-      std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", local_root.c_str(),
+      std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n",
+                   ForTerminal(local_root).c_str(),
                    ec ? ec.message().c_str() : "a file of that name exists");
       Fail(kExitUsage);
       return;
@@ -293,7 +296,7 @@ struct TreeCopy {
     for (;;) {
       CallResult r = client.Call("file_list", {{"path", remote_root}, {"offset", offset}});
       if (!r.ok) {
-        std::fprintf(stderr, "kvmmanager-ctl: cannot list :%s\n", remote_root.c_str());
+        std::fprintf(stderr, "kvmmanager-ctl: cannot list :%s\n", ForTerminal(remote_root).c_str());
         PrintRpcError(r);
         Fail(kExitRpcError);
         return;
@@ -306,7 +309,7 @@ struct TreeCopy {
             std::fprintf(stderr,
                          "kvmmanager-ctl: refusing the entry name \"%s\" the guest lists "
                          "in :%s\n",
-                         RowName(Field(entry, "name")).c_str(), remote_root.c_str());
+                         RowName(Field(entry, "name")).c_str(), ForTerminal(remote_root).c_str());
             Fail(kExitRpcError);
             continue;
           }
@@ -322,7 +325,7 @@ struct TreeCopy {
       }
       if (const json::value* t = Field(r.result, "truncated"); t && t->is_bool() && t->get_bool()) {
         std::fprintf(stderr, "kvmmanager-ctl: :%s has more entries than the agent lists\n",
-                     remote_root.c_str());
+                     ForTerminal(remote_root).c_str());
         Fail(kExitRpcError);
       }
       const json::value* next = Field(r.result, "next_offset");
