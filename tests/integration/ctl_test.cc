@@ -109,10 +109,10 @@ TEST(Ctl, NoAgentExitsThreeWithReason) {
   EXPECT_NE(none.err.find("--socket"), std::string::npos) << none.err;
 }
 
-// A one-connection fake agent: sends `script` lines after reading one request line.
-class FakeServer {
+// One connection of a fake agent on a unix socket, served by `serve` on a thread of its own.
+class OneConnectionServer {
  public:
-  explicit FakeServer(std::function<void(int fd, const std::string& request)> behaviour) {
+  explicit OneConnectionServer(std::function<void(int fd)> serve) {
     path_ = dir_ / "fake.sock";
     listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
     sockaddr_un addr{};
@@ -120,24 +120,13 @@ class FakeServer {
     std::strcpy(addr.sun_path, path_.c_str());
     ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
     ::listen(listen_fd_, 1);
-    thread_ = std::thread([this, behaviour] {
+    thread_ = std::thread([this, serve] {
       int fd = ::accept(listen_fd_, nullptr, nullptr);
-      std::string got;
-      char c;
-      // Skip the client's leading resync newline, then read the request line.
-      while (::read(fd, &c, 1) == 1) {
-        if (c == '\n') {
-          if (got.empty()) continue;
-          break;
-        }
-        got += c;
-      }
-      behaviour(fd, got);
-      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      serve(fd);
       ::close(fd);
     });
   }
-  ~FakeServer() {
+  ~OneConnectionServer() {
     thread_.join();
     ::close(listen_fd_);
   }
@@ -148,6 +137,26 @@ class FakeServer {
   std::string path_;
   int listen_fd_;
   std::thread thread_;
+};
+
+// Reads one request line, lets `behaviour` answer it (or not), then holds the line open 1.5 s.
+class FakeServer : public OneConnectionServer {
+ public:
+  explicit FakeServer(std::function<void(int fd, const std::string& request)> behaviour)
+      : OneConnectionServer([behaviour](int fd) {
+          std::string got;
+          char c;
+          // Skip the client's leading resync newline, then read the request line.
+          while (::read(fd, &c, 1) == 1) {
+            if (c == '\n') {
+              if (got.empty()) continue;
+              break;
+            }
+            got += c;
+          }
+          behaviour(fd, got);
+          std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+        }) {}
 };
 
 void Send(int fd, const std::string& text) {
@@ -179,51 +188,30 @@ TEST(Ctl, TimeoutExitsThree) {
 
 // A fake agent that answers every request line of one connection with `answer(method,
 // params)`: the result object's JSON text.
-class ScriptedServer {
+class ScriptedServer : public OneConnectionServer {
  public:
   using Answer = std::function<std::string(const std::string& method, const json::object& params)>;
-  explicit ScriptedServer(Answer answer) {
-    path_ = dir_ / "scripted.sock";
-    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strcpy(addr.sun_path, path_.c_str());
-    ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    ::listen(listen_fd_, 1);
-    thread_ = std::thread([this, answer] {
-      int fd = ::accept(listen_fd_, nullptr, nullptr);
-      std::string line;
-      char c;
-      while (::read(fd, &c, 1) == 1) {
-        if (c != '\n') {
-          line += c;
-          continue;
-        }
-        if (line.empty()) continue;
-        json::object request = json::parse(line).as_object();
-        line.clear();
-        const json::value* params = request.if_contains("params");
-        std::string reply =
-            R"({"jsonrpc":"2.0","result":)" +
-            answer(std::string(request.at("method").as_string()),
-                   params && params->is_object() ? params->as_object() : json::object{}) +
-            R"(,"id":)" + json::serialize(request.at("id")) + "}\n";
-        [[maybe_unused]] ssize_t n = ::write(fd, reply.data(), reply.size());
-      }
-      ::close(fd);
-    });
-  }
-  ~ScriptedServer() {
-    thread_.join();
-    ::close(listen_fd_);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  TempDir dir_;
-  std::string path_;
-  int listen_fd_;
-  std::thread thread_;
+  explicit ScriptedServer(Answer answer)
+      : OneConnectionServer([answer](int fd) {
+          std::string line;
+          char c;
+          while (::read(fd, &c, 1) == 1) {
+            if (c != '\n') {
+              line += c;
+              continue;
+            }
+            if (line.empty()) continue;
+            json::object request = json::parse(line).as_object();
+            line.clear();
+            const json::value* params = request.if_contains("params");
+            std::string reply =
+                R"({"jsonrpc":"2.0","result":)" +
+                answer(std::string(request.at("method").as_string()),
+                       params && params->is_object() ? params->as_object() : json::object{}) +
+                R"(,"id":)" + json::serialize(request.at("id")) + "}\n";
+            [[maybe_unused]] ssize_t n = ::write(fd, reply.data(), reply.size());
+          }
+        }) {}
 };
 
 // cp -r from a guest whose agent lies: entry names that would leave the destination ("..",
