@@ -202,9 +202,36 @@ std::string Text(const json::value* v) {
 // row) shown as '?', as ls(1) does on a terminal. --json keeps the name exact.
 std::string RowName(const json::value* v) { return ForTerminal(Text(v)); }
 
-// cp -r. Failures of single entries are reported and counted in `failure` (the first one's
-// exit code); the walk goes on. A signal (exit code >= 128) stops it: Stopped() says so.
-struct TreeCopy {
+// Every entry of a guest directory, page after page (file_list ends a page before the reply
+// would pass max_message_size_kb). Returns the failed call, or the last page's answer.
+CallResult ListDirectory(AgentClient& client, const std::string& path, json::array& entries) {
+  uint64_t offset = 0;
+  for (;;) {
+    CallResult r = client.Call("file_list", {{"path", path}, {"offset", offset}});
+    if (!r.ok) return r;
+    if (const json::value* e = Field(r.result, "entries"); e && e->is_array()) {
+      for (const auto& entry : e->get_array()) entries.push_back(entry);
+    }
+    const json::value* next = Field(r.result, "next_offset");
+    if (!next || !next->is_number()) return r;
+    offset = next->to_number<uint64_t>();
+  }
+}
+
+bool IsLocalDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool IsRemoteDirectory(AgentClient& client, const std::string& path) {
+  CallResult st = client.Call("file_stat", {{"path", path}});
+  return st.ok && Text(Field(st.result, "type")) == "directory";
+}
+
+// One cp: its files and trees, one after the other as cp(1) does. A failed file or entry is
+// reported and the rest goes on; `failure` keeps the first failure's exit code. A signal (exit
+// code >= 128) stops everything: Stopped() says so.
+struct CopyJob {
   // Deeper than any real tree; a guest that lists a directory inside itself forever stops here.
   static constexpr int kMaxDepth = 256;
 
@@ -222,7 +249,7 @@ struct TreeCopy {
                  ForTerminal(path).c_str(), what.c_str());
     Fail(kExitRpcError);
   }
-  // Runs one file's copy, folding its exit code into `failure`.
+  // Runs one file's copy (CopyToGuest, CopyFromGuest), folding its exit code into `failure`.
   template <class Fn>
   void File(Fn&& copy) {
     options.exit_code = 0;
@@ -292,45 +319,37 @@ struct TreeCopy {
       Fail(kExitUsage);
       return;
     }
-    uint64_t offset = 0;
-    for (;;) {
-      CallResult r = client.Call("file_list", {{"path", remote_root}, {"offset", offset}});
-      if (!r.ok) {
-        std::fprintf(stderr, "kvmmanager-ctl: cannot list :%s\n", ForTerminal(remote_root).c_str());
-        PrintRpcError(r);
+    json::array entries;
+    CallResult r = ListDirectory(client, remote_root, entries);
+    if (!r.ok) {
+      std::fprintf(stderr, "kvmmanager-ctl: cannot list :%s\n", ForTerminal(remote_root).c_str());
+      PrintRpcError(r);
+      Fail(kExitRpcError);
+      return;
+    }
+    if (const json::value* t = Field(r.result, "truncated"); t && t->is_bool() && t->get_bool()) {
+      std::fprintf(stderr, "kvmmanager-ctl: :%s has more entries than the agent lists\n",
+                   ForTerminal(remote_root).c_str());
+      Fail(kExitRpcError);
+    }
+    for (const auto& entry : entries) {
+      if (Stopped()) return;
+      std::string name = Text(Field(entry, "name")), type = Text(Field(entry, "type"));
+      if (!SafeName(name)) {
+        std::fprintf(stderr,
+                     "kvmmanager-ctl: refusing the entry name \"%s\" the guest lists in :%s\n",
+                     RowName(Field(entry, "name")).c_str(), ForTerminal(remote_root).c_str());
         Fail(kExitRpcError);
-        return;
+        continue;
       }
-      if (const json::value* e = Field(r.result, "entries"); e && e->is_array()) {
-        for (const auto& entry : e->get_array()) {
-          if (Stopped()) return;
-          std::string name = Text(Field(entry, "name")), type = Text(Field(entry, "type"));
-          if (!SafeName(name)) {
-            std::fprintf(stderr,
-                         "kvmmanager-ctl: refusing the entry name \"%s\" the guest lists "
-                         "in :%s\n",
-                         RowName(Field(entry, "name")).c_str(), ForTerminal(remote_root).c_str());
-            Fail(kExitRpcError);
-            continue;
-          }
-          std::string remote = JoinPath(remote_root, name), local = JoinPath(local_root, name);
-          if (type == "directory") {
-            Download(client, remote, local, depth + 1);
-          } else if (type == "file") {
-            File([&] { CopyFromGuest(options, client, remote, local, topt); });
-          } else {
-            Skip(":" + remote, type == "symlink" ? "a symbolic link" : "a " + type);
-          }
-        }
+      std::string remote = JoinPath(remote_root, name), local = JoinPath(local_root, name);
+      if (type == "directory") {
+        Download(client, remote, local, depth + 1);
+      } else if (type == "file") {
+        File([&] { CopyFromGuest(options, client, remote, local, topt); });
+      } else {
+        Skip(":" + remote, type == "symlink" ? "a symbolic link" : "a " + type);
       }
-      if (const json::value* t = Field(r.result, "truncated"); t && t->is_bool() && t->get_bool()) {
-        std::fprintf(stderr, "kvmmanager-ctl: :%s has more entries than the agent lists\n",
-                     ForTerminal(remote_root).c_str());
-        Fail(kExitRpcError);
-      }
-      const json::value* next = Field(r.result, "next_offset");
-      if (!next || !next->is_number()) return;
-      offset = next->to_number<uint64_t>();
     }
   }
 };
@@ -390,7 +409,7 @@ void AddFileCommands(CLI::App& app, Options& options) {
     if (sources.size() > 1) {
       if (upload) {
         if (dst.back() != '/') dst += '/';  // the agent then refuses a name that is no directory
-      } else if (struct stat st; ::stat(dst.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      } else if (!IsLocalDirectory(dst)) {
         std::fprintf(stderr, "kvmmanager-ctl: copying %zu files: %s is not a directory\n",
                      sources.size(), dst.c_str());
         options.exit_code = kExitUsage;
@@ -407,51 +426,33 @@ void AddFileCommands(CLI::App& app, Options& options) {
     // cp -r: is the destination an existing directory (the trees go into it) or a name to
     // create? Asked once, only when a source is a directory.
     std::optional<bool> dst_is_dir;
-    auto destination_is_dir = [&]() -> bool {
-      if (dst_is_dir) return *dst_is_dir;
-      if (sources.size() > 1 || target.back() == '/') {
-        dst_is_dir = true;
-      } else if (upload) {
-        CallResult st = client->Call("file_stat", {{"path", target}});
-        dst_is_dir = st.ok && Text(Field(st.result, "type")) == "directory";
-      } else {
-        struct stat st;
-        dst_is_dir = ::stat(target.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+    auto destination_is_dir = [&] {
+      if (!dst_is_dir) {
+        dst_is_dir = sources.size() > 1 || target.back() == '/' ||
+                     (upload ? IsRemoteDirectory(*client, target) : IsLocalDirectory(target));
       }
       return *dst_is_dir;
     };
-    auto is_tree = [&](const std::string& src) {
-      if (!*recursive) return false;
-      if (!upload) {
-        CallResult st = client->Call("file_stat", {{"path", StripColon(src)}});
-        return st.ok && Text(Field(st.result, "type")) == "directory";
-      }
-      struct stat st;
-      return ::stat(src.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-    };
-    // One after the other, as cp(1): a failed file does not stop the others, and the exit code
-    // is the first failure's; a signal stops them all.
-    int first_failure = 0;
+    CopyJob job{options, topt};
     for (const auto& src : sources) {
-      options.exit_code = 0;
-      if (is_tree(src)) {
-        TreeCopy tree{options, topt};
-        std::string into = TreeTarget(StripColon(src), target, destination_is_dir());
+      std::string from = StripColon(src);
+      bool tree =
+          *recursive && (upload ? IsLocalDirectory(from) : IsRemoteDirectory(*client, from));
+      if (tree) {
+        std::string into = TreeTarget(from, target, destination_is_dir());
         if (upload) {
-          tree.Upload(*client, src, into);
+          job.Upload(*client, from, into);
         } else {
-          tree.Download(*client, StripColon(src), into);
+          job.Download(*client, from, into);
         }
-        if (!tree.Stopped()) options.exit_code = tree.failure;
       } else if (upload) {
-        CopyToGuest(options, *client, src, target, topt);
+        job.File([&] { CopyToGuest(options, *client, from, target, topt); });
       } else {
-        CopyFromGuest(options, *client, StripColon(src), target, topt);
+        job.File([&] { CopyFromGuest(options, *client, from, target, topt); });
       }
-      if (options.exit_code >= 128) return;
-      if (first_failure == 0) first_failure = options.exit_code;
+      if (job.Stopped()) return;  // options.exit_code says which signal
     }
-    options.exit_code = first_failure;
+    options.exit_code = job.failure;
   });
 
   // cat
@@ -474,33 +475,24 @@ void AddFileCommands(CLI::App& app, Options& options) {
     auto client = Connect(options);
     std::string path = StripColon(*ls_path);
     json::array all;
-    uint64_t offset = 0;
-    for (;;) {
-      CallResult r = client->Call("file_list", {{"path", path}, {"offset", offset}});
-      if (!r.ok && offset == 0 && ErrorKind(r) == "not_found") {
-        // Like ls(1), a path that is not a directory is listed as itself, if it exists (the
-        // agent's file_list answers ENOTDIR as not_found; a refusal needs no second call).
-        CallResult st = client->Call("file_stat", {{"path", path}});
-        if (st.ok && Text(Field(st.result, "type")) != "directory") {
-          json::object entry{{"name", path}};
-          for (const char* key : {"type", "size", "mode", "mtime"}) {
-            if (const json::value* v = Field(st.result, key)) entry[key] = *v;
-          }
-          all.push_back(std::move(entry));
-          break;
+    CallResult r = ListDirectory(*client, path, all);
+    if (!r.ok && all.empty() && ErrorKind(r) == "not_found") {
+      // Like ls(1), a path that is not a directory is listed as itself, if it exists (the
+      // agent's file_list answers ENOTDIR as not_found; a refusal needs no second call).
+      CallResult st = client->Call("file_stat", {{"path", path}});
+      if (st.ok && Text(Field(st.result, "type")) != "directory") {
+        json::object entry{{"name", path}};
+        for (const char* key : {"type", "size", "mode", "mtime"}) {
+          if (const json::value* v = Field(st.result, key)) entry[key] = *v;
         }
+        all.push_back(std::move(entry));
+        r = std::move(st);
       }
-      if (!r.ok) {
-        PrintRpcError(r);
-        options.exit_code = kExitRpcError;
-        return;
-      }
-      if (const json::value* e = Field(r.result, "entries"); e && e->is_array()) {
-        for (const auto& entry : e->get_array()) all.push_back(entry);
-      }
-      const json::value* next = Field(r.result, "next_offset");
-      if (!next || !next->is_number()) break;
-      offset = next->to_number<uint64_t>();
+    }
+    if (!r.ok) {
+      PrintRpcError(r);
+      options.exit_code = kExitRpcError;
+      return;
     }
     if (options.json) {
       std::printf("%s\n", CompactJson(all).c_str());

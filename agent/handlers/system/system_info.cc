@@ -314,7 +314,7 @@ json::array LoggedInUsers(const SystemRoot& sys) {
 namespace {
 
 // The zone's name is the path below zoneinfo/ that /etc/localtime links to (systemd's rule),
-// else Debian's /etc/timezone.
+// else Debian's /etc/timezone. nullopt when neither names one.
 std::optional<std::string> ZoneName(const SystemRoot& sys) {
   std::optional<std::string> name;
   if (auto target = ResolveLink(sys.Path("/etc/localtime"))) {
@@ -327,9 +327,8 @@ std::optional<std::string> ZoneName(const SystemRoot& sys) {
         name = name->substr(6);
     }
   }
-  if (!name) {
-    if (auto tz = ReadAttr(sys, "/etc/timezone"); tz && !tz->empty()) name = *tz;
-  }
+  if (!name) name = ReadAttr(sys, "/etc/timezone");
+  if (name && name->empty()) name.reset();
   return name;
 }
 
@@ -351,11 +350,7 @@ void WriteZone(std::string& out, const std::optional<std::string>& name, bool re
                        static_cast<char>('0' + minutes / 10),
                        static_cast<char>('0' + minutes % 10)};  // "+05:30" (offsets < 100 h)
   JsonObjectWriter w(out);
-  if (name && !name->empty()) {
-    w.String("name", *name);
-  } else {
-    w.Null("name");
-  }
+  w.OptionalString("name", name);
   if (tm.tm_zone) {
     w.String("abbreviation", tm.tm_zone);
   } else {
