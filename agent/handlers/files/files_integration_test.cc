@@ -997,6 +997,14 @@ TEST_F(FileMethodsTest, CtlCopiesDirectoryTreesBothWaysWithR) {
   EXPECT_TRUE(fs::is_directory(back + "/empty"));
   EXPECT_FALSE(fs::exists(fs::symlink_status(back + "/sub/escape")));
 
+  // A tree the policy does not let the agent create is refused at its first directory, named.
+  RunResult refused = Ctl({"cp", "-r", "-q", tree, ":" + f_.outside() + "/tree"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("cannot create :" + f_.outside() + "/tree"), std::string::npos)
+      << refused.err;
+  EXPECT_NE(refused.err.find("permission_denied"), std::string::npos) << refused.err;
+  EXPECT_FALSE(fs::exists(f_.outside() + "/tree"));
+
   // Without -r a directory is refused with the hint, and nothing is created.
   RunResult plain = Ctl({"cp", tree, ":" + sb_ + "/plain"});
   EXPECT_EQ(plain.exit_code, 2);
