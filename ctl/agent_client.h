@@ -80,4 +80,21 @@ class AgentClient {
   bool stop_on_interrupt_ = false;
 };
 
+// Sets a client's stop_on_interrupt for one scope and puts the old value back, also when a
+// call in between throws.
+class StopOnInterruptScope {
+ public:
+  StopOnInterruptScope(AgentClient& client, bool stop)
+      : client_(client), saved_(client.stop_on_interrupt()) {
+    client_.set_stop_on_interrupt(stop);
+  }
+  ~StopOnInterruptScope() { client_.set_stop_on_interrupt(saved_); }
+  StopOnInterruptScope(const StopOnInterruptScope&) = delete;
+  StopOnInterruptScope& operator=(const StopOnInterruptScope&) = delete;
+
+ private:
+  AgentClient& client_;
+  bool saved_;
+};
+
 }  // namespace kvm

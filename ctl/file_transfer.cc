@@ -363,10 +363,11 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
   if (options.permissions) begin_params["permissions"] = *options.permissions;
   // Not stopped half-way by a signal: a session the agent opened after ctl stopped listening
   // would be left to expire. A signal is still noted, and aborts the session right after.
-  bool stop = client.stop_on_interrupt();
-  client.set_stop_on_interrupt(false);
-  CallResult begin = client.Call("file_upload_begin", begin_params);
-  client.set_stop_on_interrupt(stop);
+  CallResult begin;
+  {
+    StopOnInterruptScope no_stop(client, false);
+    begin = client.Call("file_upload_begin", begin_params);
+  }
   if (!begin.ok) throw TransferError("file_upload_begin failed", begin, "file_upload_begin");
   std::string handle = GetString(begin.result, "handle");
   size_t chunk = GetUint(begin.result, "chunk_size");
