@@ -312,6 +312,37 @@ TEST_P(FileEscapeTest, DirectorySwappedForSymlinkInALoopWhileWritingNeverEscapes
   RecordProperty("written_inside", written);
 }
 
+// As in open(2), "x/" names a directory: no method may reach (or delete, or create) a file
+// through it, whichever resolver walks the path.
+TEST_P(FileEscapeTest, APathEndingInSlashNeverReachesAFile) {
+  std::string sb = f_->sandbox();
+  WriteFile(sb + "/file", "content");
+  fs::create_directories(sb + "/dir");
+  const int kNotFound = -32001;
+  for (std::string p : {sb + "/file/", sb + "/file/."}) {
+    EXPECT_EQ(f_->Read(p).error_code, kNotFound) << p;
+    EXPECT_EQ(f_->Call("file_stat", {{"path", p}}).error_code, kNotFound) << p;
+    EXPECT_EQ(f_->Call("file_list", {{"path", p}}).error_code, kNotFound) << p;
+    EXPECT_EQ(f_->Write(p, "new").error_code, kNotFound) << p;
+    EXPECT_EQ(f_->Call("file_upload_begin", {{"path", p}}).error_code, kNotFound) << p;
+    CallResult rm = f_->Call("file_delete", {{"path", p}});
+    EXPECT_EQ(rm.error_code, kNotFound) << p;
+    EXPECT_NE(rm.error_message.find("Not a directory"), std::string::npos) << rm.error_message;
+  }
+  EXPECT_EQ(ReadFileText(sb + "/file"), "content");
+  // No file "new" made from "new/".
+  EXPECT_EQ(f_->Write(sb + "/new/", "x").error_code, kNotFound);
+  EXPECT_FALSE(fs::exists(sb + "/new"));
+  // A directory with a slash is still that directory.
+  EXPECT_TRUE(f_->Call("file_stat", {{"path", sb + "/dir/"}}).ok);
+  EXPECT_TRUE(f_->Call("file_list", {{"path", sb + "/dir/"}}).ok);
+  CallResult rmdir = f_->Call("file_delete", {{"path", sb + "/dir/"}});
+  EXPECT_TRUE(rmdir.ok) << rmdir.error_message;
+  EXPECT_FALSE(fs::exists(sb + "/dir"));
+  // And without the slash the file is served as before.
+  EXPECT_TRUE(f_->Read(sb + "/file").ok);
+}
+
 INSTANTIATE_TEST_SUITE_P(Resolvers, FileEscapeTest, ::testing::Values("openat2", "walk"),
                          [](const auto& info) { return info.param; });
 
@@ -725,6 +756,44 @@ TEST(FileLimits, TooLargeIsRefusedBeforeAnythingIsWritten) {
   EXPECT_EQ(f.Write(sb + "/almost", "abc", "append").error_code, -32002);
   EXPECT_EQ(fs::file_size(sb + "/almost"), (1u << 20) - 2);
   EXPECT_TRUE(f.Write(sb + "/almost", "ab", "append").ok);
+}
+
+TEST_F(FileMethodsTest, ListWithLimitZeroIsRefusedRatherThanAPageThatNeverAdvances) {
+  WriteFile(sb_ + "/a", "a");
+  CallResult r = f_.Call("file_list", {{"path", sb_}, {"limit", 0}});
+  EXPECT_EQ(r.error_code, -32602);
+  EXPECT_TRUE(f_.Call("file_list", {{"path", sb_}, {"limit", 1}}).ok);
+}
+
+// The reply holds the directory's path as JSON: a name of control characters takes six bytes
+// a character there, and the page must still fit in max_message_size_kb.
+TEST_F(FileMethodsTest, ListPageFitsTheMessageLimitWhenThePathNeedsEscaping) {
+  std::string dir = sb_;
+  std::string ctrl(200, '\x01');
+  for (int level = 0; level < 15; ++level) dir += "/" + ctrl;  // ~3 KB, ~18 KB escaped
+  fs::create_directories(dir);
+  for (int i = 0; i < 3000; ++i) WriteFile(dir + "/" + std::to_string(100000 + i), "");
+  auto client = f_.agent().Connect();
+  json::object params{{"path", dir}};
+  std::string request =
+      R"({"jsonrpc":"2.0","id":1,"method":"file_list","params":)" + json::serialize(params) + "}";
+  client->SendLine(request);
+  std::string reply = client->ReadLine();
+  EXPECT_LE(reply.size() + 1, 64u * 1024) << "reply of " << reply.size() << " bytes";
+  json::value v = json::parse(reply);
+  ASSERT_TRUE(v.as_object().contains("result")) << reply.substr(0, 300);
+  EXPECT_GT(v.at("result").at("entries").as_array().size(), 0u);
+  EXPECT_FALSE(v.at("result").at("next_offset").is_null());
+}
+
+// st_size 0 is how procfs files look, so content past max_file_size is refused there; a
+// plain empty file has none, and any offset is simply its end.
+TEST_F(FileMethodsTest, EmptyFileReadFarPastTheLimitIsAtItsEnd) {
+  WriteFile(sb_ + "/empty", "");
+  CallResult r = f_.Call("file_read", {{"path", sb_ + "/empty"}, {"offset", 1LL << 40}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(Str(r.result, "data"), "");
+  EXPECT_TRUE(r.result.at("eof").as_bool());
 }
 
 TEST_F(FileMethodsTest, ConcurrentWritersToOnePathLeaveOneWholeVersion) {

@@ -295,11 +295,25 @@ struct stat FstatRegular(int fd, std::string_view path, bool content) {
   return st;
 }
 
+// "x/" and "x/." name a directory, as in open(2): such a path never reaches a file (rm of
+// "file/" must not delete the file).
+bool NamesDirectory(std::string_view path) {
+  return path.size() > 1 && (path.back() == '/' || path.ends_with("/."));
+}
+
+[[noreturn]] void ThrowNotDirectory(std::string_view path) {
+  throw RpcError(ErrorCode::kNotFound,
+                 "Not a directory: " + files::ShortForMessage(path) +
+                     " (a path ending in / must name a directory)",
+                 {{"path", path}});
+}
+
 // What is at parent/name now (lstat); refuses anything a write must not replace.
 std::optional<struct stat> ExistingTarget(const PathPolicy::Parent& parent, std::string_view path,
                                           Access access) {
   struct stat st;
   if (::fstatat(parent.dir.get(), parent.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT && NamesDirectory(path)) ThrowNotDirectory(path);  // no file "x/"
     if (errno == ENOENT) return std::nullopt;
     files::ThrowIo(errno, "stat", path);
   }
@@ -307,6 +321,7 @@ std::optional<struct stat> ExistingTarget(const PathPolicy::Parent& parent, std:
     files::ThrowRefused(path, access, "a symlink or magic link below the allowed entry");
   }
   if (!S_ISREG(st.st_mode)) ThrowNotRegular(path, st.st_mode);
+  if (NamesDirectory(path)) ThrowNotDirectory(path);
   return st;
 }
 
@@ -328,7 +343,7 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
   Encoding enc = ParseEncoding(p);
   PathPolicy policy = MakePolicy(ctx, state);
   // O_NONBLOCK: a FIFO must not hang the open; it is refused right after by fstat.
-  const int flags = O_RDONLY | O_NONBLOCK | O_NOCTTY;
+  const int flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | (NamesDirectory(path) ? O_DIRECTORY : 0);
   // Tried on the I/O thread first (kInlineFirst): a read the caches can serve is answered
   // there; one that needs the disk throws WouldBlock and runs again on a worker.
   const bool io_thread = ctx.on_io_thread();
@@ -344,16 +359,26 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
   uint64_t want = std::min<uint64_t>(length.value_or(cap), cap);
   // procfs and sysfs files report size 0 yet have content: those are read until a short read.
   bool size_known = size > 0;
+  bool past_end = false;  // a size-0 file with nothing at `offset`
   if (size_known) {
     want = offset >= size ? 0 : std::min(want, size - offset);
   } else if (want > 0) {
-    if (offset >= limit) ThrowTooLarge("Content of a size-0 (procfs/sysfs) file", limit);
-    want = std::min(want, limit - offset);
+    if (offset >= limit) {
+      // Past the limit only content is too large: an empty file there is just at its end.
+      char probe;
+      if (files::ReadAt(fd.get(), &probe, 1, offset, path) > 0) {
+        ThrowTooLarge("Content of a size-0 (procfs/sysfs) file", limit);
+      }
+      want = 0;
+      past_end = true;
+    } else {
+      want = std::min(want, limit - offset);
+    }
   }
   std::unique_ptr<char[]> buf(new char[want > 0 ? want : 1]);
   size_t got = io_thread ? files::ReadCachedAt(fd.get(), buf.get(), want, offset, path)
                          : files::ReadAt(fd.get(), buf.get(), want, offset, path);
-  bool eof = size_known ? offset + got >= size : got < want;
+  bool eof = size_known ? offset + got >= size : past_end || got < want;
 
   if (enc == Encoding::kBase64) {
     // Encoded straight into the reply line (base64 needs no JSON escaping): the payload is
@@ -519,7 +544,7 @@ json::value FileStat(const json::object& params, RequestContext& ctx, const File
   bool want_hash = p.OptionalBool("sha256").value_or(false);
   PathPolicy policy = MakePolicy(ctx, state);
   // O_PATH with O_NOFOLLOW: a symlink below the entry is described, never followed.
-  UniqueFd fd = policy.Open(path, Access::kRead, O_PATH);
+  UniqueFd fd = policy.Open(path, Access::kRead, O_PATH | (NamesDirectory(path) ? O_DIRECTORY : 0));
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) files::ThrowIo(errno, "fstat", path);
   json::object result = StatObject(st);
@@ -543,6 +568,8 @@ json::value FileList(const json::object& params, RequestContext& ctx, const File
   std::string path = p.RequiredString("path");
   uint64_t offset = p.OptionalUint("offset").value_or(0);
   uint64_t limit = p.OptionalUint("limit").value_or(UINT64_MAX);
+  // A page of 0 entries would never advance next_offset: a client paging on it loops forever.
+  if (limit == 0) Params::Fail("limit", "an integer >= 1");
   PathPolicy policy = MakePolicy(ctx, state);
   UniqueFd fd = policy.Open(path, Access::kRead, O_RDONLY | O_DIRECTORY);
   int dup = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, 0);
@@ -567,7 +594,10 @@ json::value FileList(const json::object& params, RequestContext& ctx, const File
   std::sort(names.begin(), names.end());
 
   // Entries are added while the reply still fits in max_message_size_kb; the rest is paged.
-  size_t overhead = 256 + std::min<size_t>(path.size(), 4096);
+  // The path is in the reply as JSON text: escaped, a control character takes 6 bytes.
+  std::string path_text;
+  AppendJson(path_text, json::value(policy.Check(path, Access::kRead).normalized));
+  size_t overhead = 256 + path_text.size();
   size_t reply_budget = ReplyBudget(ctx.config());
   size_t budget = reply_budget > overhead ? reply_budget - overhead : 0;
   json::array entries;
@@ -620,6 +650,7 @@ json::value FileDelete(const json::object& params, RequestContext& ctx, const Fi
     }
     files::ThrowIo(errno, "stat", path);
   }
+  if (NamesDirectory(path) && !S_ISDIR(st.st_mode)) ThrowNotDirectory(path);
   // unlinkat never follows a symlink: removing one removes the link itself.
   int flags = S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0;
   if (::unlinkat(parent.dir.get(), parent.name.c_str(), flags) != 0) {
