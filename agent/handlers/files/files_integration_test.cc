@@ -872,6 +872,16 @@ TEST(FileCrashSafety, KillDuringWritesLeavesOldOrNewContentAndStrayTempsAreSwept
   EXPECT_NE(agent.Stderr().find("stray temp"), std::string::npos);
 }
 
+// mkdir -p of the allowed entry itself: it exists, which with parents is fine, as anywhere.
+TEST_F(FileMethodsTest, MkdirWithParentsOfTheAllowedEntryItselfIsAnExistingDirectory) {
+  CallResult r = f_.Call("file_mkdir", {{"path", sb_}, {"parents", true}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_FALSE(r.result.at("created").as_bool());
+  EXPECT_EQ(f_.Call("file_mkdir", {{"path", sb_}}).error_code, -32007);
+  EXPECT_EQ(f_.Call("file_delete", {{"path", sb_}}).error_code, -32000);  // still not removable
+  EXPECT_TRUE(fs::is_directory(sb_));
+}
+
 TEST_F(FileMethodsTest, ListStatMkdirDelete) {
   ASSERT_TRUE(f_.Call("file_mkdir", {{"path", sb_ + "/d/e/f"}, {"parents", true}}).ok);
   EXPECT_TRUE(fs::is_directory(sb_ + "/d/e/f"));

@@ -703,7 +703,17 @@ json::value FileMkdir(const json::object& params, RequestContext& ctx, const Fil
   PathPolicy policy = MakePolicy(ctx, state);
   files::LexicalResult lex = policy.Check(path, Access::kWrite);
   bool created = false;
-  if (parents && !lex.remainder.empty()) {
+  if (lex.remainder.empty()) {
+    // The allowed entry itself: never created or replaced here (it has no parent we may
+    // touch), but with `parents` an existing directory is fine, as anywhere else.
+    UniqueFd entry = policy.Open(path, Access::kWrite, O_PATH);
+    struct stat st;
+    if (::fstat(entry.get(), &st) != 0) files::ThrowIo(errno, "fstat", path);
+    if (!parents || !S_ISDIR(st.st_mode)) {
+      throw RpcError(ErrorCode::kAlreadyExists, "Already exists: " + lex.normalized,
+                     {{"path", lex.normalized}});
+    }
+  } else if (parents) {
     // Each level goes through the policy again, so no level can be a symlink.
     std::string base = lex.normalized.substr(0, lex.normalized.size() - lex.remainder.size());
     size_t pos = 0;
