@@ -44,6 +44,12 @@ void AddCoreCommands(CLI::App& app, Options& options) {
       options.exit_code = kExitRpcError;
       return;
     }
+    RequireObjectResult(result.result, "ping");
+    if (const json::value* pong = result.result.get_object().if_contains("pong");
+        !pong || !pong->is_bool() || !pong->get_bool()) {
+      throw ClientError("malformed reply: the ping result has no \"pong\":true: " +
+                        CompactJson(result.result).substr(0, 80));
+    }
     if (options.json) {
       std::printf("%s\n", CompactJson(result.result).c_str());
     } else {
