@@ -228,6 +228,23 @@ TEST(Ctl, ResultOfTheWrongShapeIsAMalformedReply) {
   }
 }
 
+// --timeout bounds the whole call: lines that are not the reply do not restart the clock.
+TEST(Ctl, TimeoutHoldsWhileOtherLinesKeepArriving) {
+  FakeServer server([](int fd, const std::string&) {
+    for (int i = 0; i < 10; ++i) {
+      Send(fd, R"({"jsonrpc":"2.0","result":{},"id":12345})"
+               "\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  });
+  auto start = std::chrono::steady_clock::now();
+  RunResult r = Ctl({"--socket", server.path(), "--timeout", "2", "ping"});
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_NE(r.err.find("timed out after 2000 ms"), std::string::npos) << r.err;
+  EXPECT_LT(took, std::chrono::milliseconds(3500));
+}
+
 // A fake agent that answers every request line of one connection with `answer(method,
 // params)`: the result object's JSON text.
 class ScriptedServer : public OneConnectionServer {
