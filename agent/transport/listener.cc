@@ -20,6 +20,18 @@ constexpr size_t kMaxSessions = 1024;
 // listener is left unwatched this long before trying again, rather than spinning.
 constexpr auto kOutOfFdsPause = std::chrono::milliseconds(100);
 
+// Connects to a unix socket path: 0 if something accepts (or would: EAGAIN, a full backlog),
+// else the errno (ECONNREFUSED: nobody listens, a stale socket).
+int ProbeSocket(const std::string& path) {
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!probe) return errno;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size());
+  if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return 0;
+  return errno == EAGAIN || errno == EINPROGRESS ? 0 : errno;
+}
+
 }  // namespace
 
 std::string ListenAddress::ToString() const {
@@ -58,11 +70,19 @@ Listener::Listener(EventLoop& loop, Dispatcher& dispatcher, Logger& log, ListenA
   if (address_.kind == ListenAddress::Kind::kUnix) {
     fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd_) fail("socket");
-    // A stale socket from an earlier run is replaced, but never a file someone named.
+    // A stale socket from an earlier run is replaced, but never a file someone named, nor
+    // the socket of an agent still serving there (it would be orphaned, unreachable).
     struct stat st;
-    if (::lstat(address_.path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
-      errno = EADDRINUSE;
-      fail("bind");
+    if (::lstat(address_.path.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) {
+        errno = EADDRINUSE;
+        fail("bind");
+      }
+      if (int err = ProbeSocket(address_.path); err != ECONNREFUSED && err != ENOENT) {
+        throw std::runtime_error(err == 0 ? "another agent is listening on " + address_.path
+                                          : "cannot tell whether " + address_.path +
+                                                " is in use: connect: " + std::strerror(err));
+      }
     }
     // Bound under a temporary name and renamed into place once listening: a client that
     // connects as soon as the file appears is never refused (a bare bind() makes the file

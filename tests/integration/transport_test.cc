@@ -302,6 +302,20 @@ TEST(Transport, OutOfDescriptorsDoesNotSpinAndServesAgainLater) {
   EXPECT_NE(agent.Stderr().find("accepting clients on unix:"), std::string::npos);
 }
 
+// A second agent on the path of a live one refuses to start instead of taking the name over
+// (the first would go on running, unreachable).
+TEST(Transport, LiveSocketOfAnotherAgentIsNotTakenOver) {
+  AgentProcess first;
+  RunResult second = RunProgram({KVM_AGENT_BINARY, "--foreground", "--config", "/nonexistent",
+                                 "--listen", "unix:" + first.socket_path()},
+                                "", std::chrono::seconds(20));
+  EXPECT_EQ(second.exit_code, 1);
+  EXPECT_NE(second.err.find("another agent is listening on " + first.socket_path()),
+            std::string::npos)
+      << second.err;
+  EXPECT_TRUE(first.Call("ping").ok);
+}
+
 TEST(SerialDevice, ServesRequestsOnACharacterDevice) {
   PtyPort port;
   AgentProcess::Options options;
