@@ -245,6 +245,15 @@ TEST(Ctl, TimeoutHoldsWhileOtherLinesKeepArriving) {
   EXPECT_LT(took, std::chrono::milliseconds(3500));
 }
 
+// JSON has no text for a number out of double range: such params are refused before sending.
+TEST(Ctl, ParamsWithANumberOutOfRangeAreRefusedLocally) {
+  for (const char* params : {R"({"timeout_ms":1e999})", R"({"a":[1,{"b":-1e400}]})"}) {
+    RunResult r = Ctl({"--socket", "/nonexistent.sock", "call", "get_disk_usage", params});
+    EXPECT_EQ(r.exit_code, 2) << params << ": " << r.err;
+    EXPECT_NE(r.err.find("too large for JSON"), std::string::npos) << r.err;
+  }
+}
+
 // A fake agent that answers every request line of one connection with `answer(method,
 // params)`: the result object's JSON text.
 class ScriptedServer : public OneConnectionServer {
