@@ -254,6 +254,14 @@ TEST(Ctl, ParamsWithANumberOutOfRangeAreRefusedLocally) {
   }
 }
 
+TEST(Ctl, TimeoutThatIsNotAFiniteNumberIsAUsageError) {
+  for (const char* value : {"nan", "NaN", "-nan", "inf", "1e999"}) {
+    RunResult r = Ctl({"--socket", "/nonexistent.sock", "--timeout", value, "ping"});
+    EXPECT_EQ(r.exit_code, 2) << value << ": " << r.err;
+    EXPECT_NE(r.err.find("--timeout"), std::string::npos) << value << ": " << r.err;
+  }
+}
+
 // A fake agent that answers every request line of one connection with `answer(method,
 // params)`: the result object's JSON text.
 class ScriptedServer : public OneConnectionServer {
