@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <thread>
 
 #include "tests/integration/test_util.h"
@@ -138,6 +139,30 @@ TEST(AgentSignals, SigtermAnswersRequestsAlreadyReceived) {
   }
   EXPECT_EQ(answered, 2000);
   ASSERT_TRUE(agent.WaitExit(std::chrono::seconds(15)).has_value());
+}
+
+// A client whose request is still running when SIGTERM comes may send more: those get
+// shutting_down (PROTOCOL.md), and the running request its result.
+TEST(AgentSignals, RequestSentDuringTheStopGetsShuttingDown) {
+  AgentProcess agent;
+  auto client = agent.Connect();
+  client->SendLine(Request("exec_command", "1", R"({"command":"sleep","args":["1"]})"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  agent.Signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  client->SendLine(Request("ping", "2"));
+  std::map<int64_t, int64_t> codes;  // id -> error code (0: a result)
+  try {
+    for (int i = 0; i < 2; ++i) {
+      auto reply = ParseJson(client->ReadLine());
+      codes[reply.at("id").as_int64()] = ErrorCodeOf(reply);
+    }
+  } catch (const ClientError& e) {
+    ADD_FAILURE() << e.what();
+  }
+  EXPECT_EQ(codes[1], 0);
+  EXPECT_EQ(codes[2], -32009);
+  EXPECT_EQ(agent.WaitExit(std::chrono::seconds(15)), 0);
 }
 
 TEST(AgentSignals, SighupReloadsConfigAndKeepsOldOneIfInvalid) {
