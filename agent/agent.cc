@@ -96,8 +96,14 @@ void Agent::Reload() {
   Notify(log_, "RELOADING=1");
   try {
     LoadedConfig loaded = LoadConfigFile(options_.config_path);
+    if (!loaded.file_found) {
+      // Falling back to the defaults here would silently drop the security settings.
+      LOG_ERROR(log_, "config reload failed, keeping the previous config: %s not found",
+                options_.config_path.c_str());
+      Notify(log_, "READY=1");
+      return;
+    }
     for (const auto& warning : loaded.warnings) LOG_WARN(log_, "%s", warning.c_str());
-    if (!loaded.file_found) LOG_INFO(log_, "config file not found; using defaults");
     const Config& old = *dispatcher_->config();
     if (loaded.config.channel_name != old.channel_name) {
       LOG_WARN(log_, "channel_name change takes effect at the next start");

@@ -78,6 +78,10 @@ int main(int argc, char** argv) {
     std::fputs(exit->text.c_str(), exit->code == 0 ? stdout : stderr);
     return exit->code;
   }
+  if (std::string err = kvm::MakeOptionPathsAbsolute(options); !err.empty()) {
+    std::fprintf(stderr, "kvmmanager-agent: %s\n", err.c_str());
+    return 1;
+  }
 
   kvm::LoadedConfig loaded;
   try {

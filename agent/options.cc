@@ -1,6 +1,10 @@
 #include "agent/options.h"
 
 #include <getopt.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "agent/core/config.h"
 #include "version.h"
@@ -32,8 +36,11 @@ std::string AgentUsage() {
          "  -V, --version          print the version and exit\n"
          "  -h, --help             print this help and exit\n"
          "\n"
+         "Relative paths are taken from the directory the agent is started in.\n"
+         "\n"
          "Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish, up to 10 s);\n"
-         "SIGHUP reloads the config file.\n"
+         "SIGHUP reloads the config file (if it is missing or invalid, the running config\n"
+         "is kept).\n"
          "Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.\n";
 }
 
@@ -96,6 +103,32 @@ std::optional<OptionsExit> ParseAgentOptions(int argc, char** argv, AgentOptions
                               "\"\nTry --help.\n"};
   }
   return std::nullopt;
+}
+
+std::string MakeOptionPathsAbsolute(AgentOptions& options) {
+  std::string cwd;
+  auto absolute = [&](std::string& path) -> bool {
+    if (path.empty() || path[0] == '/') return true;
+    if (cwd.empty()) {
+      char buf[4096];
+      if (!::getcwd(buf, sizeof buf)) return false;
+      cwd = buf;
+    }
+    path = cwd + (cwd.back() == '/' ? "" : "/") + path;
+    return true;
+  };
+  bool ok = absolute(options.config_path);
+  if (options.device) ok = ok && absolute(*options.device);
+  for (auto& spec : options.listen) {
+    if (spec.rfind("unix:", 0) != 0) continue;
+    std::string path = spec.substr(5);
+    ok = ok && absolute(path);
+    spec = "unix:" + path;
+  }
+  if (!ok) {
+    return std::string("cannot resolve a relative path: getcwd: ") + std::strerror(errno);
+  }
+  return {};
 }
 
 }  // namespace kvm

@@ -27,4 +27,9 @@ std::optional<OptionsExit> ParseAgentOptions(int argc, char** argv, AgentOptions
 
 std::string AgentUsage();
 
+// Rewrites relative --config, --device and --listen unix: paths against the current directory,
+// so they keep naming the same files after the daemon's chdir("/") (and on SIGHUP reloads).
+// Returns an error text, empty on success.
+std::string MakeOptionPathsAbsolute(AgentOptions& options);
+
 }  // namespace kvm

@@ -18,7 +18,6 @@
 
 namespace kvm {
 namespace json = boost::json;
-using Clock = std::chrono::steady_clock;
 
 AgentClient::AgentClient(const std::string& socket_path, std::chrono::milliseconds timeout)
     : timeout_(timeout),
@@ -81,8 +80,9 @@ void AgentClient::SendLine(std::string_view line) {
 
 std::string AgentClient::ReadLine() { return std::string(ReadLineView()); }
 
-std::string_view AgentClient::ReadLineView() {
-  auto deadline = Clock::now() + timeout_;
+std::string_view AgentClient::ReadLineView() { return ReadLineBefore(Clock::now() + timeout_); }
+
+std::string_view AgentClient::ReadLineBefore(Clock::time_point deadline) {
   for (;;) {
     // Only bytes not yet scanned are searched: a 64 KiB line arrives in several reads.
     size_t from = std::max(start_, scanned_);
@@ -169,8 +169,10 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
   resynced_ = true;
   line += text;
   SendLine(line);
+  // One deadline for the whole call: lines that are not the answer must not extend it.
+  auto deadline = Clock::now() + timeout_;
   for (;;) {
-    std::string reply = ReadLine();
+    std::string reply(ReadLineBefore(deadline));
     json::error_code ec;
     json::value value = json::parse(reply, ec);
     if (ec || !value.is_object()) continue;  // not ours (e.g. a stale fragment)

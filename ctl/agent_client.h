@@ -52,8 +52,9 @@ class AgentClient {
   AgentClient(const AgentClient&) = delete;
   AgentClient& operator=(const AgentClient&) = delete;
 
-  // Sends one request and waits for the reply with its id. Lines with other ids (left over
-  // from an earlier client of a serial channel) are skipped. Throws ClientError.
+  // Sends one request and waits for the reply with its id, at most the timeout in all. Lines
+  // with other ids (left over from an earlier client of a serial channel) are skipped. Throws
+  // ClientError.
   CallResult Call(std::string_view method, const boost::json::object& params = {});
 
   void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
@@ -69,6 +70,9 @@ class AgentClient {
   std::string_view ReadLineView();
 
  private:
+  using Clock = std::chrono::steady_clock;
+  std::string_view ReadLineBefore(Clock::time_point deadline);
+
   int fd_ = -1;
   std::chrono::milliseconds timeout_;
   std::string buffer_;  // bytes read land in [filled_, size()): size() is capacity in use

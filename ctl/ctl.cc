@@ -41,14 +41,24 @@ CallResult CallOrPrint(AgentClient& client, std::string_view method,
   return result;
 }
 
+void RequireObjectResult(const boost::json::value& result, std::string_view method) {
+  if (result.is_object()) return;
+  std::string shown = CompactJson(result);
+  if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
+  throw ClientError("malformed reply: the " + std::string(method) +
+                    " result should be an object but is " + ForTerminal(shown));
+}
+
 void CallAndShow(Options& options, std::string_view method, const boost::json::object& params,
-                 const std::function<void(const boost::json::value& result)>& show) {
+                 const std::function<void(const boost::json::value& result)>& show,
+                 ResultShape shape) {
   auto client = Connect(options);
   CallResult result = CallOrPrint(*client, method, params);
   if (!result.ok) {
     options.exit_code = kExitRpcError;
     return;
   }
+  if (shape == ResultShape::kObject) RequireObjectResult(result.result, method);
   if (options.json) {
     std::printf("%s\n", CompactJson(result.result).c_str());
     return;

@@ -33,10 +33,15 @@ CallResult CallOrPrint(AgentClient& client, std::string_view method,
 // The `kind` in an agent error's data ("not_found", "permission_denied", ...); empty if none.
 std::string_view ErrorKind(const CallResult& result);
 void PrintRpcError(const CallResult& result);
+// What a method's result must be; anything else is a malformed reply (ClientError, exit 3).
+enum class ResultShape { kAny, kObject };
+// Throws ClientError "malformed reply: ..." unless `result` is an object.
+void RequireObjectResult(const boost::json::value& result, std::string_view method);
 // The usual subcommand: connect, call `method`, then print the raw result with --json or hand it
 // to `show` for a readable form. An RPC error is printed and sets options.exit_code.
 void CallAndShow(Options& options, std::string_view method, const boost::json::object& params,
-                 const std::function<void(const boost::json::value& result)>& show);
+                 const std::function<void(const boost::json::value& result)>& show,
+                 ResultShape shape = ResultShape::kAny);
 
 // Subcommand groups, one file each under ctl/commands/.
 void AddCoreCommands(CLI::App& app, Options& options);    // call, ping

@@ -1,4 +1,5 @@
 // kvmmanager-ctl: talk to a kvmmanager-agent from the host without hand-typing JSON.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -22,6 +23,14 @@ int main(int argc, char** argv) {
   app.add_option("-s,--socket", options.socket,
                  "unix socket of the agent or of the VM channel (default: $KVMMANAGER_SOCKET)");
   app.add_option("-t,--timeout", options.timeout_seconds, "seconds to wait for each reply")
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            // CLI::Range lets NaN through (every comparison with it is false).
+            double value = std::strtod(text.c_str(), nullptr);
+            return std::isfinite(value) ? std::string()
+                                        : std::string("must be a finite number, got ") + text;
+          },
+          "", "FINITE"))
       ->check(CLI::Range(0.001, 86400.0))
       ->capture_default_str();
   app.add_flag("--json", options.json, "print raw JSON instead of tables");

@@ -16,7 +16,23 @@
 namespace kvm {
 namespace {
 constexpr size_t kMaxSessions = 1024;
+// Out of file descriptors, accept() fails at once and the listener stays readable: the
+// listener is left unwatched this long before trying again, rather than spinning.
+constexpr auto kOutOfFdsPause = std::chrono::milliseconds(100);
+
+// Connects to a unix socket path: 0 if something accepts (or would: EAGAIN, a full backlog),
+// else the errno (ECONNREFUSED: nobody listens, a stale socket).
+int ProbeSocket(const std::string& path) {
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!probe) return errno;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size());
+  if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return 0;
+  return errno == EAGAIN || errno == EINPROGRESS ? 0 : errno;
 }
+
+}  // namespace
 
 std::string ListenAddress::ToString() const {
   return kind == Kind::kUnix ? "unix:" + path : "vsock:" + std::to_string(port);
@@ -54,11 +70,19 @@ Listener::Listener(EventLoop& loop, Dispatcher& dispatcher, Logger& log, ListenA
   if (address_.kind == ListenAddress::Kind::kUnix) {
     fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd_) fail("socket");
-    // A stale socket from an earlier run is replaced, but never a file someone named.
+    // A stale socket from an earlier run is replaced, but never a file someone named, nor
+    // the socket of an agent still serving there (it would be orphaned, unreachable).
     struct stat st;
-    if (::lstat(address_.path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
-      errno = EADDRINUSE;
-      fail("bind");
+    if (::lstat(address_.path.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) {
+        errno = EADDRINUSE;
+        fail("bind");
+      }
+      if (int err = ProbeSocket(address_.path); err != ECONNREFUSED && err != ENOENT) {
+        throw std::runtime_error(err == 0 ? "another agent is listening on " + address_.path
+                                          : "cannot tell whether " + address_.path +
+                                                " is in use: connect: " + std::strerror(err));
+      }
     }
     // Bound under a temporary name and renamed into place once listening: a client that
     // connects as soon as the file appears is never refused (a bare bind() makes the file
@@ -103,7 +127,12 @@ Listener::~Listener() {
 
 void Listener::StopAccepting() {
   if (!fd_) return;
-  loop_.Unwatch(fd_.get());
+  if (resume_timer_ != 0) {
+    loop_.CancelTimer(resume_timer_);
+    resume_timer_ = 0;
+  } else {
+    loop_.Unwatch(fd_.get());
+  }
   fd_.reset();
   if (address_.kind == ListenAddress::Kind::kUnix) ::unlink(address_.path.c_str());
   // Copy: StopReading may close a session, which erases it from the map.
@@ -116,9 +145,16 @@ void Listener::Accept() {
     int client = ::accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (client < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN)
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        PauseAccepting(errno);
+      } else if (errno != EAGAIN) {
         LOG_WARN(log_, "accept on %s: %s", address_.ToString().c_str(), std::strerror(errno));
+      }
       return;
+    }
+    if (out_of_fds_) {
+      out_of_fds_ = false;
+      LOG_INFO(log_, "accepting clients on %s again", address_.ToString().c_str());
     }
     UniqueFd fd(client);
     if (sessions_.size() >= kMaxSessions) {
@@ -133,6 +169,19 @@ void Listener::Accept() {
     sessions_.emplace(id, session);
     session->Start();
   }
+}
+
+void Listener::PauseAccepting(int error) {
+  if (!out_of_fds_) {  // once per episode: the retries below would otherwise log 10 lines a second
+    out_of_fds_ = true;
+    LOG_WARN(log_, "accept on %s: %s; pending clients wait until descriptors are freed",
+             address_.ToString().c_str(), std::strerror(error));
+  }
+  loop_.Unwatch(fd_.get());
+  resume_timer_ = loop_.AddTimer(kOutOfFdsPause, [this] {
+    resume_timer_ = 0;
+    if (fd_) loop_.Watch(fd_.get(), EPOLLIN, [this](uint32_t) { Accept(); });
+  });
 }
 
 }  // namespace kvm

@@ -37,6 +37,8 @@ class Listener {
 
  private:
   void Accept();
+  // Out of descriptors: stops watching the listener for a while, then tries again.
+  void PauseAccepting(int error);
 
   EventLoop& loop_;
   Dispatcher& dispatcher_;
@@ -44,6 +46,8 @@ class Listener {
   ListenAddress address_;
   UniqueFd fd_;
   uint64_t next_session_ = 1;
+  EventLoop::TimerId resume_timer_ = 0;  // set while accepting is paused
+  bool out_of_fds_ = false;              // the pause was logged; cleared by the next accept
   std::map<uint64_t, std::shared_ptr<StreamSession>> sessions_;
 };
 

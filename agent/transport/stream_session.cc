@@ -132,14 +132,16 @@ void StreamSession::FlushOutput() {
 
 void StreamSession::StopReading() {
   // Requests the client already sent are read and answered (with shutting_down, by then),
-  // so a stop never leaves a request unanswered.
+  // so a stop never leaves a request unanswered. While its in-flight requests finish, the
+  // client's new requests are read and answered with shutting_down too; once nothing is
+  // owed to it, the connection closes.
+  stopping_ = true;
   if (!input_done_) ReadAvailable(/*drain=*/true);
-  input_done_ = true;
   MaybeClose();
 }
 
 void StreamSession::MaybeClose() {
-  if (fd_ && input_done_ && outstanding_ == 0 && out_.empty()) Close();
+  if (fd_ && (input_done_ || stopping_) && outstanding_ == 0 && out_.empty()) Close();
 }
 
 void StreamSession::Close() {

@@ -20,7 +20,8 @@ class StreamSession : public ReplySink, public std::enable_shared_from_this<Stre
                 std::function<void()> on_closed);
   void Start();
   void Finish(std::string reply, SentCallback on_sent) override;
-  // Stops reading requests; the connection closes once in-flight replies are written.
+  // The agent stops: the connection closes once in-flight replies are written (requests that
+  // arrive meanwhile are answered, with shutting_down).
   void StopReading();
   void Close();
   bool closed() const { return !fd_; }
@@ -40,7 +41,8 @@ class StreamSession : public ReplySink, public std::enable_shared_from_this<Stre
   LineFramer framer_;
   OutputQueue out_;
   size_t outstanding_ = 0;   // lines handed to the dispatcher and not yet finished
-  bool input_done_ = false;  // peer shut its write side, or we stopped reading
+  bool input_done_ = false;  // peer shut its write side
+  bool stopping_ = false;    // the agent stops: close once nothing is owed to the peer
   bool paused_ = false;      // too many unsent replies: the peer is not reading
   bool in_read_ = false;     // batching reply writes while a read burst is processed
   bool read_scheduled_ = false;

@@ -1,6 +1,7 @@
 // call METHOD [PARAMS] and ping.
 #include <boost/json.hpp>
 
+#include <cmath>
 #include <cstdio>
 
 #include "ctl/ctl.h"
@@ -8,6 +9,24 @@
 
 namespace kvm::ctl {
 namespace json = boost::json;
+namespace {
+
+// Whether `v` holds a number out of double range (1e999 parses as infinity): JSON has no
+// text for it, and Boost would send "Infinity", which the agent cannot read.
+bool HasNonFiniteNumber(const json::value& v) {
+  if (v.is_double()) return !std::isfinite(v.get_double());
+  if (v.is_array()) {
+    for (const auto& item : v.get_array())
+      if (HasNonFiniteNumber(item)) return true;
+  }
+  if (v.is_object()) {
+    for (const auto& [key, item] : v.get_object())
+      if (HasNonFiniteNumber(item)) return true;
+  }
+  return false;
+}
+
+}  // namespace
 
 void AddCoreCommands(CLI::App& app, Options& options) {
   auto* call = app.add_subcommand("call", "call any method; prints the result as JSON");
@@ -23,6 +42,13 @@ void AddCoreCommands(CLI::App& app, Options& options) {
       if (ec || !parsed.is_object()) {
         std::fprintf(stderr, "kvmmanager-ctl: params must be a JSON object%s%s\n", ec ? ": " : "",
                      ec ? ec.message().c_str() : "");
+        options.exit_code = kExitUsage;
+        return;
+      }
+      if (HasNonFiniteNumber(parsed)) {
+        std::fprintf(stderr,
+                     "kvmmanager-ctl: params hold a number too large for JSON (out of the "
+                     "range of a double)\n");
         options.exit_code = kExitUsage;
         return;
       }
@@ -43,6 +69,12 @@ void AddCoreCommands(CLI::App& app, Options& options) {
     if (!result.ok) {
       options.exit_code = kExitRpcError;
       return;
+    }
+    RequireObjectResult(result.result, "ping");
+    if (const json::value* pong = result.result.get_object().if_contains("pong");
+        !pong || !pong->is_bool() || !pong->get_bool()) {
+      throw ClientError("malformed reply: the ping result has no \"pong\":true: " +
+                        CompactJson(result.result).substr(0, 80));
     }
     if (options.json) {
       std::printf("%s\n", CompactJson(result.result).c_str());

@@ -28,6 +28,23 @@ const json::value& At(const json::value& v, std::string_view key) {
   return it == v.get_object().end() ? null : it->value();
 }
 
+// The reply's shape is the agent's promise: a broken promise is a malformed reply (exit 3).
+[[noreturn]] void Malformed(std::string_view what, const json::value& got) {
+  std::string shown = CompactJson(got);
+  if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
+  throw ClientError("malformed reply: " + std::string(what) + " is " + ForTerminal(shown));
+}
+
+const json::array& Array(const json::value& v, std::string_view what) {
+  if (!v.is_array()) Malformed(std::string(what) + " should be an array but", v);
+  return v.get_array();
+}
+
+double Number(const json::value& v, std::string_view what) {
+  if (!v.is_number()) Malformed(std::string(what) + " should be a number but", v);
+  return v.to_number<double>();
+}
+
 std::string HumanBytes(const json::value& v) {
   if (!v.is_number()) return "-";
   double b = v.to_number<double>();
@@ -154,9 +171,9 @@ void PrintInfo(const json::value& r) {
 
 void PrintNet(const json::value& r) {
   Table t({"INTERFACE", "STATE", "MAC", "MTU", "ADDRESSES", "RX", "TX"});
-  for (const auto& i : At(r, "interfaces").get_array()) {
+  for (const auto& i : Array(At(r, "interfaces"), "interfaces")) {
     std::vector<std::string> addrs;
-    for (const auto& a : At(i, "addresses").get_array()) {
+    for (const auto& a : Array(At(i, "addresses"), "an interface's addresses")) {
       addrs.push_back(Str(At(a, "address")) + "/" + Str(At(a, "prefix_length")));
     }
     const auto& s = At(i, "stats");
@@ -182,8 +199,8 @@ void PrintNet(const json::value& r) {
   }
   const auto& dns = At(r, "dns");
   std::string servers, search;
-  for (const auto& s : At(dns, "nameservers").get_array()) servers += " " + Str(s);
-  for (const auto& s : At(dns, "search").get_array()) search += " " + Str(s);
+  for (const auto& s : Array(At(dns, "nameservers"), "dns.nameservers")) servers += " " + Str(s);
+  for (const auto& s : Array(At(dns, "search"), "dns.search")) search += " " + Str(s);
   std::printf("\nDNS servers:%s\n", servers.empty() ? " none" : servers.c_str());
   if (At(dns, "upstream_nameservers").is_array()) {
     std::string up;
@@ -195,17 +212,17 @@ void PrintNet(const json::value& r) {
 
 void PrintDf(const json::value& r) {
   Table t({"FILESYSTEM", "TYPE", "SIZE", "USED", "AVAIL", "USE%", "MOUNTED ON", "DISK"});
-  for (const auto& f : At(r, "filesystems").get_array()) {
+  for (const auto& f : Array(At(r, "filesystems"), "filesystems")) {
     std::string use = "-";
     if (At(f, "available").is_bool() && At(f, "available").get_bool()) {
-      double used = At(f, "used_bytes").to_number<double>();
-      double avail = At(f, "available_bytes").to_number<double>();
+      double used = Number(At(f, "used_bytes"), "a filesystem's used_bytes");
+      double avail = Number(At(f, "available_bytes"), "a filesystem's available_bytes");
       if (used + avail > 0)
         use = std::to_string(static_cast<int>((used * 100 + used + avail - 1) / (used + avail))) +
               "%";
     }
     std::string disks;
-    for (const auto& d : At(f, "disks").get_array()) {
+    for (const auto& d : Array(At(f, "disks"), "a filesystem's disks")) {
       if (!disks.empty()) disks += ",";
       disks += Str(At(d, "name")) + "(" + Str(At(d, "bus"));
       if (At(d, "pci_address").is_string()) disks += " " + Str(At(d, "pci_address"));
@@ -229,7 +246,8 @@ void AddSystemCommands(CLI::App& app, Options& options) {
   auto* info =
       app.add_subcommand("info", "OS, kernel, CPU, memory, uptime, users (get_system_info)");
   info->add_flag("--json", options.json, "print the raw JSON result");
-  info->callback([&options] { CallAndShow(options, "get_system_info", {}, PrintInfo); });
+  info->callback(
+      [&options] { CallAndShow(options, "get_system_info", {}, PrintInfo, ResultShape::kObject); });
 
   auto* net = app.add_subcommand("net", "interfaces, addresses, routes, DNS (get_network_info)");
   auto iface = std::make_shared<std::string>();
@@ -241,7 +259,7 @@ void AddSystemCommands(CLI::App& app, Options& options) {
     json::object params;
     if (!iface->empty()) params["interface"] = *iface;
     if (*no_lo) params["exclude_loopback"] = true;
-    CallAndShow(options, "get_network_info", params, PrintNet);
+    CallAndShow(options, "get_network_info", params, PrintNet, ResultShape::kObject);
   });
 
   auto* df = app.add_subcommand("df", "mounted filesystems, usage and disks (get_disk_usage)");
@@ -255,7 +273,7 @@ void AddSystemCommands(CLI::App& app, Options& options) {
     json::object params;
     if (*all) params["all"] = true;
     if (*timeout_ms > 0) params["timeout_ms"] = *timeout_ms;
-    CallAndShow(options, "get_disk_usage", params, PrintDf);
+    CallAndShow(options, "get_disk_usage", params, PrintDf, ResultShape::kObject);
   });
 }
 

@@ -186,6 +186,82 @@ TEST(Ctl, TimeoutExitsThree) {
   EXPECT_LT(took, std::chrono::seconds(10));
 }
 
+// A fake agent that answers its one request with `result` (a JSON text) under the right id.
+class FixedResultServer : public FakeServer {
+ public:
+  explicit FixedResultServer(const std::string& result)
+      : FakeServer([result](int fd, const std::string& request) {
+          auto id = json::serialize(json::parse(request).at("id"));
+          Send(fd, R"({"jsonrpc":"2.0","result":)" + result + R"(,"id":)" + id + "}\n");
+        }) {}
+};
+
+// A reply of the wrong shape is a malformed reply (exit 3, said so), never a crash or a
+// success printed from nothing.
+TEST(Ctl, ResultOfTheWrongShapeIsAMalformedReply) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string result;
+  };
+  std::vector<Case> cases{
+      {{"net"}, "null"},
+      {{"net"}, R"({"interfaces":5})"},
+      {{"net"}, R"({"interfaces":[{"name":"eth0","addresses":"x"}]})"},
+      {{"net"}, R"({"interfaces":[],"dns":{"nameservers":1}})"},
+      {{"df"}, "null"},
+      {{"df"}, R"({"filesystems":{}})"},
+      {{"df"}, R"({"filesystems":[{"available":true,"used_bytes":"1","available_bytes":2}]})"},
+      {{"df"}, R"({"filesystems":[{"disks":7}]})"},
+      {{"ping"}, "null"},
+      {{"ping"}, R"({"pong":false})"},
+      {{"--json", "ping"}, "[]"},
+      {{"info"}, "null"},
+      {{"--json", "info"}, "3"},
+  };
+  for (const Case& c : cases) {
+    FixedResultServer server(c.result);
+    std::vector<std::string> args{"--socket", server.path(), "--timeout", "5"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    RunResult r = Ctl(args);
+    EXPECT_EQ(r.exit_code, 3) << c.args.back() << " " << c.result << ": " << r.out << r.err;
+    EXPECT_NE(r.err.find("malformed reply"), std::string::npos) << c.result << ": " << r.err;
+  }
+}
+
+// --timeout bounds the whole call: lines that are not the reply do not restart the clock.
+TEST(Ctl, TimeoutHoldsWhileOtherLinesKeepArriving) {
+  FakeServer server([](int fd, const std::string&) {
+    for (int i = 0; i < 10; ++i) {
+      Send(fd, R"({"jsonrpc":"2.0","result":{},"id":12345})"
+               "\n");
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  });
+  auto start = std::chrono::steady_clock::now();
+  RunResult r = Ctl({"--socket", server.path(), "--timeout", "2", "ping"});
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_NE(r.err.find("timed out after 2000 ms"), std::string::npos) << r.err;
+  EXPECT_LT(took, std::chrono::milliseconds(3500));
+}
+
+// JSON has no text for a number out of double range: such params are refused before sending.
+TEST(Ctl, ParamsWithANumberOutOfRangeAreRefusedLocally) {
+  for (const char* params : {R"({"timeout_ms":1e999})", R"({"a":[1,{"b":-1e400}]})"}) {
+    RunResult r = Ctl({"--socket", "/nonexistent.sock", "call", "get_disk_usage", params});
+    EXPECT_EQ(r.exit_code, 2) << params << ": " << r.err;
+    EXPECT_NE(r.err.find("too large for JSON"), std::string::npos) << r.err;
+  }
+}
+
+TEST(Ctl, TimeoutThatIsNotAFiniteNumberIsAUsageError) {
+  for (const char* value : {"nan", "NaN", "-nan", "inf", "1e999"}) {
+    RunResult r = Ctl({"--socket", "/nonexistent.sock", "--timeout", value, "ping"});
+    EXPECT_EQ(r.exit_code, 2) << value << ": " << r.err;
+    EXPECT_NE(r.err.find("--timeout"), std::string::npos) << value << ": " << r.err;
+  }
+}
+
 // A fake agent that answers every request line of one connection with `answer(method,
 // params)`: the result object's JSON text.
 class ScriptedServer : public OneConnectionServer {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <thread>
 
 #include "tests/integration/test_util.h"
@@ -140,6 +141,30 @@ TEST(AgentSignals, SigtermAnswersRequestsAlreadyReceived) {
   ASSERT_TRUE(agent.WaitExit(std::chrono::seconds(15)).has_value());
 }
 
+// A client whose request is still running when SIGTERM comes may send more: those get
+// shutting_down (PROTOCOL.md), and the running request its result.
+TEST(AgentSignals, RequestSentDuringTheStopGetsShuttingDown) {
+  AgentProcess agent;
+  auto client = agent.Connect();
+  client->SendLine(Request("exec_command", "1", R"({"command":"sleep","args":["1"]})"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  agent.Signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  client->SendLine(Request("ping", "2"));
+  std::map<int64_t, int64_t> codes;  // id -> error code (0: a result)
+  try {
+    for (int i = 0; i < 2; ++i) {
+      auto reply = ParseJson(client->ReadLine());
+      codes[reply.at("id").as_int64()] = ErrorCodeOf(reply);
+    }
+  } catch (const ClientError& e) {
+    ADD_FAILURE() << e.what();
+  }
+  EXPECT_EQ(codes[1], 0);
+  EXPECT_EQ(codes[2], -32009);
+  EXPECT_EQ(agent.WaitExit(std::chrono::seconds(15)), 0);
+}
+
 TEST(AgentSignals, SighupReloadsConfigAndKeepsOldOneIfInvalid) {
   AgentProcess agent;
   json::object config = json::parse(agent.DefaultTestConfig()).as_object();
@@ -206,6 +231,96 @@ TEST(AgentDaemon, StartUpFailureIsReportedByTheLauncher) {
   RunResult r = RunAgent({"--config", "/nonexistent", "--listen", "unix:/nonexistent-dir/x.sock"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("bind unix:/nonexistent-dir/x.sock"), std::string::npos) << r.err;
+}
+
+// SIGKILLs a daemon the test found, should the test end before stopping it.
+struct DaemonGuard {
+  pid_t pid = -1;
+  ~DaemonGuard() {
+    if (pid > 0) ::kill(pid, SIGKILL);
+  }
+};
+
+// Runs the agent without --foreground from the directory `cwd`.
+RunResult RunAgentIn(const std::string& cwd, const std::vector<std::string>& args) {
+  std::vector<std::string> argv{"/bin/sh", "-c", "cd \"$1\" && shift && exec \"$0\" \"$@\"",
+                                KVM_AGENT_BINARY, cwd};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunProgram(argv, "", std::chrono::seconds(20));
+}
+
+// Waits until `path` holds `needle` at least `count` times.
+bool WaitForText(const std::string& path, const std::string& needle, size_t count) {
+  for (int i = 0; i < 500; ++i) {
+    std::string text = ReadFileText(path);
+    size_t found = 0;
+    for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+      ++found;
+    if (found >= count) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+bool StopDaemon(DaemonGuard& daemon) {
+  ::kill(daemon.pid, SIGTERM);
+  for (int i = 0; i < 1000 && ::kill(daemon.pid, 0) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (::kill(daemon.pid, 0) == 0) return false;
+  daemon.pid = -1;
+  return true;
+}
+
+TEST(AgentDaemon, RelativeConfigPathStillNamesTheSameFileOnSighup) {
+  TempDir dir;
+  // A name unique to this test, to find the daemon by its command line.
+  std::string name = std::filesystem::path(dir.path()).filename().string() + ".json";
+  json::object config{{"max_message_size_kb", 7},
+                      {"log_file", dir / "agent.log"},
+                      {"security", json::object{{"command_whitelist", json::array{"true"}}}}};
+  WriteFile(dir / name, json::serialize(config));
+  std::string sock = dir / "agent.sock";
+  RunResult r = RunAgentIn(dir.path(), {"--config", name, "--listen", "unix:" + sock});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  DaemonGuard daemon{FindProcess(name)};
+  ASSERT_GT(daemon.pid, 0);
+  auto limits = [&] {
+    CallResult info = AgentClient(sock, std::chrono::seconds(10)).Call("get_agent_info");
+    EXPECT_TRUE(info.ok);
+    return info.ok ? info.result.at("limits").as_object() : json::object{};
+  };
+  EXPECT_EQ(limits()["max_message_size_kb"], 7);
+  EXPECT_EQ(limits()["command_whitelist_enabled"], true);
+
+  ::kill(daemon.pid, SIGHUP);
+  ASSERT_TRUE(WaitForText(dir / "agent.log", "config reloaded", 1))
+      << ReadFileText(dir / "agent.log");
+  EXPECT_EQ(limits()["max_message_size_kb"], 7);
+  EXPECT_EQ(limits()["command_whitelist_enabled"], true);
+
+  // A config file that vanished keeps the running config rather than reverting to defaults.
+  std::filesystem::remove(dir / name);
+  ::kill(daemon.pid, SIGHUP);
+  ASSERT_TRUE(WaitForText(dir / "agent.log", "config reload failed", 1))
+      << ReadFileText(dir / "agent.log");
+  EXPECT_NE(ReadFileText(dir / "agent.log").find("not found"), std::string::npos);
+  EXPECT_EQ(limits()["max_message_size_kb"], 7);
+  EXPECT_EQ(limits()["command_whitelist_enabled"], true);
+  EXPECT_TRUE(StopDaemon(daemon));
+}
+
+TEST(AgentDaemon, RelativeListenPathIsCreatedInTheStartDirectory) {
+  TempDir dir;
+  std::string name = std::filesystem::path(dir.path()).filename().string() + ".sock";
+  RunResult r = RunAgentIn(dir.path(), {"--config", "/nonexistent", "--listen", "unix:" + name});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  DaemonGuard daemon{FindProcess(name)};
+  ASSERT_GT(daemon.pid, 0);
+  if (!std::filesystem::exists(dir / name)) ::unlink(("/" + name).c_str());  // without the fix
+  ASSERT_TRUE(std::filesystem::exists(dir / name));
+  EXPECT_TRUE(AgentClient(dir / name, std::chrono::seconds(10)).Call("ping").ok);
+  EXPECT_TRUE(StopDaemon(daemon));
+  EXPECT_FALSE(std::filesystem::exists(dir / name));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,6 +16,7 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <sstream>
 #include <thread>
 
 #include "tests/integration/test_util.h"
@@ -250,6 +252,68 @@ TEST(Transport, StaleSocketIsReplacedButNoOtherFile) {
   }
   ASSERT_TRUE(client) << agent.Stderr();
   EXPECT_TRUE(client->Call("ping", json::object()).ok);
+}
+
+// User plus system CPU time of a process, in clock ticks.
+long CpuTicks(pid_t pid) {
+  std::string stat = ReadFileText("/proc/" + std::to_string(pid) + "/stat");
+  std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {  // fields 14 and 15 (man 5 proc)
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return utime + stime;
+}
+
+size_t CountOf(const std::string& text, const std::string& needle) {
+  size_t count = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+    ++count;
+  return count;
+}
+
+// Out of file descriptors, accept() fails at once while clients wait in the backlog: the agent
+// must neither spin on the readable listener nor flood the log, and serves again once
+// descriptors are freed.
+TEST(Transport, OutOfDescriptorsDoesNotSpinAndServesAgainLater) {
+  AgentProcess agent;
+  size_t open_fds = 0;
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(agent.pid()) + "/fd"))
+    ++open_fds;
+  rlimit limit{open_fds + 2, open_fds + 2};
+  ASSERT_EQ(::prlimit(agent.pid(), RLIMIT_NOFILE, &limit, nullptr), 0) << std::strerror(errno);
+  std::vector<std::unique_ptr<AgentClient>> clients;
+  for (int i = 0; i < 10; ++i) clients.push_back(agent.Connect(std::chrono::seconds(5)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  long before = CpuTicks(agent.pid());
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  long used = CpuTicks(agent.pid()) - before;
+  EXPECT_LT(used, ::sysconf(_SC_CLK_TCK) / 5) << "ticks of CPU in 1 s while out of descriptors";
+  std::string log = agent.Stderr();
+  EXPECT_GE(CountOf(log, "Too many open files"), 1u) << log.substr(0, 2000);
+  EXPECT_LE(CountOf(log, "Too many open files"), 3u) << log.substr(0, 2000);
+
+  clients.clear();
+  CallResult r = agent.Connect(std::chrono::seconds(10))->Call("ping");
+  EXPECT_TRUE(r.ok);
+  EXPECT_NE(agent.Stderr().find("accepting clients on unix:"), std::string::npos);
+}
+
+// A second agent on the path of a live one refuses to start instead of taking the name over
+// (the first would go on running, unreachable).
+TEST(Transport, LiveSocketOfAnotherAgentIsNotTakenOver) {
+  AgentProcess first;
+  RunResult second = RunProgram({KVM_AGENT_BINARY, "--foreground", "--config", "/nonexistent",
+                                 "--listen", "unix:" + first.socket_path()},
+                                "", std::chrono::seconds(20));
+  EXPECT_EQ(second.exit_code, 1);
+  EXPECT_NE(second.err.find("another agent is listening on " + first.socket_path()),
+            std::string::npos)
+      << second.err;
+  EXPECT_TRUE(first.Call("ping").ok);
 }
 
 TEST(SerialDevice, ServesRequestsOnACharacterDevice) {
