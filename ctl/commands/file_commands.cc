@@ -476,9 +476,12 @@ void AddFileCommands(CLI::App& app, Options& options) {
     std::string path = StripColon(*ls_path);
     json::array all;
     CallResult r = ListDirectory(*client, path, all);
-    if (!r.ok && all.empty() && ErrorKind(r) == "not_found") {
-      // Like ls(1), a path that is not a directory is listed as itself, if it exists (the
-      // agent's file_list answers ENOTDIR as not_found; a refusal needs no second call).
+    if (!r.ok && all.empty() &&
+        (ErrorKind(r) == "not_found" || ErrorKind(r) == "permission_denied")) {
+      // Like ls(1), a path that is not a directory is listed as itself, if it exists: the
+      // agent's file_list answers ENOTDIR as not_found, and refuses a symlink below an entry,
+      // which file_stat describes without following. (A path file_stat refuses too keeps
+      // file_list's error.)
       CallResult st = client->Call("file_stat", {{"path", path}});
       if (st.ok && Text(Field(st.result, "type")) != "directory") {
         json::object entry{{"name", path}};

@@ -1118,6 +1118,12 @@ TEST_F(FileMethodsTest, CtlLsOfAFileShowsThatFileAndOfNothingFails) {
   RunResult denied = Ctl({"ls", ":" + f_.outside()});
   EXPECT_EQ(denied.exit_code, 1);
   EXPECT_NE(denied.err.find("allowed_read_paths"), std::string::npos) << denied.err;
+  // A symlink below the entry (never followed) is listed as the link itself.
+  fs::create_symlink(sb_ + "/hello.txt", sb_ + "/link");
+  RunResult link = Ctl({"ls", ":" + sb_ + "/link"});
+  ASSERT_EQ(link.exit_code, 0) << link.err;
+  EXPECT_EQ(link.out.rfind("symlink ", 0), 0u) << link.out;
+  EXPECT_NE(link.out.find(sb_ + "/link\n"), std::string::npos) << link.out;
 }
 
 // tmpfs (/tmp on many systems) refuses preadv2's RWF_NOWAIT, yet reads from memory: its files
