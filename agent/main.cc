@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -72,6 +73,10 @@ void ReportReady(int fd, const std::string& error) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // get_system_info reports the system's zone (/etc/localtime); a TZ inherited from whoever
+  // started the agent would pair that zone's name with another zone's offset. Cleared before
+  // any thread exists (setenv/unsetenv are not thread-safe); commands get their own env.
+  ::unsetenv("TZ");
   kvm::TuneMallocForMessages();
   kvm::AgentOptions options;
   if (auto exit = kvm::ParseAgentOptions(argc, argv, options)) {

@@ -154,6 +154,21 @@ TEST(SystemInfoLive, MatchesUnameHostnameMeminfoAndOsRelease) {
   EXPECT_FALSE(info["agent_version"].as_string().empty());
 }
 
+// The timezone is the system's (/etc/localtime), whatever TZ the agent was started with: a
+// TZ inherited from a shell must not give the name of one zone with another's offset.
+TEST(SystemInfoLive, TimezoneIsTheSystemsEvenWhenTheAgentInheritsTZ) {
+  std::string want_abbrev = Chomp(Tool({"date", "+%Z"}));
+  std::string want_offset = Chomp(Tool({"date", "+%z"}));
+  // A POSIX TZ (no tzdata needed) that cannot be the system's zone.
+  ::setenv("TZ", want_abbrev == "KVQ" ? "KVR-9:30" : "KVQ-9:30", 1);
+  AgentProcess agent;
+  ::unsetenv("TZ");
+  json::object tz = CallOk(agent, "get_system_info", {})["timezone"].as_object();
+  EXPECT_EQ(tz.at("abbreviation"), J(want_abbrev));
+  std::string ours(tz.at("utc_offset").as_string());
+  EXPECT_EQ(ours.substr(0, 3) + ours.substr(4, 2), want_offset);
+}
+
 TEST(SystemInfoLive, UnknownParamsAreRefused) {
   AgentProcess agent;
   for (const char* m : {"get_system_info", "get_network_info", "get_disk_usage"}) {
