@@ -401,12 +401,14 @@ namespace {
 // order, to `sink(std::string& bytes)`, which may take the bytes and leave another buffer in
 // their place (it is reused for a later chunk). Returns the total size. `extra_method` goes out
 // with the first read, its answer to `extra_result`; `reported_size` gets the file's size as
-// the first read tells it (before the first piece reaches `sink`).
+// the first read tells it (before the first piece reaches `sink`). With `live`, a file that
+// changes meanwhile is not an error (cat of a log being written): its first `size` bytes as
+// of the first read are read, fewer if it shrinks.
 template <class Sink>
 uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeline& pipe,
                        Sink&& sink, const std::string& extra_method,
                        const std::string& extra_params, CallResult* extra_result,
-                       uint64_t* reported_size = nullptr) {
+                       uint64_t* reported_size = nullptr, bool live = false) {
   RequireUtf8(remote, "the remote path");
   std::string path_json = JsonString(remote);
   // The first read learns the file's size and the agent's chunk size (it caps `length`); the
@@ -499,9 +501,15 @@ uint64_t ReadPipelined(const std::string& remote, const Options& options, Pipeli
     if (!fast.decoded && !Base64Decode(GetView(result.result, "data"), bytes)) {
       throw ClientError("agent sent invalid base64");
     }
+    if (live && off >= size) {  // past an end the file shrank to: nothing to keep
+      spare = std::move(bytes);
+      continue;
+    }
     uint64_t want = std::min<uint64_t>(chunk, size - off);
     uint64_t file_size = fast.decoded ? fast.reply.size : GetUint(result.result, "size");
-    if (bytes.size() != want || file_size != size) {
+    if (live && bytes.size() > want) bytes.resize(want);         // it grew: stop where it was
+    if (live && bytes.size() < want) size = off + bytes.size();  // it shrank: its new end
+    if (!live && (bytes.size() != want || file_size != size)) {
       pipe.Drain();
       throw TransferError("the file changed during the copy", CallResult{});
     }
@@ -558,7 +566,7 @@ uint64_t Stream(AgentClient& client, const std::string& remote, int out_fd,
   return ReadPipelined(
       remote, options, pipe,
       [&](std::string& bytes) { WriteFully(out_fd, bytes.data(), bytes.size()); }, std::string(),
-      std::string(), nullptr);
+      std::string(), nullptr, nullptr, /*live=*/true);
 }
 
 }  // namespace kvm::transfer
