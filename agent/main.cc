@@ -104,6 +104,8 @@ int main(int argc, char** argv) {
     }
   }
   if (options.check_config) {
+    // The effective config: --log-level overrides the file's log_level.
+    if (options.log_level) loaded.config.log_level = *options.log_level;
     for (const auto& warning : loaded.warnings)
       std::fprintf(stderr, "warning: %s\n", warning.c_str());
     if (!loaded.file_found) {

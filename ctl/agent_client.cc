@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <cstring>
 
 #include "ctl/interrupt.h"
+#include "ctl/terminal_text.h"
 #include "protocol/jsonrpc.h"
 #include "protocol/utf8.h"
 
@@ -35,6 +37,11 @@ AgentClient::AgentClient(const std::string& socket_path, std::chrono::millisecon
     int err = errno;
     ::close(fd_);
     fd_ = -1;
+    // connect() says "Connection refused" for a regular file or a directory too.
+    struct stat st;
+    if (err == ECONNREFUSED && ::stat(socket_path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode)) {
+      throw ClientError("cannot connect to " + socket_path + ": not a socket");
+    }
     throw ClientError("cannot connect to " + socket_path + ": " + std::strerror(err));
   }
 }
@@ -105,8 +112,13 @@ std::string_view AgentClient::ReadLineBefore(Clock::time_point deadline) {
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
+      std::string skipped;
+      if (!first_skipped_.empty()) {
+        skipped = "; lines that were not its reply were skipped, the first: " +
+                  ToValidUtf8(first_skipped_);
+      }
       throw ClientError("timed out after " + std::to_string(timeout_.count()) +
-                        " ms waiting for the agent's reply");
+                        " ms waiting for the agent's reply" + skipped);
     }
     pollfd pfd{fd_, POLLIN, 0};
     int rc = ::poll(&pfd, 1, static_cast<int>(left.count()));
@@ -171,11 +183,19 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
   SendLine(line);
   // One deadline for the whole call: lines that are not the answer must not extend it.
   auto deadline = Clock::now() + timeout_;
+  first_skipped_.clear();
+  // Shown if no reply comes: a peer that is no agent at all then says so.
+  auto skip = [this](std::string_view line) {
+    if (first_skipped_.empty()) first_skipped_ = ForTerminal(line.substr(0, 100));
+  };
   for (;;) {
     std::string reply(ReadLineBefore(deadline));
     json::error_code ec;
     json::value value = json::parse(reply, ec);
-    if (ec || !value.is_object()) continue;  // not ours (e.g. a stale fragment)
+    if (ec || !value.is_object()) {  // not ours (e.g. a stale fragment)
+      skip(reply);
+      continue;
+    }
     json::object& obj = value.get_object();
     auto rid = obj.find("id");
     // An error with a null id is the agent's answer to a line it could not read as a request
@@ -184,9 +204,12 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
     if (rid != obj.end() && rid->value().is_null() && obj.contains("error")) {
       return DecodeReply(obj, reply);
     }
-    if (rid == obj.end() || !rid->value().is_number()) continue;
     json::error_code nec;
-    if (rid->value().to_number<uint64_t>(nec) != id || nec) continue;
+    if (rid == obj.end() || !rid->value().is_number() ||
+        rid->value().to_number<uint64_t>(nec) != id || nec) {
+      skip(reply);
+      continue;
+    }
     return DecodeReply(obj, reply);
   }
 }

@@ -81,6 +81,7 @@ class AgentClient {
   size_t scanned_ = 0;  // buffer_[start_, scanned_) holds no newline
   uint64_t next_id_;
   bool resynced_ = false;
+  std::string first_skipped_;  // of the current call: the first line that was not its reply
   bool stop_on_interrupt_ = false;
 };
 

@@ -35,6 +35,12 @@ class LineFramer {
   bool skipping_ = false;  // inside an oversized line, dropping bytes until '\n'
 };
 
+// A line of JSON whitespace only (spaces, tabs, CRs) is a blank line: skipped, not an error.
+// Cheap: a request's first byte is '{' or '['.
+inline bool IsBlankLine(std::string_view line) {
+  return line.find_first_not_of(" \t\r") == std::string_view::npos;
+}
+
 template <class OnLine, class OnOversized>
 void LineFramer::Feed(std::string_view bytes, OnLine&& on_line, OnOversized&& on_oversized) {
   while (!bytes.empty()) {
@@ -63,7 +69,7 @@ void LineFramer::Feed(std::string_view bytes, OnLine&& on_line, OnOversized&& on
       if (!piece.empty() && piece.back() == '\r') piece.remove_suffix(1);
       if (piece.size() > max_line_) {
         on_oversized();
-      } else if (!piece.empty()) {
+      } else if (!IsBlankLine(piece)) {
         on_line(piece);
       }
       continue;
@@ -73,7 +79,7 @@ void LineFramer::Feed(std::string_view bytes, OnLine&& on_line, OnOversized&& on
     if (line.back() == '\r') line.remove_suffix(1);
     if (line.size() > max_line_) {
       on_oversized();
-    } else if (!line.empty()) {
+    } else if (!IsBlankLine(line)) {
       on_line(line);
     }
     partial_.clear();

@@ -75,8 +75,8 @@ Listener::Listener(EventLoop& loop, Dispatcher& dispatcher, Logger& log, ListenA
     struct stat st;
     if (::lstat(address_.path.c_str(), &st) == 0) {
       if (!S_ISSOCK(st.st_mode)) {
-        errno = EADDRINUSE;
-        fail("bind");
+        throw std::runtime_error("bind " + address_.ToString() + ": " + address_.path +
+                                 " exists and is not a socket");
       }
       if (int err = ProbeSocket(address_.path); err != ECONNREFUSED && err != ENOENT) {
         throw std::runtime_error(err == 0 ? "another agent is listening on " + address_.path

@@ -3,10 +3,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/epoll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <stdexcept>
 
 namespace kvm {
 namespace {
@@ -53,7 +55,15 @@ SerialPort::~SerialPort() {
   if (fd_) loop_.Unwatch(fd_.get());
 }
 
-void SerialPort::Start() { TryOpen(); }
+void SerialPort::Start() {
+  // Anything but a character device (a regular file, a directory) can never be served: say
+  // so at start-up rather than fail later in epoll with EPERM.
+  struct stat st;
+  if (::stat(path_.c_str(), &st) == 0 && !S_ISCHR(st.st_mode)) {
+    throw std::runtime_error(path_ + " is not a character device (a virtio-serial port or tty)");
+  }
+  TryOpen();
+}
 
 void SerialPort::StopReading() {
   stopped_ = true;

@@ -109,6 +109,16 @@ TEST(Ctl, NoAgentExitsThreeWithReason) {
   EXPECT_NE(none.err.find("--socket"), std::string::npos) << none.err;
 }
 
+TEST(Ctl, PathThatIsNotASocketIsSaidSo) {
+  TempDir dir;
+  WriteFile(dir / "file", "");
+  for (const std::string& path : {dir / "file", dir.path()}) {
+    RunResult r = Ctl({"--socket", path, "ping"});
+    EXPECT_EQ(r.exit_code, 3);
+    EXPECT_NE(r.err.find(path + ": not a socket"), std::string::npos) << r.err;
+  }
+}
+
 // One connection of a fake agent on a unix socket, served by `serve` on a thread of its own.
 class OneConnectionServer {
  public:
@@ -184,6 +194,15 @@ TEST(Ctl, TimeoutExitsThree) {
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("timed out"), std::string::npos) << r.err;
   EXPECT_LT(took, std::chrono::seconds(10));
+}
+
+// A peer that is no agent at all: the timeout shows what it sent instead of a reply.
+TEST(Ctl, TimeoutShowsTheLinesThatWereNotTheReply) {
+  FakeServer server([](int fd, const std::string&) { Send(fd, "220 hello, I am no agent\n"); });
+  RunResult r = Ctl({"--socket", server.path(), "--timeout", "0.5", "ping"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("timed out"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("220 hello, I am no agent"), std::string::npos) << r.err;
 }
 
 // A fake agent that answers its one request with `result` (a JSON text) under the right id.

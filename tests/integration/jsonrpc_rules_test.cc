@@ -167,6 +167,9 @@ TEST_F(JsonRpcRules, CrLfAndBlankLinesAreTolerated) {
   auto client = agent_.Connect();
   client->SendLine("\r\n\n" + Request("ping", "5") + "\r");
   EXPECT_EQ(ParseJson(client->ReadLine()).at("id"), 5);
+  // Lines of whitespace only are blank lines too (skipped, no parse error).
+  client->SendLine("  \t \n \r\n\t\n" + Request("ping", "6"));
+  EXPECT_EQ(ParseJson(client->ReadLine()).at("id"), 6);
 }
 
 TEST(JsonRpcLimits, OversizedLineIsRefusedWithoutKillingTheConnection) {

@@ -63,6 +63,14 @@ TEST(AgentConfig, CheckConfigPrintsEffectiveConfigOrNamesTheBadKey) {
   EXPECT_EQ(ParseJson(absent.out).at("max_message_size_kb"), 64);
 }
 
+TEST(AgentConfig, CheckConfigShowsTheLogLevelGivenOnTheCommandLine) {
+  TempDir dir;
+  WriteFile(dir / "c.json", R"({"log_level": "debug"})");
+  RunResult r = RunAgent({"--check-config", "--config", dir / "c.json", "--log-level", "warn"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(ParseJson(r.out).at("log_level"), "warn") << r.out;
+}
+
 TEST(AgentConfig, ConfigFromASlowPipeIsReadToTheEnd) {
   // The writer pauses mid-text: a reader that took a short read for the end would see "{".
   RunResult r =

@@ -222,8 +222,9 @@ TEST(Transport, StaleSocketIsReplacedButNoOtherFile) {
     options.extra_args = {"--listen", "unix:" + path};
     AgentProcess agent(options);
     EXPECT_EQ(agent.WaitExit(std::chrono::seconds(10)), 1);
-    EXPECT_NE(agent.Stderr().find("bind unix:" + path + ": Address already in use"),
-              std::string::npos)
+    EXPECT_NE(
+        agent.Stderr().find("bind unix:" + path + ": " + path + " exists and is not a socket"),
+        std::string::npos)
         << agent.Stderr();
     EXPECT_EQ(ReadFileText(path), "keep");
   }
@@ -328,6 +329,17 @@ TEST(SerialDevice, ServesRequestsOnACharacterDevice) {
   EXPECT_EQ(reply.at("result").at("pong"), true);
   port.Write("\n" + Request("get_agent_info", "\"two\"") + "\r\n");
   EXPECT_EQ(ParseJson(port.ReadLine()).at("id"), "two");
+}
+
+TEST(SerialDevice, DeviceThatIsNotACharacterDeviceStopsStartUpWithTheReason) {
+  TempDir dir;
+  WriteFile(dir / "plain", "");
+  for (const std::string& path : {dir / "plain", dir.path()}) {
+    RunResult r = RunProgram(
+        {KVM_AGENT_BINARY, "--foreground", "--config", "/nonexistent", "--device", path});
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find(path + " is not a character device"), std::string::npos) << r.err;
+  }
 }
 
 TEST(SerialDevice, MissingDeviceIsRetriedAndLoggedOnce) {
