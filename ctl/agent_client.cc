@@ -87,7 +87,10 @@ void AgentClient::SendLine(std::string_view line) {
 
 std::string AgentClient::ReadLine() { return std::string(ReadLineView()); }
 
-std::string_view AgentClient::ReadLineView() { return ReadLineBefore(Clock::now() + timeout_); }
+std::string_view AgentClient::ReadLineView() {
+  first_skipped_.clear();  // what an earlier Call skipped is no part of a raw read's timeout
+  return ReadLineBefore(Clock::now() + timeout_);
+}
 
 std::string_view AgentClient::ReadLineBefore(Clock::time_point deadline) {
   for (;;) {

@@ -41,12 +41,16 @@ CallResult CallOrPrint(AgentClient& client, std::string_view method,
   return result;
 }
 
-void RequireObjectResult(const boost::json::value& result, std::string_view method) {
-  if (result.is_object()) return;
-  std::string shown = CompactJson(result);
+void ThrowMalformed(std::string_view what, const boost::json::value& got) {
+  std::string shown = CompactJson(got);
   if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
-  throw ClientError("malformed reply: the " + std::string(method) +
-                    " result should be an object but is " + ForTerminal(shown));
+  throw ClientError("malformed reply: " + std::string(what) + " " + ForTerminal(shown));
+}
+
+void RequireObjectResult(const boost::json::value& result, std::string_view method) {
+  if (!result.is_object()) {
+    ThrowMalformed("the " + std::string(method) + " result should be an object but is", result);
+  }
 }
 
 void CallAndShow(Options& options, std::string_view method, const boost::json::object& params,

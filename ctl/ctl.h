@@ -37,6 +37,8 @@ void PrintRpcError(const CallResult& result);
 enum class ResultShape { kAny, kObject };
 // Throws ClientError "malformed reply: ..." unless `result` is an object.
 void RequireObjectResult(const boost::json::value& result, std::string_view method);
+// Throws ClientError "malformed reply: WHAT <the value, shortened, safe for a terminal>".
+[[noreturn]] void ThrowMalformed(std::string_view what, const boost::json::value& got);
 // The usual subcommand: connect, call `method`, then print the raw result with --json or hand it
 // to `show` for a readable form. An RPC error is printed and sets options.exit_code.
 void CallAndShow(Options& options, std::string_view method, const boost::json::object& params,

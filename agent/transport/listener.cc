@@ -115,7 +115,7 @@ Listener::Listener(EventLoop& loop, Dispatcher& dispatcher, Logger& log, ListenA
     if (::bind(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) fail("bind");
     if (::listen(fd_.get(), 128) != 0) fail("listen");
   }
-  loop_.Watch(fd_.get(), EPOLLIN, [this](uint32_t) { Accept(); });
+  WatchForClients();
   LOG_INFO(log_, "listening on %s", address_.ToString().c_str());
 }
 
@@ -171,6 +171,10 @@ void Listener::Accept() {
   }
 }
 
+void Listener::WatchForClients() {
+  loop_.Watch(fd_.get(), EPOLLIN, [this](uint32_t) { Accept(); });
+}
+
 void Listener::PauseAccepting(int error) {
   if (!out_of_fds_) {  // once per episode: the retries below would otherwise log 10 lines a second
     out_of_fds_ = true;
@@ -180,7 +184,7 @@ void Listener::PauseAccepting(int error) {
   loop_.Unwatch(fd_.get());
   resume_timer_ = loop_.AddTimer(kOutOfFdsPause, [this] {
     resume_timer_ = 0;
-    if (fd_) loop_.Watch(fd_.get(), EPOLLIN, [this](uint32_t) { Accept(); });
+    if (fd_) WatchForClients();
   });
 }
 

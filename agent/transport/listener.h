@@ -37,6 +37,7 @@ class Listener {
 
  private:
   void Accept();
+  void WatchForClients();  // Accept() when a client is waiting
   // Out of descriptors: stops watching the listener for a while, then tries again.
   void PauseAccepting(int error);
 

@@ -73,8 +73,7 @@ void AddCoreCommands(CLI::App& app, Options& options) {
     RequireObjectResult(result.result, "ping");
     if (const json::value* pong = result.result.get_object().if_contains("pong");
         !pong || !pong->is_bool() || !pong->get_bool()) {
-      throw ClientError("malformed reply: the ping result has no \"pong\":true: " +
-                        CompactJson(result.result).substr(0, 80));
+      ThrowMalformed("the ping result has no \"pong\":true:", result.result);
     }
     if (options.json) {
       std::printf("%s\n", CompactJson(result.result).c_str());

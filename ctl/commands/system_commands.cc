@@ -29,19 +29,13 @@ const json::value& At(const json::value& v, std::string_view key) {
 }
 
 // The reply's shape is the agent's promise: a broken promise is a malformed reply (exit 3).
-[[noreturn]] void Malformed(std::string_view what, const json::value& got) {
-  std::string shown = CompactJson(got);
-  if (shown.size() > 80) shown = shown.substr(0, 77) + "...";
-  throw ClientError("malformed reply: " + std::string(what) + " is " + ForTerminal(shown));
-}
-
 const json::array& Array(const json::value& v, std::string_view what) {
-  if (!v.is_array()) Malformed(std::string(what) + " should be an array but", v);
+  if (!v.is_array()) ThrowMalformed(std::string(what) + " should be an array but is", v);
   return v.get_array();
 }
 
 double Number(const json::value& v, std::string_view what) {
-  if (!v.is_number()) Malformed(std::string(what) + " should be a number but", v);
+  if (!v.is_number()) ThrowMalformed(std::string(what) + " should be a number but is", v);
   return v.to_number<double>();
 }
 
