@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <boost/json.hpp>
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <optional>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <string>
@@ -68,6 +70,11 @@ transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
                  secs > 0 ? static_cast<double>(done) / 1e6 / secs : 0.0);
     if (done >= total) std::fprintf(stderr, "\n");
   };
+}
+
+bool IsLocalDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 // Runs a transfer step; maps failures to ctl exit codes.
@@ -141,26 +148,85 @@ void CopyToGuest(Options& options, AgentClient& client, const std::string& local
   ::close(fd);
 }
 
+// Where a download lands, as cp(1) decides it: a regular file (new or existing) is replaced by
+// a temp file renamed over it once the sha256 matched; an existing device, FIFO or socket is
+// written in place (a rename would replace the node itself, e.g. the host's /dev/null); a
+// symbolic link is followed, so its target receives the file and the link stays.
+struct LocalDestination {
+  std::string path;       // the file replaced or written (a symbolic link's target)
+  bool in_place = false;  // write into `path` itself
+};
+
+// Fills `out`, or returns false with the reason in `error`.
+bool ResolveDestination(const std::string& local, LocalDestination& out, std::string& error) {
+  out = LocalDestination{local, false};
+  struct stat st;
+  if (::lstat(local.c_str(), &st) != 0) {
+    if (errno == ENOENT && !local.empty() && local.back() == '/') errno = ENOTDIR;
+    if (errno == ENOENT) return true;  // a new file
+    error = std::strerror(errno);
+    return false;
+  }
+  if (S_ISLNK(st.st_mode)) {
+    if (::stat(local.c_str(), &st) != 0) {
+      // As GNU cp: creating a file where a dangling link points is rarely what was meant.
+      error =
+          errno == ENOENT ? "not writing through a dangling symbolic link" : std::strerror(errno);
+      return false;
+    }
+    char* real = ::realpath(local.c_str(), nullptr);
+    if (real == nullptr) {
+      error = std::strerror(errno);
+      return false;
+    }
+    out.path = real;
+    std::free(real);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    error = "it is a directory";
+    return false;
+  }
+  out.in_place = !S_ISREG(st.st_mode);
+  return true;
+}
+
 void CopyFromGuest(Options& options, AgentClient& client, const std::string& remote,
                    std::string local, const transfer::Options& topt) {
   InterruptScope interrupts;  // Ctrl-C removes the partial file instead of leaving it behind
-  struct stat st;
-  if (local == "." || (::stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
-    local = JoinPath(local, BaseName(remote));
+  if (local == "." || IsLocalDirectory(local)) local = JoinPath(local, BaseName(remote));
+  LocalDestination dest;
+  std::string error;
+  if (!ResolveDestination(local, dest, error)) {
+    std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", ForTerminal(local).c_str(),
+                 error.c_str());
+    options.exit_code = kExitUsage;
+    return;
   }
-  // Into a temp next to the target, renamed only once the sha256 matched.
-  std::string temp = local + ".kvmctl-part";
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // A regular file goes into a temp next to the target, renamed only once the sha256 matched.
+  std::string temp = dest.in_place ? std::string() : dest.path + ".kvmctl-part";
+  int fd = dest.in_place ? ::open(dest.path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC)
+                         : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", temp.c_str(),
-                 std::strerror(errno));
+    int err = errno;
+    if (err == EINTR && PendingInterrupt() != 0) {  // a FIFO nobody read from
+      std::fprintf(stderr, "kvmmanager-ctl: %s\n", Interrupted(PendingInterrupt()).what());
+      options.exit_code = 128 + PendingInterrupt();
+      return;
+    }
+    std::fprintf(stderr, "kvmmanager-ctl: cannot %s %s: %s\n", dest.in_place ? "write" : "create",
+                 ForTerminal(local).c_str(), std::strerror(err));
     options.exit_code = kExitUsage;
     return;
   }
   bool ok = false;
   RunTransfer(options, client, [&] {
     transfer::Outcome out = transfer::Download(client, remote, fd, topt);
-    if (::fsync(fd) != 0 || ::rename(temp.c_str(), local.c_str()) != 0) {
+    if (dest.in_place) {
+      // A device or FIFO: nothing to rename; fsync where it means something (a block device).
+      if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
+        throw std::runtime_error("cannot finish " + local + ": " + std::strerror(errno));
+      }
+    } else if (::fsync(fd) != 0 || ::rename(temp.c_str(), dest.path.c_str()) != 0) {
       throw std::runtime_error("cannot finish " + local + ": " + std::strerror(errno));
     }
     ok = true;
@@ -176,7 +242,7 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
     }
   });
   ::close(fd);
-  if (!ok) ::unlink(temp.c_str());
+  if (!ok && !dest.in_place) ::unlink(temp.c_str());
 }
 
 std::string FormatTime(int64_t t) {
@@ -216,11 +282,6 @@ CallResult ListDirectory(AgentClient& client, const std::string& path, json::arr
     if (!next || !next->is_number()) return r;
     offset = next->to_number<uint64_t>();
   }
-}
-
-bool IsLocalDirectory(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 bool IsRemoteDirectory(AgentClient& client, const std::string& path) {

@@ -1,0 +1,134 @@
+// kvmmanager-ctl's file commands (cp, cat, rm, mkdir) against the real agent: what happens on
+// the host side of a copy.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/handlers/files/sha256.h"
+#include "tests/integration/test_util.h"
+
+namespace kvm::test {
+namespace {
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+std::string RandomBytes(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// An agent whose allowed read and write entry is its sandbox, and a local directory.
+class CtlFilesTest : public ::testing::Test {
+ protected:
+  RunResult Ctl(const std::vector<std::string>& args) {
+    std::vector<std::string> argv{KVM_CTL_BINARY, "--socket", agent_.socket_path()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunProgram(argv, "", std::chrono::seconds(60));
+  }
+  // Names in `dir` (not recursive), sorted.
+  static std::vector<std::string> Names(const std::string& dir) {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  AgentProcess agent_;
+  std::string sb_ = agent_.sandbox();
+  TempDir local_;
+};
+
+// As cp(1): a download onto an existing FIFO or device writes into it (a rename would replace
+// the node), and onto a symbolic link writes to the link's target, leaving the link a link.
+TEST_F(CtlFilesTest, DownloadOntoAFifoDeviceOrSymlinkWritesThroughItWithoutReplacingIt) {
+  std::string data = RandomBytes(300000, 1);
+  WriteFile(sb_ + "/src.bin", data);
+
+  std::string fifo = local_ / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  // Opened before ctl runs, without blocking; read until ctl has ended and the FIFO is empty,
+  // so a ctl that replaced the FIFO instead of writing into it cannot hang the test.
+  int read_fd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(read_fd, 0);
+  std::atomic<bool> ctl_done{false};
+  std::string got;
+  std::thread reader([&] {
+    char buf[65536];
+    for (;;) {
+      pollfd p{read_fd, POLLIN, 0};
+      ::poll(&p, 1, 50);
+      bool done = ctl_done.load();
+      ssize_t n = ::read(read_fd, buf, sizeof buf);
+      if (n > 0) {
+        got.append(buf, static_cast<size_t>(n));
+      } else if (done) {
+        break;
+      }
+    }
+  });
+  RunResult to_fifo = Ctl({"cp", "-q", ":" + sb_ + "/src.bin", fifo});
+  ctl_done = true;
+  reader.join();
+  ::close(read_fd);
+  EXPECT_EQ(to_fifo.exit_code, 0) << to_fifo.err;
+  EXPECT_NE(to_fifo.out.find(Sha256Hex(data)), std::string::npos) << to_fifo.out;
+  EXPECT_TRUE(got == data) << got.size() << " bytes read from the FIFO";
+  EXPECT_TRUE(fs::is_fifo(fifo));
+
+  // The host's /dev/null through a link, and a null device made here (skipped where the file
+  // system does not allow device nodes).
+  std::string null_link = local_ / "null-link";
+  fs::create_symlink("/dev/null", null_link);
+  std::vector<std::string> devices{null_link};
+  std::string node = local_ / "mynull";
+  if (::mknod(node.c_str(), S_IFCHR | 0666, ::makedev(1, 3)) == 0) devices.push_back(node);
+  for (const std::string& device : devices) {
+    SCOPED_TRACE(device);
+    RunResult r = Ctl({"cp", "-q", ":" + sb_ + "/src.bin", device});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find(Sha256Hex(data)), std::string::npos) << r.out;
+    EXPECT_TRUE(fs::is_character_file(device));
+  }
+  EXPECT_TRUE(fs::is_symlink(null_link));
+  EXPECT_TRUE(fs::is_character_file("/dev/null"));
+
+  // A link to a regular file: the target gets the content, the link stays.
+  WriteFile(local_ / "target.bin", "old");
+  std::string link = local_ / "link";
+  fs::create_symlink("target.bin", link);
+  RunResult through = Ctl({"cp", "-q", ":" + sb_ + "/src.bin", link});
+  EXPECT_EQ(through.exit_code, 0) << through.err;
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(fs::read_symlink(link), "target.bin");
+  EXPECT_TRUE(ReadFileText(local_ / "target.bin") == data);
+
+  // A dangling link is refused, and nothing is created.
+  fs::create_symlink("nowhere", local_ / "dangling");
+  RunResult dangling = Ctl({"cp", "-q", ":" + sb_ + "/src.bin", local_ / "dangling"});
+  EXPECT_EQ(dangling.exit_code, 2);
+  EXPECT_NE(dangling.err.find("dangling symbolic link"), std::string::npos) << dangling.err;
+  EXPECT_FALSE(fs::exists(local_ / "nowhere"));
+  EXPECT_TRUE(fs::is_symlink(local_ / "dangling"));
+
+  std::vector<std::string> expected{"dangling", "fifo", "link", "null-link", "target.bin"};
+  if (devices.size() > 1) expected.insert(expected.begin() + 3, "mynull");
+  EXPECT_EQ(Names(local_.path()), expected);
+}
+
+}  // namespace
+}  // namespace kvm::test
