@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <optional>
+#include <random>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -190,6 +191,22 @@ bool ResolveDestination(const std::string& local, LocalDestination& out, std::st
   return true;
 }
 
+// Creates a temp file beside `target` under a name of its own (TARGET.kvmctl-part-XXXXXX,
+// O_EXCL), so two downloads to one path never write into each other's temp file: each installs
+// a whole, verified file, and the last rename wins. Returns the fd, or -1 with errno set.
+int CreatePartFile(const std::string& target, std::string& temp) {
+  static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::random_device random;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    std::string suffix(6, '0');
+    for (char& c : suffix) c = kChars[random() % (sizeof kChars - 1)];
+    temp = target + ".kvmctl-part-" + suffix;
+    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0 || errno != EEXIST) return fd;
+  }
+  return -1;  // errno is EEXIST
+}
+
 void CopyFromGuest(Options& options, AgentClient& client, const std::string& remote,
                    std::string local, const transfer::Options& topt) {
   InterruptScope interrupts;  // Ctrl-C removes the partial file instead of leaving it behind
@@ -203,9 +220,9 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
     return;
   }
   // A regular file goes into a temp next to the target, renamed only once the sha256 matched.
-  std::string temp = dest.in_place ? std::string() : dest.path + ".kvmctl-part";
+  std::string temp;
   int fd = dest.in_place ? ::open(dest.path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC)
-                         : ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                         : CreatePartFile(dest.path, temp);
   if (fd < 0) {
     int err = errno;
     if (err == EINTR && PendingInterrupt() != 0) {  // a FIFO nobody read from

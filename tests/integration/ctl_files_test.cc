@@ -130,5 +130,26 @@ TEST_F(CtlFilesTest, DownloadOntoAFifoDeviceOrSymlinkWritesThroughItWithoutRepla
   EXPECT_EQ(Names(local_.path()), expected);
 }
 
+// Each download has a temp file of its own: two to one local name each install a whole file
+// they verified (the last rename wins), never a mix of both, and leave no temp file.
+TEST_F(CtlFilesTest, ConcurrentDownloadsToOneLocalNameLeaveOneWholeFile) {
+  std::string a = RandomBytes(4000000, 2), b = RandomBytes(4000000, 3);
+  WriteFile(sb_ + "/a.bin", a);
+  WriteFile(sb_ + "/b.bin", b);
+  std::string target = local_ / "one.bin";
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    RunResult ra, rb;
+    std::thread other([&] { ra = Ctl({"cp", "-q", ":" + sb_ + "/a.bin", target}); });
+    rb = Ctl({"cp", "-q", ":" + sb_ + "/b.bin", target});
+    other.join();
+    EXPECT_EQ(ra.exit_code, 0) << ra.err;
+    EXPECT_EQ(rb.exit_code, 0) << rb.err;
+    std::string got = ReadFileText(target);
+    EXPECT_TRUE(got == a || got == b) << "a mix of both downloads (" << got.size() << " bytes)";
+    EXPECT_EQ(Names(local_.path()), std::vector<std::string>{"one.bin"});
+  }
+}
+
 }  // namespace
 }  // namespace kvm::test
