@@ -191,21 +191,59 @@ bool ResolveDestination(const std::string& local, LocalDestination& out, std::st
   return true;
 }
 
-// Creates a temp file beside `target` under a name of its own (TARGET.kvmctl-part-XXXXXX,
-// O_EXCL), so two downloads to one path never write into each other's temp file: each installs
-// a whole, verified file, and the last rename wins. Returns the fd, or -1 with errno set.
-int CreatePartFile(const std::string& target, std::string& temp) {
-  static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
-  std::random_device random;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    std::string suffix(6, '0');
-    for (char& c : suffix) c = kChars[random() % (sizeof kChars - 1)];
-    temp = target + ".kvmctl-part-" + suffix;
-    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd >= 0 || errno != EEXIST) return fd;
+// The file a download writes: a temp file beside the target under a name of its own
+// (TARGET.kvmctl-part-XXXXXX, O_EXCL, so two downloads to one path never write into each
+// other's: each installs a whole, verified file, and the last rename wins), or, in place, an
+// existing device or FIFO. The temp file is removed on every path that does not Install() it:
+// a refusal, a usage error, a lost connection, a signal.
+class LocalFile {
+ public:
+  // Check fd() >= 0; errno tells why not.
+  explicit LocalFile(const LocalDestination& dest) : dest_(dest) {
+    if (dest_.in_place) {
+      fd_ = ::open(dest_.path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
+      return;
+    }
+    static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    std::random_device random;
+    for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
+      std::string suffix(6, '0');
+      for (char& c : suffix) c = kChars[random() % (sizeof kChars - 1)];
+      temp_ = dest_.path + ".kvmctl-part-" + suffix;
+      fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+      if (fd_ < 0 && errno != EEXIST) break;
+    }
+    if (fd_ < 0) temp_.clear();
   }
-  return -1;  // errno is EEXIST
-}
+  ~LocalFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!temp_.empty()) ::unlink(temp_.c_str());
+  }
+  LocalFile(const LocalFile&) = delete;
+  LocalFile& operator=(const LocalFile&) = delete;
+
+  int fd() const { return fd_; }
+
+  // Makes the verified content the destination's. Throws runtime_error naming `shown`.
+  void Install(const std::string& shown) {
+    if (dest_.in_place) {
+      // A device or FIFO: nothing to rename; fsync where it means something (a block device).
+      if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) {
+        throw std::runtime_error("cannot finish " + shown + ": " + std::strerror(errno));
+      }
+      return;
+    }
+    if (::fsync(fd_) != 0 || ::rename(temp_.c_str(), dest_.path.c_str()) != 0) {
+      throw std::runtime_error("cannot finish " + shown + ": " + std::strerror(errno));
+    }
+    temp_.clear();  // installed: nothing to remove
+  }
+
+ private:
+  LocalDestination dest_;
+  std::string temp_;  // the temp file while it is ours to remove
+  int fd_ = -1;
+};
 
 void CopyFromGuest(Options& options, AgentClient& client, const std::string& remote,
                    std::string local, const transfer::Options& topt) {
@@ -219,11 +257,8 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
     options.exit_code = kExitUsage;
     return;
   }
-  // A regular file goes into a temp next to the target, renamed only once the sha256 matched.
-  std::string temp;
-  int fd = dest.in_place ? ::open(dest.path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC)
-                         : CreatePartFile(dest.path, temp);
-  if (fd < 0) {
+  LocalFile file(dest);
+  if (file.fd() < 0) {
     int err = errno;
     if (err == EINTR && PendingInterrupt() != 0) {  // a FIFO nobody read from
       std::fprintf(stderr, "kvmmanager-ctl: %s\n", Interrupted(PendingInterrupt()).what());
@@ -235,18 +270,9 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
     options.exit_code = kExitUsage;
     return;
   }
-  bool ok = false;
   RunTransfer(options, client, [&] {
-    transfer::Outcome out = transfer::Download(client, remote, fd, topt);
-    if (dest.in_place) {
-      // A device or FIFO: nothing to rename; fsync where it means something (a block device).
-      if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) {
-        throw std::runtime_error("cannot finish " + local + ": " + std::strerror(errno));
-      }
-    } else if (::fsync(fd) != 0 || ::rename(temp.c_str(), dest.path.c_str()) != 0) {
-      throw std::runtime_error("cannot finish " + local + ": " + std::strerror(errno));
-    }
-    ok = true;
+    transfer::Outcome out = transfer::Download(client, remote, file.fd(), topt);
+    file.Install(local);
     if (options.json) {
       std::printf(
           "%s\n",
@@ -258,8 +284,6 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
                   out.sha256.c_str());
     }
   });
-  ::close(fd);
-  if (!ok && !dest.in_place) ::unlink(temp.c_str());
 }
 
 std::string FormatTime(int64_t t) {

@@ -2,8 +2,10 @@
 // the host side of a copy.
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
@@ -11,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -149,6 +152,39 @@ TEST_F(CtlFilesTest, ConcurrentDownloadsToOneLocalNameLeaveOneWholeFile) {
     EXPECT_TRUE(got == a || got == b) << "a mix of both downloads (" << got.size() << " bytes)";
     EXPECT_EQ(Names(local_.path()), std::vector<std::string>{"one.bin"});
   }
+}
+
+// A download that fails after its temp file was created leaves nothing behind: the agent's
+// connection lost mid-way (exit 3), and a remote name JSON cannot carry (exit 2).
+TEST_F(CtlFilesTest, FailedDownloadLeavesNoTempFile) {
+  // An "agent" that reads the first requests and hangs up.
+  std::string sock = local_ / "hangup.sock";
+  int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, sock.c_str());
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(listener, 1), 0);
+  std::thread server([&] {
+    int fd = ::accept(listener, nullptr, nullptr);
+    char buf[4096];
+    [[maybe_unused]] ssize_t n = ::read(fd, buf, sizeof buf);
+    ::close(fd);
+  });
+  std::string dest = local_ / "down";
+  fs::create_directory(dest);
+  RunResult lost = RunProgram(
+      {KVM_CTL_BINARY, "--socket", sock, "cp", "-q", ":" + sb_ + "/x.bin", dest + "/x.bin"}, "",
+      std::chrono::seconds(60));
+  server.join();
+  ::close(listener);
+  EXPECT_EQ(lost.exit_code, 3) << lost.err;
+  EXPECT_TRUE(Names(dest).empty()) << Names(dest)[0];
+
+  RunResult bad_name = Ctl({"cp", "-q", ":" + sb_ + "/\xff", dest + "/x"});
+  EXPECT_EQ(bad_name.exit_code, 2) << bad_name.err;
+  EXPECT_NE(bad_name.err.find("not valid UTF-8"), std::string::npos) << bad_name.err;
+  EXPECT_TRUE(Names(dest).empty()) << Names(dest)[0];
 }
 
 }  // namespace
