@@ -52,6 +52,16 @@ bool RefusedAsDirectory(const transfer::TransferError& e) {
          *type == "directory";
 }
 
+// True when the agent's write policy refused an upload's target (file_upload_begin): outside
+// allowed_write_paths, or an allowed entry itself, which a file cannot replace.
+bool RefusedByWritePolicy(const transfer::TransferError& e) {
+  if (e.result.ok || e.method != "file_upload_begin" || !e.result.error_data.is_object()) {
+    return false;
+  }
+  const json::value* policy = e.result.error_data.get_object().if_contains("policy");
+  return policy && *policy == "allowed_write_paths";
+}
+
 // A progress line on stderr, only when it is a terminal.
 transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
   if (!enabled || options.json || !::isatty(STDERR_FILENO)) return nullptr;
@@ -130,10 +140,21 @@ void CopyToGuest(Options& options, AgentClient& client, const std::string& local
       out = upload();
     } catch (const transfer::TransferError& e) {
       // As cp(1) does, an existing directory receives the file under its own name. Learned
-      // from the agent's refusal, so an upload to a file path costs no extra round trip.
-      if (!RefusedAsDirectory(e)) throw;
+      // from the agent's refusal, so an upload to a file path costs no extra round trip. An
+      // allowed write entry that is a directory is refused by the policy instead (it cannot
+      // be replaced): the file may still go into it, so that is tried too, and if the policy
+      // refuses that as well, its first answer stands.
+      bool directory = RefusedAsDirectory(e);
+      if (!directory && !RefusedByWritePolicy(e)) throw;
+      std::string first = remote;
       remote = JoinPath(remote, BaseName(local));
-      out = upload();
+      try {
+        out = upload();
+      } catch (const transfer::TransferError& again) {
+        if (directory || !RefusedByWritePolicy(again)) throw;
+        remote = first;
+        throw e;
+      }
     }
     if (options.json) {
       std::printf("%s\n",

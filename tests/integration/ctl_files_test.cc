@@ -187,5 +187,24 @@ TEST_F(CtlFilesTest, FailedDownloadLeavesNoTempFile) {
   EXPECT_TRUE(Names(dest).empty()) << Names(dest)[0];
 }
 
+// `cp FILE :ENTRY` where ENTRY is the allowed write directory itself (the default config's
+// /tmp/kvmmanager): the file goes into it under its own name, as into any directory.
+TEST_F(CtlFilesTest, UploadToTheAllowedEntryItselfGoesIntoIt) {
+  WriteFile(local_ / "src.txt", "into the entry\n");
+  RunResult up = Ctl({"cp", "-q", local_ / "src.txt", ":" + sb_});
+  EXPECT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/src.txt"), "into the entry\n");
+  EXPECT_NE(up.out.find(":" + sb_ + "/src.txt "), std::string::npos) << up.out;
+  // A refusal of the file inside is the agent's answer (here: -n and the file exists).
+  RunResult again = Ctl({"cp", "-q", "-n", local_ / "src.txt", ":" + sb_});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("exists"), std::string::npos) << again.err;
+  // Outside every entry the policy's first answer stands.
+  RunResult outside = Ctl({"cp", "-q", local_ / "src.txt", ":" + local_.path()});
+  EXPECT_EQ(outside.exit_code, 1);
+  EXPECT_NE(outside.err.find("'" + local_.path() + "'"), std::string::npos) << outside.err;
+  EXPECT_FALSE(fs::exists(sb_ + "/src.txt/src.txt"));
+}
+
 }  // namespace
 }  // namespace kvm::test
