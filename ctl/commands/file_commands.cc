@@ -88,9 +88,13 @@ bool IsLocalDirectory(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-// Runs a transfer step; maps failures to ctl exit codes.
+constexpr const char* kNotUtf8 = "the path is not valid UTF-8, which JSON cannot carry";
+
+// Runs a transfer step; maps failures to ctl exit codes. A path JSON cannot carry fails this
+// copy only (exit 2), naming `subject`: it is found before anything is sent, so the other
+// files of a cp go on.
 template <class Fn>
-void RunTransfer(Options& options, AgentClient& client, Fn&& fn) {
+void RunTransfer(Options& options, AgentClient& client, const std::string& subject, Fn&& fn) {
   client.set_stop_on_interrupt(true);  // the caller holds an InterruptScope
   try {
     fn();
@@ -102,6 +106,10 @@ void RunTransfer(Options& options, AgentClient& client, Fn&& fn) {
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     if (e.result.error_code != 0) PrintRpcError(e.result);
     options.exit_code = kExitRpcError;
+  } catch (const UnsendableRequest&) {
+    std::fprintf(stderr, "kvmmanager-ctl: cannot copy %s: %s\n", ForTerminal(subject).c_str(),
+                 kNotUtf8);
+    options.exit_code = kExitUsage;
   } catch (const ClientError&) {
     throw;
   } catch (const std::runtime_error& e) {
@@ -131,7 +139,7 @@ void CopyToGuest(Options& options, AgentClient& client, const std::string& local
   }
   std::string remote = remote_in;
   if (!remote.empty() && remote.back() == '/') remote += BaseName(local);
-  RunTransfer(options, client, [&] {
+  RunTransfer(options, client, local, [&] {
     auto upload = [&] {
       return transfer::Upload(client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
     };
@@ -291,7 +299,7 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
     options.exit_code = kExitUsage;
     return;
   }
-  RunTransfer(options, client, [&] {
+  RunTransfer(options, client, ":" + remote, [&] {
     transfer::Outcome out = transfer::Download(client, remote, file.fd(), topt);
     file.Install(local);
     if (options.json) {
@@ -346,9 +354,14 @@ CallResult ListDirectory(AgentClient& client, const std::string& path, json::arr
   }
 }
 
+// False also for a path JSON cannot carry: copying it then fails as a file, on its own.
 bool IsRemoteDirectory(AgentClient& client, const std::string& path) {
-  CallResult st = client.Call("file_stat", {{"path", path}});
-  return st.ok && Text(Field(st.result, "type")) == "directory";
+  try {
+    CallResult st = client.Call("file_stat", {{"path", path}});
+    return st.ok && Text(Field(st.result, "type")) == "directory";
+  } catch (const UnsendableRequest&) {
+    return false;
+  }
 }
 
 // One cp: its files and trees, one after the other as cp(1) does. A failed file or entry is
@@ -381,7 +394,15 @@ struct CopyJob {
   }
 
   bool RemoteMkdir(AgentClient& client, const std::string& dir) {
-    CallResult r = client.Call("file_mkdir", {{"path", dir}, {"parents", true}});
+    CallResult r;
+    try {
+      r = client.Call("file_mkdir", {{"path", dir}, {"parents", true}});
+    } catch (const UnsendableRequest&) {  // this directory only; the rest goes on
+      std::fprintf(stderr, "kvmmanager-ctl: cannot create :%s: %s\n", ForTerminal(dir).c_str(),
+                   kNotUtf8);
+      Fail(kExitUsage);
+      return false;
+    }
     if (r.ok) return true;
     std::fprintf(stderr, "kvmmanager-ctl: cannot create :%s\n", ForTerminal(dir).c_str());
     PrintRpcError(r);
@@ -585,7 +606,7 @@ void AddFileCommands(CLI::App& app, Options& options) {
   cat->callback([&options, cat_path] {
     InterruptScope interrupts;
     auto client = Connect(options);
-    RunTransfer(options, *client, [&] {
+    RunTransfer(options, *client, *cat_path, [&] {
       transfer::Stream(*client, StripColon(*cat_path), STDOUT_FILENO, transfer::Options{});
     });
   });

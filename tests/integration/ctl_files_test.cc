@@ -206,5 +206,38 @@ TEST_F(CtlFilesTest, UploadToTheAllowedEntryItselfGoesIntoIt) {
   EXPECT_FALSE(fs::exists(sb_ + "/src.txt/src.txt"));
 }
 
+// A local name JSON cannot carry (not UTF-8) fails that file alone, named on stderr; the
+// others of the copy still go (exit 2 at the end), with several sources and with -r.
+TEST_F(CtlFilesTest, SourceNameThatIsNotUtf8FailsOnlyThatFile) {
+  std::string bad = local_ / "bad\xffname";
+  WriteFile(bad, "bad");
+  WriteFile(local_ / "src.txt", "good\n");
+  fs::create_directory(sb_ + "/ms3");
+  RunResult several = Ctl({"cp", "-q", bad, local_ / "src.txt", ":" + sb_ + "/ms3/"});
+  EXPECT_EQ(several.exit_code, 2) << several.err;
+  EXPECT_NE(several.err.find("cannot copy " + local_.path() +
+                             "/bad\xffname: the path is not valid UTF-8"),
+            std::string::npos)
+      << several.err;
+  EXPECT_NE(several.err.find("not valid UTF-8"), std::string::npos) << several.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/ms3/src.txt"), "good\n");
+
+  std::string tree = local_ / "tree";
+  fs::create_directories(tree + "/sub\xfe/deeper");
+  WriteFile(tree + "/a\xff", "a");
+  WriteFile(tree + "/sub\xfe/deeper/lost", "lost");
+  WriteFile(tree + "/z.txt", "z\n");
+  fs::create_directory(tree + "/ok");
+  WriteFile(tree + "/ok/y.txt", "y\n");
+  RunResult r = Ctl({"cp", "-r", "-q", tree, ":" + sb_ + "/t"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/t/z.txt"), "z\n");
+  EXPECT_EQ(ReadFileText(sb_ + "/t/ok/y.txt"), "y\n");
+  EXPECT_NE(r.err.find("cannot copy " + tree + "/a\xff: the path"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("cannot create :" + sb_ + "/t/sub\xfe: the path"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(Names(sb_ + "/t"), (std::vector<std::string>{"ok", "z.txt"}));
+}
+
 }  // namespace
 }  // namespace kvm::test
