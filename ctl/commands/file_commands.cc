@@ -572,7 +572,9 @@ void AddFileCommands(CLI::App& app, Options& options) {
     std::optional<bool> dst_is_dir;
     auto destination_is_dir = [&] {
       if (!dst_is_dir) {
-        dst_is_dir = sources.size() > 1 || target.back() == '/' ||
+        // As cp(1): a trailing slash on a destination that does not exist does not make it
+        // one; the tree's contents go into a new directory of that name.
+        dst_is_dir = sources.size() > 1 ||
                      (upload ? IsRemoteDirectory(*client, target) : IsLocalDirectory(target));
       }
       return *dst_is_dir;

@@ -239,5 +239,37 @@ TEST_F(CtlFilesTest, SourceNameThatIsNotUtf8FailsOnlyThatFile) {
   EXPECT_EQ(Names(sb_ + "/t"), (std::vector<std::string>{"ok", "z.txt"}));
 }
 
+// cp -r to a new destination written with a trailing slash creates it with the tree's
+// contents, as cp(1) does, both ways; a file to a missing directory names the destination.
+TEST_F(CtlFilesTest, TrailingSlashOnANewDestinationDoesNotMakeItAnExistingDirectory) {
+  fs::create_directories(sb_ + "/t1/a/sub");
+  WriteFile(sb_ + "/t1/a/sub/f", "f\n");
+  std::string dlnew = local_ / "dlnew";
+  RunResult down = Ctl({"cp", "-r", "-q", ":" + sb_ + "/t1/a", dlnew + "/"});
+  EXPECT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_EQ(ReadFileText(dlnew + "/sub/f"), "f\n");
+  EXPECT_FALSE(fs::exists(dlnew + "/a"));
+
+  std::string tree = local_ / "tree";
+  fs::create_directories(tree + "/sub");
+  WriteFile(tree + "/sub/g", "g\n");
+  RunResult up = Ctl({"cp", "-r", "-q", tree + "/", ":" + sb_ + "/t2/"});
+  EXPECT_EQ(up.exit_code, 0) << up.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/t2/sub/g"), "g\n");
+  EXPECT_FALSE(fs::exists(sb_ + "/t2/tree"));
+
+  // Existing directories still receive the tree under its own name.
+  RunResult again = Ctl({"cp", "-r", "-q", tree, ":" + sb_ + "/t2/"});
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(ReadFileText(sb_ + "/t2/tree/sub/g"), "g\n");
+
+  RunResult missing = Ctl({"cp", "-q", ":" + sb_ + "/t1/a/sub/f", local_ / "nodir/"});
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.err.find("cannot create " + local_.path() + "/nodir/: Not a directory"),
+            std::string::npos)
+      << missing.err;
+  EXPECT_EQ(missing.err.find("kvmctl-part"), std::string::npos) << missing.err;
+}
+
 }  // namespace
 }  // namespace kvm::test
