@@ -106,6 +106,9 @@ void RunTransfer(Options& options, AgentClient& client, const std::string& subje
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     if (e.result.error_code != 0) PrintRpcError(e.result);
     options.exit_code = kExitRpcError;
+  } catch (const transfer::LocalError& e) {
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    options.exit_code = kExitUsage;
   } catch (const UnsendableRequest&) {
     std::fprintf(stderr, "kvmmanager-ctl: cannot copy %s: %s\n", ForTerminal(subject).c_str(),
                  kNotUtf8);
@@ -253,17 +256,17 @@ class LocalFile {
 
   int fd() const { return fd_; }
 
-  // Makes the verified content the destination's. Throws runtime_error naming `shown`.
+  // Makes the verified content the destination's. Throws LocalError naming `shown`.
   void Install(const std::string& shown) {
     if (dest_.in_place) {
       // A device or FIFO: nothing to rename; fsync where it means something (a block device).
       if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) {
-        throw std::runtime_error("cannot finish " + shown + ": " + std::strerror(errno));
+        throw transfer::LocalError("cannot finish " + shown + ": " + std::strerror(errno));
       }
       return;
     }
     if (::fsync(fd_) != 0 || ::rename(temp_.c_str(), dest_.path.c_str()) != 0) {
-      throw std::runtime_error("cannot finish " + shown + ": " + std::strerror(errno));
+      throw transfer::LocalError("cannot finish " + shown + ": " + std::strerror(errno));
     }
     temp_.clear();  // installed: nothing to remove
   }

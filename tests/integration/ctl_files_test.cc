@@ -271,5 +271,20 @@ TEST_F(CtlFilesTest, TrailingSlashOnANewDestinationDoesNotMakeItAnExistingDirect
   EXPECT_EQ(missing.err.find("kvmctl-part"), std::string::npos) << missing.err;
 }
 
+// A local write that fails (here: a full disk, /dev/full) is a local file problem, exit 2 as
+// documented, for cat and for cp.
+TEST_F(CtlFilesTest, LocalWriteErrorExitsTwo) {
+  WriteFile(sb_ + "/big", RandomBytes(200000, 4));
+  RunResult cat = RunProgram({"/bin/sh", "-c", "exec \"$0\" \"$@\" >/dev/full", KVM_CTL_BINARY,
+                              "--socket", agent_.socket_path(), "cat", ":" + sb_ + "/big"});
+  EXPECT_EQ(cat.exit_code, 2) << cat.err;
+  EXPECT_NE(cat.err.find("local write: No space left on device"), std::string::npos) << cat.err;
+  std::string full = local_ / "full";
+  fs::create_symlink("/dev/full", full);
+  RunResult cp = Ctl({"cp", "-q", ":" + sb_ + "/big", full});
+  EXPECT_EQ(cp.exit_code, 2) << cp.err;
+  EXPECT_NE(cp.err.find("local write: No space left on device"), std::string::npos) << cp.err;
+}
+
 }  // namespace
 }  // namespace kvm::test

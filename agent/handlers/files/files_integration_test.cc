@@ -1135,7 +1135,7 @@ TEST_F(FileMethodsTest, CtlDownloadThatCannotBeWrittenLocallyFailsAndLeavesNothi
       RunProgram({"/bin/sh", "-c", "ulimit -f 64; trap '' XFSZ; exec \"$0\" \"$@\"", KVM_CTL_BINARY,
                   "--socket", f_.agent().socket_path(), "cp", ":" + sb_ + "/remote.bin", target},
                  "", std::chrono::seconds(60));
-  EXPECT_EQ(down.exit_code, 1) << down.err;
+  EXPECT_EQ(down.exit_code, 2) << down.err;  // a local file problem
   EXPECT_NE(down.err.find("local write: File too large"), std::string::npos) << down.err;
   EXPECT_FALSE(fs::exists(target));
   EXPECT_FALSE(PartFileSize(target).has_value());
@@ -1201,7 +1201,7 @@ TEST_F(FileMethodsTest, CtlDownloadTooLargeForTheLocalDiskFailsAtOnceAndLeavesNo
   if (!small.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here: " << small.error();
   WriteFile(sb_ + "/remote.bin", RandomBytes(1000000, 9));
   RunResult down = Ctl({"cp", ":" + sb_ + "/remote.bin", f_.box("small") + "/back.bin"});
-  EXPECT_EQ(down.exit_code, 1) << down.err;
+  EXPECT_EQ(down.exit_code, 2) << down.err;  // a local file problem
   EXPECT_NE(down.err.find("local write: No space left on device (1000000 bytes needed)"),
             std::string::npos)
       << down.err;
