@@ -673,10 +673,10 @@ void AddFileCommands(CLI::App& app, Options& options) {
   auto* rm = app.add_subcommand("rm", "delete a guest file (or empty directory)");
   auto rm_path = std::make_shared<std::string>();
   rm->add_option("path", *rm_path, ":REMOTE path")->required();
+  // Quiet on success, as rm(1); --json prints the agent's result.
   rm->callback([&options, rm_path] {
-    auto client = Connect(options);
-    CallResult r = CallOrPrint(*client, "file_delete", {{"path", StripColon(*rm_path)}});
-    if (!r.ok) options.exit_code = kExitRpcError;
+    CallAndShow(options, "file_delete", {{"path", StripColon(*rm_path)}},
+                [](const json::value&) {});
   });
 
   // mkdir
@@ -685,11 +685,11 @@ void AddFileCommands(CLI::App& app, Options& options) {
   auto parents = std::make_shared<bool>(false);
   mkdir->add_option("path", *mk_path, ":REMOTE path")->required();
   mkdir->add_flag("-p,--parents", *parents, "create missing parents; no error if it exists");
+  // Quiet on success, as mkdir(1); --json prints the agent's result (created: false for an
+  // existing directory with -p).
   mkdir->callback([&options, mk_path, parents] {
-    auto client = Connect(options);
-    CallResult r =
-        CallOrPrint(*client, "file_mkdir", {{"path", StripColon(*mk_path)}, {"parents", *parents}});
-    if (!r.ok) options.exit_code = kExitRpcError;
+    CallAndShow(options, "file_mkdir", {{"path", StripColon(*mk_path)}, {"parents", *parents}},
+                [](const json::value&) {});
   });
 }
 

@@ -286,5 +286,25 @@ TEST_F(CtlFilesTest, LocalWriteErrorExitsTwo) {
   EXPECT_NE(cp.err.find("local write: No space left on device"), std::string::npos) << cp.err;
 }
 
+// rm and mkdir print nothing on success, and the agent's result with --json.
+TEST_F(CtlFilesTest, RmAndMkdirPrintTheResultWithJson) {
+  RunResult made = Ctl({"--json", "mkdir", "-p", ":" + sb_ + "/d/e"});
+  EXPECT_EQ(made.exit_code, 0) << made.err;
+  EXPECT_EQ(ParseJson(made.out).at("created"), true) << made.out;
+  RunResult again = Ctl({"--json", "mkdir", "-p", ":" + sb_ + "/d/e"});
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(ParseJson(again.out).at("created"), false) << again.out;
+  RunResult plain = Ctl({"mkdir", "-p", ":" + sb_ + "/d/e"});
+  EXPECT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(plain.out, "");
+  RunResult rm = Ctl({"--json", "rm", ":" + sb_ + "/d/e"});
+  EXPECT_EQ(rm.exit_code, 0) << rm.err;
+  EXPECT_TRUE(ParseJson(rm.out).is_object()) << rm.out;
+  EXPECT_FALSE(fs::exists(sb_ + "/d/e"));
+  RunResult missing = Ctl({"--json", "rm", ":" + sb_ + "/d/e"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_EQ(missing.out, "");
+}
+
 }  // namespace
 }  // namespace kvm::test
