@@ -388,6 +388,8 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
     }
     throw;
   }
+  // No chunk reported progress for an empty file; its bar (the summary on a terminal) is due.
+  if (size == 0 && options.progress) options.progress(0, 0);
   Outcome out{size, hash.FinishHex()};
   CallResult commit = client.Call("file_upload_commit",
                                   {{"handle", handle}, {"sha256", out.sha256}, {"size", size}});

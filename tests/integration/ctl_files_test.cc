@@ -306,5 +306,18 @@ TEST_F(CtlFilesTest, RmAndMkdirPrintTheResultWithJson) {
   EXPECT_EQ(missing.out, "");
 }
 
+// On a terminal (a pty from script(1)), an empty file's upload shows its progress line like
+// any other file, not nothing.
+TEST_F(CtlFilesTest, EmptyUploadOnATerminalShowsItsProgressLine) {
+  if (::access("/usr/bin/script", X_OK) != 0) GTEST_SKIP() << "no script(1) here";
+  WriteFile(local_ / "empty", "");
+  std::string command = std::string(KVM_CTL_BINARY) + " --socket " + agent_.socket_path() + " cp " +
+                        local_ / "empty" + " :" + sb_ + "/";
+  RunResult r = RunProgram({"/usr/bin/script", "-qec", command, "/dev/null"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("100.0%"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(sb_ + "/empty"));
+}
+
 }  // namespace
 }  // namespace kvm::test
