@@ -1,6 +1,7 @@
 // cp, cat, ls, stat, rm, mkdir: files in the guest, within the agent's allowed paths.
 // A remote path is written with a leading ':' (cp needs it to tell the direction).
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -121,6 +122,41 @@ void RunTransfer(Options& options, AgentClient& client, const std::string& subje
   }
 }
 
+// A local procfs/sysfs file reports size 0 yet has content: it is read to its end into memory
+// (a memfd), at most one byte past the agent's max_file_size_mb so the agent refuses a larger
+// one, and that copy is uploaded. Returns the memfd and sets `size`, or prints why and
+// returns -1.
+int SnapshotOfSizeZeroFile(AgentClient& client, const std::string& local, int fd, uint64_t& size) {
+  uint64_t limit = uint64_t{10} << 20;  // the agent's default, if it does not tell
+  CallResult info = client.Call("get_agent_info");
+  json::error_code ec;
+  if (info.ok && info.result.is_object()) {
+    const json::value* mb = info.result.find_pointer("/limits/max_file_size_mb", ec);
+    if (mb != nullptr && mb->is_number()) limit = mb->to_number<uint64_t>(ec) << 20;
+  }
+  int mem = ::memfd_create("kvmctl-upload", MFD_CLOEXEC);
+  if (mem < 0) {
+    std::fprintf(stderr, "kvmmanager-ctl: cannot copy %s: memfd_create: %s\n",
+                 ForTerminal(local).c_str(), std::strerror(errno));
+    return -1;
+  }
+  std::string buf(65536, '\0');
+  size = 0;
+  while (size <= limit) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) return mem;
+    if (n < 0 || ::write(mem, buf.data(), static_cast<size_t>(n)) != n) {
+      std::fprintf(stderr, "kvmmanager-ctl: cannot read %s: %s\n", ForTerminal(local).c_str(),
+                   std::strerror(errno));
+      ::close(mem);
+      return -1;
+    }
+    size += static_cast<uint64_t>(n);
+  }
+  return mem;  // past the limit: the agent's refusal says so
+}
+
 void CopyToGuest(Options& options, AgentClient& client, const std::string& local,
                  const std::string& remote_in, const transfer::Options& topt) {
   InterruptScope interrupts;  // Ctrl-C aborts the upload session instead of leaving it behind
@@ -140,12 +176,23 @@ void CopyToGuest(Options& options, AgentClient& client, const std::string& local
     options.exit_code = kExitUsage;
     return;
   }
+  auto size = static_cast<uint64_t>(st.st_size);
+  if (size == 0) {
+    char probe;
+    if (::pread(fd, &probe, 1, 0) > 0) {  // procfs/sysfs: size 0, yet content
+      int copy = SnapshotOfSizeZeroFile(client, local, fd, size);
+      ::close(fd);
+      if (copy < 0) {
+        options.exit_code = kExitUsage;
+        return;
+      }
+      fd = copy;
+    }
+  }
   std::string remote = remote_in;
   if (!remote.empty() && remote.back() == '/') remote += BaseName(local);
   RunTransfer(options, client, local, [&] {
-    auto upload = [&] {
-      return transfer::Upload(client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
-    };
+    auto upload = [&] { return transfer::Upload(client, fd, size, remote, topt); };
     transfer::Outcome out;
     try {
       out = upload();

@@ -319,5 +319,14 @@ TEST_F(CtlFilesTest, EmptyUploadOnATerminalShowsItsProgressLine) {
   EXPECT_TRUE(fs::exists(sb_ + "/empty"));
 }
 
+// A local procfs file reports size 0 yet has content: the upload carries that content.
+TEST_F(CtlFilesTest, UploadOfAProcfsFileCarriesItsContent) {
+  RunResult r = Ctl({"cp", "-q", "/proc/self/mountinfo", ":" + sb_ + "/"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::string got = ReadFileText(sb_ + "/mountinfo");
+  EXPECT_NE(got.find(" / "), std::string::npos) << got;
+  EXPECT_NE(r.out.find(std::to_string(got.size()) + " bytes"), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace kvm::test
