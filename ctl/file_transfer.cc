@@ -150,7 +150,7 @@ void WriteFully(int fd, const char* data, size_t size) {
     ssize_t n = ::write(fd, data, size);
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw std::runtime_error(std::string("local write: ") + std::strerror(errno));
+      throw LocalError(std::string("local write: ") + std::strerror(errno));
     }
     data += n;
     size -= static_cast<size_t>(n);
@@ -169,7 +169,7 @@ void WritevFully(int fd, const std::vector<std::string>& pieces) {
     ssize_t n = ::writev(fd, &iov[first], count);
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw std::runtime_error(std::string("local write: ") + std::strerror(errno));
+      throw LocalError(std::string("local write: ") + std::strerror(errno));
     }
     for (auto left = static_cast<size_t>(n); left > 0;) {
       size_t step = std::min(left, iov[first].iov_len);
@@ -189,8 +189,8 @@ void ReserveSpace(int fd, uint64_t size) {
   if (size == 0) return;
   if (::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(size)) == 0) return;
   if (errno == ENOSPC || errno == EDQUOT) {
-    throw std::runtime_error(std::string("local write: ") + std::strerror(errno) + " (" +
-                             std::to_string(size) + " bytes needed)");
+    throw LocalError(std::string("local write: ") + std::strerror(errno) + " (" +
+                     std::to_string(size) + " bytes needed)");
   }
 }
 
@@ -330,8 +330,8 @@ void UploadChunks(AgentClient& client, Pipeline& pipe, int local_fd, uint64_t si
       if (n <= 0) {
         pipe.Drain();
         client.Call("file_upload_abort", {{"handle", handle}});
-        throw std::runtime_error(n == 0 ? "local file shrank during the upload"
-                                        : std::string("local read: ") + std::strerror(errno));
+        throw LocalError(n == 0 ? "local file shrank during the upload"
+                                : std::string("local read: ") + std::strerror(errno));
       }
       std::string_view piece(buf.data(), static_cast<size_t>(n));
       hash.Update(piece);
@@ -388,6 +388,8 @@ Outcome Upload(AgentClient& client, int local_fd, uint64_t size, const std::stri
     }
     throw;
   }
+  // No chunk reported progress for an empty file; its bar (the summary on a terminal) is due.
+  if (size == 0 && options.progress) options.progress(0, 0);
   Outcome out{size, hash.FinishHex()};
   CallResult commit = client.Call("file_upload_commit",
                                   {{"handle", handle}, {"sha256", out.sha256}, {"size", size}});

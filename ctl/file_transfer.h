@@ -20,6 +20,12 @@ class TransferError : public std::runtime_error {
   std::string method;  // the agent method that answered `result`; empty for a local failure
 };
 
+// A local read or write failed (disk full, I/O error, a file that shrank): ctl's exit code 2.
+class LocalError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
 
 struct Options {

@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
   CLI::App app{
       "kvmmanager-ctl: host-side client for kvmmanager-agent (JSON-RPC 2.0 over a unix socket:\n"
       "the agent's --listen socket or the host end of the VM's virtio-serial channel).\n"
-      "Exit codes: 0 success, 1 the agent answered with an error, 2 bad usage,\n"
+      "Exit codes: 0 success, 1 the agent answered with an error (or a copy's sha256 check\n"
+      "failed), 2 bad usage or a local file problem (cannot read or write it, disk full),\n"
       "3 no answer (cannot connect, timeout, malformed reply), 128+N cp/cat stopped by\n"
       "signal N (partial download removed, upload aborted)."};
   app.set_version_flag("-V,--version", std::string("kvmmanager-ctl ") + KVM_AGENT_VERSION);

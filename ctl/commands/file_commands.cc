@@ -1,14 +1,18 @@
 // cp, cat, ls, stat, rm, mkdir: files in the guest, within the agent's allowed paths.
 // A remote path is written with a leading ':' (cp needs it to tell the direction).
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <optional>
+#include <random>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <string>
@@ -49,6 +53,16 @@ bool RefusedAsDirectory(const transfer::TransferError& e) {
          *type == "directory";
 }
 
+// True when the agent's write policy refused an upload's target (file_upload_begin): outside
+// allowed_write_paths, or an allowed entry itself, which a file cannot replace.
+bool RefusedByWritePolicy(const transfer::TransferError& e) {
+  if (e.result.ok || e.method != "file_upload_begin" || !e.result.error_data.is_object()) {
+    return false;
+  }
+  const json::value* policy = e.result.error_data.get_object().if_contains("policy");
+  return policy && *policy == "allowed_write_paths";
+}
+
 // A progress line on stderr, only when it is a terminal.
 transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
   if (!enabled || options.json || !::isatty(STDERR_FILENO)) return nullptr;
@@ -70,9 +84,18 @@ transfer::ProgressFn MakeProgress(const Options& options, bool enabled) {
   };
 }
 
-// Runs a transfer step; maps failures to ctl exit codes.
+bool IsLocalDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+constexpr const char* kNotUtf8 = "the path is not valid UTF-8, which JSON cannot carry";
+
+// Runs a transfer step; maps failures to ctl exit codes. A path JSON cannot carry fails this
+// copy only (exit 2), naming `subject`: it is found before anything is sent, so the other
+// files of a cp go on.
 template <class Fn>
-void RunTransfer(Options& options, AgentClient& client, Fn&& fn) {
+void RunTransfer(Options& options, AgentClient& client, const std::string& subject, Fn&& fn) {
   client.set_stop_on_interrupt(true);  // the caller holds an InterruptScope
   try {
     fn();
@@ -84,12 +107,54 @@ void RunTransfer(Options& options, AgentClient& client, Fn&& fn) {
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     if (e.result.error_code != 0) PrintRpcError(e.result);
     options.exit_code = kExitRpcError;
+  } catch (const transfer::LocalError& e) {
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    options.exit_code = kExitUsage;
+  } catch (const UnsendableRequest&) {
+    std::fprintf(stderr, "kvmmanager-ctl: cannot copy %s: %s\n", ForTerminal(subject).c_str(),
+                 kNotUtf8);
+    options.exit_code = kExitUsage;
   } catch (const ClientError&) {
     throw;
   } catch (const std::runtime_error& e) {
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     options.exit_code = kExitRpcError;
   }
+}
+
+// A local procfs/sysfs file reports size 0 yet has content: it is read to its end into memory
+// (a memfd), at most one byte past the agent's max_file_size_mb so the agent refuses a larger
+// one, and that copy is uploaded. Returns the memfd and sets `size`, or prints why and
+// returns -1.
+int SnapshotOfSizeZeroFile(AgentClient& client, const std::string& local, int fd, uint64_t& size) {
+  uint64_t limit = uint64_t{10} << 20;  // the agent's default, if it does not tell
+  CallResult info = client.Call("get_agent_info");
+  json::error_code ec;
+  if (info.ok && info.result.is_object()) {
+    const json::value* mb = info.result.find_pointer("/limits/max_file_size_mb", ec);
+    if (mb != nullptr && mb->is_number()) limit = mb->to_number<uint64_t>(ec) << 20;
+  }
+  int mem = ::memfd_create("kvmctl-upload", MFD_CLOEXEC);
+  if (mem < 0) {
+    std::fprintf(stderr, "kvmmanager-ctl: cannot copy %s: memfd_create: %s\n",
+                 ForTerminal(local).c_str(), std::strerror(errno));
+    return -1;
+  }
+  std::string buf(65536, '\0');
+  size = 0;
+  while (size <= limit) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) return mem;
+    if (n < 0 || ::write(mem, buf.data(), static_cast<size_t>(n)) != n) {
+      std::fprintf(stderr, "kvmmanager-ctl: cannot read %s: %s\n", ForTerminal(local).c_str(),
+                   std::strerror(errno));
+      ::close(mem);
+      return -1;
+    }
+    size += static_cast<uint64_t>(n);
+  }
+  return mem;  // past the limit: the agent's refusal says so
 }
 
 void CopyToGuest(Options& options, AgentClient& client, const std::string& local,
@@ -111,21 +176,43 @@ void CopyToGuest(Options& options, AgentClient& client, const std::string& local
     options.exit_code = kExitUsage;
     return;
   }
+  auto size = static_cast<uint64_t>(st.st_size);
+  if (size == 0) {
+    char probe;
+    if (::pread(fd, &probe, 1, 0) > 0) {  // procfs/sysfs: size 0, yet content
+      int copy = SnapshotOfSizeZeroFile(client, local, fd, size);
+      ::close(fd);
+      if (copy < 0) {
+        options.exit_code = kExitUsage;
+        return;
+      }
+      fd = copy;
+    }
+  }
   std::string remote = remote_in;
   if (!remote.empty() && remote.back() == '/') remote += BaseName(local);
-  RunTransfer(options, client, [&] {
-    auto upload = [&] {
-      return transfer::Upload(client, fd, static_cast<uint64_t>(st.st_size), remote, topt);
-    };
+  RunTransfer(options, client, local, [&] {
+    auto upload = [&] { return transfer::Upload(client, fd, size, remote, topt); };
     transfer::Outcome out;
     try {
       out = upload();
     } catch (const transfer::TransferError& e) {
       // As cp(1) does, an existing directory receives the file under its own name. Learned
-      // from the agent's refusal, so an upload to a file path costs no extra round trip.
-      if (!RefusedAsDirectory(e)) throw;
+      // from the agent's refusal, so an upload to a file path costs no extra round trip. An
+      // allowed write entry that is a directory is refused by the policy instead (it cannot
+      // be replaced): the file may still go into it, so that is tried too, and if the policy
+      // refuses that as well, its first answer stands.
+      bool directory = RefusedAsDirectory(e);
+      if (!directory && !RefusedByWritePolicy(e)) throw;
+      std::string first = remote;
       remote = JoinPath(remote, BaseName(local));
-      out = upload();
+      try {
+        out = upload();
+      } catch (const transfer::TransferError& again) {
+        if (directory || !RefusedByWritePolicy(again)) throw;
+        remote = first;
+        throw e;
+      }
     }
     if (options.json) {
       std::printf("%s\n",
@@ -141,29 +228,130 @@ void CopyToGuest(Options& options, AgentClient& client, const std::string& local
   ::close(fd);
 }
 
+// Where a download lands, as cp(1) decides it: a regular file (new or existing) is replaced by
+// a temp file renamed over it once the sha256 matched; an existing device, FIFO or socket is
+// written in place (a rename would replace the node itself, e.g. the host's /dev/null); a
+// symbolic link is followed, so its target receives the file and the link stays.
+struct LocalDestination {
+  std::string path;       // the file replaced or written (a symbolic link's target)
+  bool in_place = false;  // write into `path` itself
+};
+
+// Fills `out`, or returns false with the reason in `error`.
+bool ResolveDestination(const std::string& local, LocalDestination& out, std::string& error) {
+  out = LocalDestination{local, false};
+  struct stat st;
+  if (::lstat(local.c_str(), &st) != 0) {
+    if (errno == ENOENT && !local.empty() && local.back() == '/') errno = ENOTDIR;
+    if (errno == ENOENT) return true;  // a new file
+    error = std::strerror(errno);
+    return false;
+  }
+  if (S_ISLNK(st.st_mode)) {
+    if (::stat(local.c_str(), &st) != 0) {
+      // As GNU cp: creating a file where a dangling link points is rarely what was meant.
+      error =
+          errno == ENOENT ? "not writing through a dangling symbolic link" : std::strerror(errno);
+      return false;
+    }
+    char* real = ::realpath(local.c_str(), nullptr);
+    if (real == nullptr) {
+      error = std::strerror(errno);
+      return false;
+    }
+    out.path = real;
+    std::free(real);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    error = "it is a directory";
+    return false;
+  }
+  out.in_place = !S_ISREG(st.st_mode);
+  return true;
+}
+
+// The file a download writes: a temp file beside the target under a name of its own
+// (TARGET.kvmctl-part-XXXXXX, O_EXCL, so two downloads to one path never write into each
+// other's: each installs a whole, verified file, and the last rename wins), or, in place, an
+// existing device or FIFO. The temp file is removed on every path that does not Install() it:
+// a refusal, a usage error, a lost connection, a signal.
+class LocalFile {
+ public:
+  // Check fd() >= 0; errno tells why not.
+  explicit LocalFile(const LocalDestination& dest) : dest_(dest) {
+    if (dest_.in_place) {
+      fd_ = ::open(dest_.path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC);
+      return;
+    }
+    static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    std::random_device random;
+    for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
+      std::string suffix(6, '0');
+      for (char& c : suffix) c = kChars[random() % (sizeof kChars - 1)];
+      temp_ = dest_.path + ".kvmctl-part-" + suffix;
+      fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+      if (fd_ < 0 && errno != EEXIST) break;
+    }
+    if (fd_ < 0) temp_.clear();
+  }
+  ~LocalFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!temp_.empty()) ::unlink(temp_.c_str());
+  }
+  LocalFile(const LocalFile&) = delete;
+  LocalFile& operator=(const LocalFile&) = delete;
+
+  int fd() const { return fd_; }
+
+  // Makes the verified content the destination's. Throws LocalError naming `shown`.
+  void Install(const std::string& shown) {
+    if (dest_.in_place) {
+      // A device or FIFO: nothing to rename; fsync where it means something (a block device).
+      if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) {
+        throw transfer::LocalError("cannot finish " + shown + ": " + std::strerror(errno));
+      }
+      return;
+    }
+    if (::fsync(fd_) != 0 || ::rename(temp_.c_str(), dest_.path.c_str()) != 0) {
+      throw transfer::LocalError("cannot finish " + shown + ": " + std::strerror(errno));
+    }
+    temp_.clear();  // installed: nothing to remove
+  }
+
+ private:
+  LocalDestination dest_;
+  std::string temp_;  // the temp file while it is ours to remove
+  int fd_ = -1;
+};
+
 void CopyFromGuest(Options& options, AgentClient& client, const std::string& remote,
                    std::string local, const transfer::Options& topt) {
   InterruptScope interrupts;  // Ctrl-C removes the partial file instead of leaving it behind
-  struct stat st;
-  if (local == "." || (::stat(local.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
-    local = JoinPath(local, BaseName(remote));
-  }
-  // Into a temp next to the target, renamed only once the sha256 matched.
-  std::string temp = local + ".kvmctl-part";
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", temp.c_str(),
-                 std::strerror(errno));
+  if (local == "." || IsLocalDirectory(local)) local = JoinPath(local, BaseName(remote));
+  LocalDestination dest;
+  std::string error;
+  if (!ResolveDestination(local, dest, error)) {
+    std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", ForTerminal(local).c_str(),
+                 error.c_str());
     options.exit_code = kExitUsage;
     return;
   }
-  bool ok = false;
-  RunTransfer(options, client, [&] {
-    transfer::Outcome out = transfer::Download(client, remote, fd, topt);
-    if (::fsync(fd) != 0 || ::rename(temp.c_str(), local.c_str()) != 0) {
-      throw std::runtime_error("cannot finish " + local + ": " + std::strerror(errno));
+  LocalFile file(dest);
+  if (file.fd() < 0) {
+    int err = errno;
+    if (err == EINTR && PendingInterrupt() != 0) {  // a FIFO nobody read from
+      std::fprintf(stderr, "kvmmanager-ctl: %s\n", Interrupted(PendingInterrupt()).what());
+      options.exit_code = 128 + PendingInterrupt();
+      return;
     }
-    ok = true;
+    std::fprintf(stderr, "kvmmanager-ctl: cannot %s %s: %s\n", dest.in_place ? "write" : "create",
+                 ForTerminal(local).c_str(), std::strerror(err));
+    options.exit_code = kExitUsage;
+    return;
+  }
+  RunTransfer(options, client, ":" + remote, [&] {
+    transfer::Outcome out = transfer::Download(client, remote, file.fd(), topt);
+    file.Install(local);
     if (options.json) {
       std::printf(
           "%s\n",
@@ -175,8 +363,6 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
                   out.sha256.c_str());
     }
   });
-  ::close(fd);
-  if (!ok) ::unlink(temp.c_str());
 }
 
 std::string FormatTime(int64_t t) {
@@ -218,14 +404,14 @@ CallResult ListDirectory(AgentClient& client, const std::string& path, json::arr
   }
 }
 
-bool IsLocalDirectory(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
+// False also for a path JSON cannot carry: copying it then fails as a file, on its own.
 bool IsRemoteDirectory(AgentClient& client, const std::string& path) {
-  CallResult st = client.Call("file_stat", {{"path", path}});
-  return st.ok && Text(Field(st.result, "type")) == "directory";
+  try {
+    CallResult st = client.Call("file_stat", {{"path", path}});
+    return st.ok && Text(Field(st.result, "type")) == "directory";
+  } catch (const UnsendableRequest&) {
+    return false;
+  }
 }
 
 // One cp: its files and trees, one after the other as cp(1) does. A failed file or entry is
@@ -258,7 +444,15 @@ struct CopyJob {
   }
 
   bool RemoteMkdir(AgentClient& client, const std::string& dir) {
-    CallResult r = client.Call("file_mkdir", {{"path", dir}, {"parents", true}});
+    CallResult r;
+    try {
+      r = client.Call("file_mkdir", {{"path", dir}, {"parents", true}});
+    } catch (const UnsendableRequest&) {  // this directory only; the rest goes on
+      std::fprintf(stderr, "kvmmanager-ctl: cannot create :%s: %s\n", ForTerminal(dir).c_str(),
+                   kNotUtf8);
+      Fail(kExitUsage);
+      return false;
+    }
     if (r.ok) return true;
     std::fprintf(stderr, "kvmmanager-ctl: cannot create :%s\n", ForTerminal(dir).c_str());
     PrintRpcError(r);
@@ -428,7 +622,9 @@ void AddFileCommands(CLI::App& app, Options& options) {
     std::optional<bool> dst_is_dir;
     auto destination_is_dir = [&] {
       if (!dst_is_dir) {
-        dst_is_dir = sources.size() > 1 || target.back() == '/' ||
+        // As cp(1): a trailing slash on a destination that does not exist does not make it
+        // one; the tree's contents go into a new directory of that name.
+        dst_is_dir = sources.size() > 1 ||
                      (upload ? IsRemoteDirectory(*client, target) : IsLocalDirectory(target));
       }
       return *dst_is_dir;
@@ -462,7 +658,7 @@ void AddFileCommands(CLI::App& app, Options& options) {
   cat->callback([&options, cat_path] {
     InterruptScope interrupts;
     auto client = Connect(options);
-    RunTransfer(options, *client, [&] {
+    RunTransfer(options, *client, *cat_path, [&] {
       transfer::Stream(*client, StripColon(*cat_path), STDOUT_FILENO, transfer::Options{});
     });
   });
@@ -527,10 +723,10 @@ void AddFileCommands(CLI::App& app, Options& options) {
   auto* rm = app.add_subcommand("rm", "delete a guest file (or empty directory)");
   auto rm_path = std::make_shared<std::string>();
   rm->add_option("path", *rm_path, ":REMOTE path")->required();
+  // Quiet on success, as rm(1); --json prints the agent's result.
   rm->callback([&options, rm_path] {
-    auto client = Connect(options);
-    CallResult r = CallOrPrint(*client, "file_delete", {{"path", StripColon(*rm_path)}});
-    if (!r.ok) options.exit_code = kExitRpcError;
+    CallAndShow(options, "file_delete", {{"path", StripColon(*rm_path)}},
+                [](const json::value&) {});
   });
 
   // mkdir
@@ -539,11 +735,11 @@ void AddFileCommands(CLI::App& app, Options& options) {
   auto parents = std::make_shared<bool>(false);
   mkdir->add_option("path", *mk_path, ":REMOTE path")->required();
   mkdir->add_flag("-p,--parents", *parents, "create missing parents; no error if it exists");
+  // Quiet on success, as mkdir(1); --json prints the agent's result (created: false for an
+  // existing directory with -p).
   mkdir->callback([&options, mk_path, parents] {
-    auto client = Connect(options);
-    CallResult r =
-        CallOrPrint(*client, "file_mkdir", {{"path", StripColon(*mk_path)}, {"parents", *parents}});
-    if (!r.ok) options.exit_code = kExitRpcError;
+    CallAndShow(options, "file_mkdir", {{"path", StripColon(*mk_path)}, {"parents", *parents}},
+                [](const json::value&) {});
   });
 }
 
