@@ -247,14 +247,54 @@ TEST_F(Whitelist, EveryBypassAttemptIsRefused) {
   ExpectRefused(Cmd(links + "/ls", {"-c", "id"}), "symlink named ls");
   ExpectRefused(Cmd(std::string("ls\0x", 4)), "ls\\0x");
   ExpectRefused(Cmd(std::string("ls\0", 3)), "ls\\0");
-  // The request's PATH cannot redirect an allowed name either: the real ls runs.
-  json::object path = Cmd("ls", {"-d", "/"});
-  path["env"] = json::object{{"PATH", evil}};
-  EXPECT_EQ(Ok(agent.Call("exec_command", path)).at("stdout").as_string(), "/\n");
   // Same rules for exec_start.
   auto r = agent.Call("exec_start", Cmd("sh", {"-c", "id"}));
   EXPECT_EQ(r.error_code, -32000);
   EXPECT_EQ(Policy(r), "command_whitelist");
+}
+
+// With a whitelist, env cannot make an allowed program run other code: LD_PRELOAD of a
+// library uploaded to a writable directory would run it inside the allowed `ls`.
+TEST_F(Whitelist, EnvThatInjectsCodeIsRefused) {
+  for (const auto& [name, value] :
+       std::vector<std::pair<std::string, std::string>>{{"LD_PRELOAD", "/tmp/kvmmanager/evil.so"},
+                                                        {"LD_LIBRARY_PATH", "/tmp/kvmmanager"},
+                                                        {"BASH_ENV", "/tmp/x"},
+                                                        {"PYTHONPATH", "/tmp/x"},
+                                                        {"BASH_FUNC_ls%%", "() { id; }"},
+                                                        {"PATH", "/tmp/kvmmanager:/usr/bin"}}) {
+    for (const char* method : {"exec_command", "exec_start"}) {
+      json::object params = Cmd("ls", {"-d", "/"});
+      params["env"] = json::object{{"LANG", "C"}, {name, value}};
+      auto r = agent.Call(method, params);
+      EXPECT_EQ(r.error_code, -32000) << method << " " << name;
+      EXPECT_EQ(Policy(r), "command_whitelist") << name;
+      EXPECT_EQ(Kind(r), "permission_denied") << name;
+      ASSERT_TRUE(r.error_data.is_object()) << name;
+      EXPECT_EQ(r.error_data.as_object().at("variable").as_string(), name);
+      EXPECT_NE(r.error_message.find(name), std::string::npos) << r.error_message;
+    }
+  }
+  // Harmless variables, and PATH set to the agent's own search path, still pass.
+  json::object fine = Cmd("ls", {"-d", "/"});
+  fine["env"] =
+      json::object{{"LC_ALL", "C"},
+                   {"TZ", "UTC"},
+                   {"PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}};
+  EXPECT_EQ(Ok(agent.Call("exec_command", fine)).at("stdout").as_string(), "/\n");
+}
+
+// Without a whitelist any program runs anyway, so env is not policed: LD_ variables reach
+// the command (the loader sees them too).
+TEST_F(ExecCommand, WithoutAWhitelistLoaderVariablesReachTheCommand) {
+  json::object params = Sh("echo \"$LD_LIBRARY_PATH\"");
+  params["env"] = json::object{{"LD_LIBRARY_PATH", "/nonexistent-kvmtest"},
+                               {"LD_PRELOAD", "/nonexistent-kvmtest.so"}};
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_EQ(o.at("stdout").as_string(), "/nonexistent-kvmtest\n");
+  // The loader tried to preload it: proof the variable took effect.
+  EXPECT_NE(o.at("stderr").as_string().find("nonexistent-kvmtest.so"), std::string::npos)
+      << o.at("stderr").as_string();
 }
 
 // --- timeouts, process trees, zombies ------------------------------------------------------

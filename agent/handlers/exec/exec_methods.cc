@@ -38,8 +38,10 @@ void CheckNoNul(std::string_view name, std::string_view value) {
   }
 }
 
-// The environment a command starts with: a fixed minimal set, then the request's `env`.
-std::vector<std::string> BuildEnv(const json::object* request_env) {
+// The environment a command starts with: a fixed minimal set, then the request's `env`
+// (without variables that would let an allowed program run other code, under a whitelist).
+std::vector<std::string> BuildEnv(const json::object* request_env,
+                                  const std::optional<std::vector<std::string>>& whitelist) {
   std::vector<std::pair<std::string, std::string>> vars{
       {"PATH", kSearchPath},
       {"HOME", HomeOf(::getuid()).value_or("/")},
@@ -54,6 +56,7 @@ std::vector<std::string> BuildEnv(const json::object* request_env) {
       }
       if (!value.is_string()) Params::Fail("env", "an object of string values");
       CheckNoNul("env", value.get_string());
+      CheckEnvVariable(whitelist, k, value.get_string());
       auto it = std::find_if(vars.begin(), vars.end(), [&](auto& v) { return v.first == k; });
       if (it != vars.end()) {
         it->second = std::string(value.get_string());
@@ -98,7 +101,7 @@ ExecRequest BuildRequest(const Params& p, const Config& config, bool streaming) 
   if (r.args.size() > kMaxArgs) Params::Fail("args", "at most 4096 strings");
   for (const auto& a : r.args) CheckNoNul("args", a);
   r.cwd = CheckCwd(p.OptionalString("cwd"));
-  r.env = BuildEnv(p.OptionalObject("env"));
+  r.env = BuildEnv(p.OptionalObject("env"), whitelist);
   if (auto input = p.OptionalString("input")) {
     std::string bytes;
     if (!Base64Decode(*input, bytes)) Params::Fail("input", "base64 (RFC 4648, padded)");
