@@ -1,5 +1,6 @@
 // exec (run a command in the guest, streaming its output), ps and kill.
 #include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,27 +22,49 @@ namespace kvm::ctl {
 namespace json = boost::json;
 namespace {
 
-void WriteAll(int fd, std::string_view bytes) {
+// Writes all of `bytes`; false (errno set) when the local stream does not take them.
+bool WriteAll(int fd, std::string_view bytes) {
   while (!bytes.empty()) {
     ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n <= 0) return;  // local stdout closed: nothing sensible left to do with the bytes
+    if (n < 0 && errno == EINTR) continue;  // a noted Ctrl-C: the caller looks at it
+    if (n <= 0) return false;
     bytes.remove_prefix(static_cast<size_t>(n));
   }
+  return true;
 }
 
 // Writes one stream's chunk of an exec_status result, decoding base64 when it says so.
-void Emit(const json::object& status, const char* stream, int fd) {
+// False (errno set) when the local stream refused it.
+bool Emit(const json::object& status, const char* stream, int fd) {
   auto* value = status.if_contains(stream);
-  if (!value || !value->is_string() || value->get_string().empty()) return;
+  if (!value || !value->is_string() || value->get_string().empty()) return true;
   std::string encoding_key = std::string(stream) + "_encoding";
   auto* encoding = status.if_contains(encoding_key);
   if (encoding && encoding->is_string() && encoding->get_string() == "base64") {
     std::string bytes;
-    if (Base64Decode(value->get_string(), bytes)) WriteAll(fd, bytes);
-    return;
+    if (!Base64Decode(value->get_string(), bytes)) return true;
+    return WriteAll(fd, bytes);
   }
-  WriteAll(fd, value->get_string());
+  return WriteAll(fd, value->get_string());
 }
+
+// SIGPIPE ignored while it lives: a reader that goes away (`exec -- yes | head -1`) must show
+// up as EPIPE, so that ctl stops the guest command instead of dying and leaving it running.
+class IgnoreSigpipe {
+ public:
+  IgnoreSigpipe() {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    ::sigaction(SIGPIPE, &ignore, &previous_);
+  }
+  ~IgnoreSigpipe() { ::sigaction(SIGPIPE, &previous_, nullptr); }
+  IgnoreSigpipe(const IgnoreSigpipe&) = delete;
+  IgnoreSigpipe& operator=(const IgnoreSigpipe&) = delete;
+
+ private:
+  struct sigaction previous_ {};
+};
 
 int64_t IntOr(const json::object& o, const char* key, int64_t fallback) {
   auto* v = o.if_contains(key);
@@ -140,6 +163,7 @@ void RunExec(Options& options, const ExecArgs& args) {
   // Ctrl-C (or SIGTERM, SIGHUP) asks the guest command to stop instead of orphaning it; noted
   // from before the start, so a signal as the command starts still reaches it.
   InterruptScope interrupts;
+  IgnoreSigpipe sigpipe;
   auto client = Connect(options);
   CallResult started = CallOrPrint(*client, "exec_start", params);
   if (!started.ok) {
@@ -179,8 +203,20 @@ void RunExec(Options& options, const ExecArgs& args) {
       return;
     }
     const json::object& s = status.result.as_object();
-    Emit(s, "stdout", 1);
-    Emit(s, "stderr", 2);
+    if (!Emit(s, "stdout", 1) || !Emit(s, "stderr", 2)) {
+      // Nobody takes the output any more: stop the command, as a pipeline's writer gets
+      // SIGPIPE, instead of draining it until its timeout.
+      int err = errno;
+      if (!kill_sent) client->Call("exec_kill", {{"handle", handle}, {"signal", "TERM"}});
+      if (err == EPIPE) {
+        options.exit_code = 128 + SIGPIPE;  // quietly, like a shell pipeline's writer
+      } else {
+        std::fprintf(stderr, "kvmmanager-ctl: writing the command's output: %s\n",
+                     std::strerror(err));
+        options.exit_code = kExitRpcError;
+      }
+      return;
+    }
     if (!s.at("exited").as_bool()) continue;
     for (const char* stream : {"stdout", "stderr"}) {
       int64_t dropped = IntOr(s, (std::string(stream) + "_dropped_bytes").c_str(), 0);

@@ -143,6 +143,51 @@ TEST(CtlExec, CtrlCStopsTheGuestCommandAndReportsItsSignal) {
   EXPECT_EQ(FindProcess(guest_cmdline), -1) << "the guest command is still running";
 }
 
+std::string ShellQuoted(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) out += "'" + a + "' ";
+  return out;
+}
+
+// `exec -- yes | head -1`: when the local reader goes away, ctl stops the guest command and
+// exits 141 (128+SIGPIPE) quietly, also when SIGPIPE is ignored (then ctl sees only EPIPE);
+// the command does not keep running, unread, until its timeout.
+TEST(CtlExec, ReaderThatGoesAwayStopsTheGuestCommand) {
+  AgentProcess agent;
+  for (bool ignore_sigpipe : {false, true}) {
+    SCOPED_TRACE(ignore_sigpipe ? "SIGPIPE ignored" : "SIGPIPE default");
+    std::string marker =
+        "kvmtest-sigpipe-" + std::to_string(::getpid()) + (ignore_sigpipe ? "-ign" : "-dfl");
+    test::TempDir dir;
+    std::string status_file = dir / "status";
+    std::string script = std::string(ignore_sigpipe ? "trap '' PIPE; " : "") + "{ " +
+                         ShellQuoted(Ctl(agent, {"exec", "--", "yes", marker})) + "; echo $? >" +
+                         status_file + "; } | head -n 1";
+    auto start = std::chrono::steady_clock::now();
+    auto r = RunProgram({"sh", "-c", script}, "", std::chrono::seconds(20));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+    EXPECT_EQ(r.out, marker + "\n");
+    EXPECT_EQ(r.err, "");
+    EXPECT_EQ(test::ReadFileText(status_file), "141\n");
+    auto left = testing::WaitGone(marker, std::chrono::seconds(3));
+    EXPECT_TRUE(left.empty()) << "the guest command is still running";
+    for (pid_t pid : left) ::kill(pid, SIGKILL);
+    // Its handle ends too (the agent has reaped the command).
+    std::string running;
+    for (int i = 0; i < 150; ++i) {
+      auto list = agent.Call("exec_list");
+      ASSERT_TRUE(list.ok);
+      running.clear();
+      for (const auto& h : list.result.at("handles").as_array()) {
+        if (h.at("running").as_bool()) running += boost::json::serialize(h);
+      }
+      if (running.empty()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_EQ(running, "");
+  }
+}
+
 TEST(CtlPsKill, ListsAndKillsProcesses) {
   AgentProcess agent;
   auto ps = RunProgram(Ctl(agent, {"ps"}));
