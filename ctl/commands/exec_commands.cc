@@ -7,6 +7,7 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -66,6 +67,37 @@ class IgnoreSigpipe {
   struct sigaction previous_ {};
 };
 
+// The agent's answer when max_concurrent_requests requests already run: nothing was done, and
+// a moment later there is room.
+constexpr int64_t kBusy = -32004;
+
+bool IsBusy(const CallResult& r) { return !r.ok && r.error_code == kBusy; }
+
+// Pauses between retries of a request answered busy: 20 ms, doubling up to 320 ms. A signal
+// ends a pause early (no SA_RESTART), so Ctrl-C is looked at at once.
+class BusyBackoff {
+ public:
+  void Wait() {
+    ::poll(nullptr, 0, pause_ms_);
+    pause_ms_ = std::min(pause_ms_ * 2, 320);
+  }
+  void Reset() { pause_ms_ = 20; }
+
+ private:
+  int pause_ms_ = 20;
+};
+
+// exec_kill, retried while busy for at most ~2 s. Quiet: the command may just have ended.
+void KillCommand(AgentClient& client, int64_t handle) {
+  BusyBackoff backoff;
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    CallResult r = client.Call("exec_kill", {{"handle", handle}, {"signal", "TERM"}});
+    if (!IsBusy(r) || std::chrono::steady_clock::now() >= give_up) return;
+    backoff.Wait();
+  }
+}
+
 int64_t IntOr(const json::object& o, const char* key, int64_t fallback) {
   auto* v = o.if_contains(key);
   return v && v->is_int64() ? v->get_int64() : fallback;
@@ -105,8 +137,10 @@ class StdinFeeder {
     json::object params{{"handle", handle_}, {"wait_ms", wait_ms}};
     if (!pending_.empty()) params["data"] = Base64Encode(pending_);
     if (pending_.empty()) params["eof"] = true;
-    CallResult r = CallOrPrint(client_, "exec_input", params);
-    if (!r.ok) {  // printed; exec_status will tell the rest
+    CallResult r = client_.Call("exec_input", params);
+    if (IsBusy(r)) return;  // stays pending: sent again on the next round
+    if (!r.ok) {            // exec_status will tell the rest
+      PrintRpcError(r);
       done_ = true;
       return;
     }
@@ -165,11 +199,26 @@ void RunExec(Options& options, const ExecArgs& args) {
   InterruptScope interrupts;
   IgnoreSigpipe sigpipe;
   auto client = Connect(options);
-  CallResult started = CallOrPrint(*client, "exec_start", params);
+  // Busy: nothing was started; tried again for as long as ctl waits for an answer (--timeout).
+  auto give_up = std::chrono::steady_clock::now() +
+                 std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000));
+  BusyBackoff backoff;
+  CallResult started;
+  for (;;) {
+    started = client->Call("exec_start", params);
+    if (!IsBusy(started) || std::chrono::steady_clock::now() >= give_up) break;
+    if (int signal = PendingInterrupt(); signal != 0) {
+      options.exit_code = 128 + signal;
+      return;
+    }
+    backoff.Wait();
+  }
   if (!started.ok) {
+    PrintRpcError(started);
     options.exit_code = kExitRpcError;
     return;
   }
+  backoff.Reset();
   int64_t handle = started.result.at("handle").as_int64();
   int64_t wait_ms = std::min<int64_t>(1000, static_cast<int64_t>(options.timeout_seconds * 500));
   // Polls while stdin may bring input are short: they bound how long typed input waits.
@@ -181,9 +230,12 @@ void RunExec(Options& options, const ExecArgs& args) {
   bool kill_sent = false;
   for (;;) {
     if (PendingInterrupt() != 0 && !kill_sent) {
-      CallOrPrint(*client, "exec_kill", {{"handle", handle}, {"signal", "TERM"}});
-      kill_sent = true;
-      feeder.Stop();
+      CallResult killed = client->Call("exec_kill", {{"handle", handle}, {"signal", "TERM"}});
+      if (!IsBusy(killed)) {  // busy: tried again on the next round
+        if (!killed.ok) PrintRpcError(killed);
+        kill_sent = true;
+        feeder.Stop();
+      }
     }
     int64_t status_wait = wait_ms;
     if (feeder.active()) {
@@ -196,9 +248,16 @@ void RunExec(Options& options, const ExecArgs& args) {
       // then look at stdin again.
       if (feeder.active()) status_wait = feeder.has_pending() ? 0 : input_wait_ms;
     }
-    CallResult status =
-        CallOrPrint(*client, "exec_status", {{"handle", handle}, {"wait_ms", status_wait}});
+    CallResult status = client->Call("exec_status", {{"handle", handle}, {"wait_ms", status_wait}});
+    if (IsBusy(status)) {
+      // The command runs on in the guest and its output waits there: never abandon it for a
+      // busy agent. The agent keeps the handle at least as long as the command may run.
+      backoff.Wait();
+      continue;
+    }
+    backoff.Reset();
     if (!status.ok) {
+      PrintRpcError(status);
       options.exit_code = kExitRpcError;
       return;
     }
@@ -207,7 +266,7 @@ void RunExec(Options& options, const ExecArgs& args) {
       // Nobody takes the output any more: stop the command, as a pipeline's writer gets
       // SIGPIPE, instead of draining it until its timeout.
       int err = errno;
-      if (!kill_sent) client->Call("exec_kill", {{"handle", handle}, {"signal", "TERM"}});
+      if (!kill_sent) KillCommand(*client, handle);
       if (err == EPIPE) {
         options.exit_code = 128 + SIGPIPE;  // quietly, like a shell pipeline's writer
       } else {

@@ -188,6 +188,37 @@ TEST(CtlExec, ReaderThatGoesAwayStopsTheGuestCommand) {
   }
 }
 
+// More ctl execs at once than max_concurrent_requests: every one gets its command's output and
+// exit code. Busy answers are retried, and waiting ctls (long-polling exec_status) do not hold
+// the slots other requests need.
+TEST(CtlExec, MoreConcurrentExecsThanMaxConcurrentRequestsAllSucceed) {
+  AgentProcess agent(testing::WithConfig({{"max_concurrent_requests", 3}}));
+  constexpr int kExecs = 12;
+  std::vector<test::RunResult> results(kExecs);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kExecs; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = RunProgram(Ctl(agent, {"exec", "--", "sh", "-c",
+                                          "sleep 2; echo done" + std::to_string(i) + "; exit 3"}));
+    });
+  }
+  // While they all wait for their commands, other requests are served, not refused busy.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  for (int i = 0; i < 5; ++i) {
+    auto r = agent.Call("exec_list");
+    EXPECT_TRUE(r.ok) << r.error_code << " " << r.error_message;
+    if (r.ok) {
+      EXPECT_EQ(r.result.at("handles").as_array().size(), static_cast<size_t>(kExecs));
+    }
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kExecs; ++i) {
+    EXPECT_EQ(results[i].exit_code, 3) << i << ": " << results[i].err;
+    EXPECT_EQ(results[i].out, "done" + std::to_string(i) + "\n") << i;
+    EXPECT_EQ(results[i].err, "") << i;
+  }
+}
+
 TEST(CtlPsKill, ListsAndKillsProcesses) {
   AgentProcess agent;
   auto ps = RunProgram(Ctl(agent, {"ps"}));

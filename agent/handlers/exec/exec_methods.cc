@@ -268,11 +268,11 @@ ChildSpawned RegisterExecMethods(MethodTable& table) {
             [&state](const json::object& params, RequestContext& ctx) {
               return ExecStart(state, params, ctx);
             });
-  table.Add("exec_status", RunMode::kWorker,
+  table.Add("exec_status", RunMode::kLongPoll,
             [&state](const json::object& params, RequestContext& ctx) {
               return ExecStatus(state, params, ctx);
             });
-  table.Add("exec_input", RunMode::kWorker,
+  table.Add("exec_input", RunMode::kLongPoll,
             [&state](const json::object& params, RequestContext& ctx) {
               return ExecInput(state, params, ctx);
             });
