@@ -160,13 +160,12 @@ json::value ExecStart(ExecState& state, const json::object& params, RequestConte
   request.keep_stdin_open = p.OptionalBool("keep_stdin_open").value_or(false);
   auto retain = std::chrono::seconds(
       p.OptionalInt("retain_seconds", 1, kMaxRetainSeconds).value_or(kDefaultRetainSeconds));
-  if (state.running() >= kMaxRunningHandles) {
-    throw RpcError(ErrorCode::kBusy, "Too many running exec_start handles",
-                   {{"limit", kMaxRunningHandles}});
-  }
+  // Taken before the spawn (and given back if it fails): busy means nothing ran.
+  HandleSlot slot = state.Reserve();
   auto exec = std::make_unique<Execution>(request);
   pid_t pid = exec->pid();
-  auto handle = state.Adopt(std::move(exec), request.command, request.args, retain);
+  auto handle =
+      state.Adopt(std::move(slot), std::move(exec), request.command, request.args, retain);
   LOG_INFO(ctx.log(), "exec_start: handle %llu %s pid %d",
            static_cast<unsigned long long>(handle->id), request.resolved.real_path.c_str(),
            static_cast<int>(pid));
