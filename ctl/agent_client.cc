@@ -168,7 +168,15 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
   std::string line = resynced_ ? std::string() : std::string("\n");
   resynced_ = true;
   line += text;
+  pending_id_ = 0;  // a reply never read is skipped like any other id
   SendLine(line);
+  pending_id_ = id;
+  return AwaitReply();
+}
+
+CallResult AgentClient::AwaitReply() {
+  if (pending_id_ == 0) throw ClientError("no request awaits a reply");
+  uint64_t id = pending_id_;
   for (;;) {
     std::string reply = ReadLine();
     json::error_code ec;
@@ -180,11 +188,13 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
     // (too long, not JSON): with one request in flight, that is this one. Otherwise the call
     // would wait for its timeout and then say nothing useful.
     if (rid != obj.end() && rid->value().is_null() && obj.contains("error")) {
+      pending_id_ = 0;
       return DecodeReply(obj, reply);
     }
     if (rid == obj.end() || !rid->value().is_number()) continue;
     json::error_code nec;
     if (rid->value().to_number<uint64_t>(nec) != id || nec) continue;
+    pending_id_ = 0;
     return DecodeReply(obj, reply);
   }
 }

@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
       "the agent's --listen socket or the host end of the VM's virtio-serial channel).\n"
       "Exit codes: 0 success, 1 the agent answered with an error, 2 bad usage,\n"
       "3 no answer (cannot connect, timeout, malformed reply), 128+N cp/cat stopped by\n"
-      "signal N (partial download removed, upload aborted)."};
+      "signal N (partial download removed, upload aborted), or exec stopped by signal N\n"
+      "while the agent did not answer."};
   app.set_version_flag("-V,--version", std::string("kvmmanager-ctl ") + KVM_AGENT_VERSION);
   app.add_option("-s,--socket", options.socket,
                  "unix socket of the agent or of the VM channel (default: $KVMMANAGER_SOCKET)");

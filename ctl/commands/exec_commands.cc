@@ -98,6 +98,23 @@ void KillCommand(AgentClient& client, int64_t handle) {
   }
 }
 
+// Calls `method` so that a signal (Ctrl-C) does not wait out --timeout for an agent that does
+// not answer: once a signal is noted, the answer is waited for at most `after_signal`. The
+// answer still counts when it arrives in time (no output is lost); a ClientError when not.
+CallResult CallInterruptibly(AgentClient& client, std::string_view method,
+                             const json::object& params, std::chrono::milliseconds after_signal) {
+  if (PendingInterrupt() == 0) {
+    StopOnInterruptScope stop(client, true);
+    try {
+      return client.Call(method, params);
+    } catch (const Interrupted&) {
+      // Sent or not: decided below, without stopping on the signal again.
+    }
+  }
+  client.set_timeout(std::min(client.timeout(), after_signal));
+  return client.awaiting_reply() ? client.AwaitReply() : client.Call(method, params);
+}
+
 int64_t IntOr(const json::object& o, const char* key, int64_t fallback) {
   auto* v = o.if_contains(key);
   return v && v->is_int64() ? v->get_int64() : fallback;
@@ -107,8 +124,9 @@ int64_t IntOr(const json::object& o, const char* key, int64_t fallback) {
 // stdin while the command's output waits to be shown (an interactive stdin may stay silent).
 class StdinFeeder {
  public:
-  StdinFeeder(AgentClient& client, int64_t handle, size_t chunk)
-      : client_(client), handle_(handle), buf_(chunk, '\0') {}
+  StdinFeeder(AgentClient& client, int64_t handle, size_t chunk,
+              std::chrono::milliseconds after_signal)
+      : client_(client), handle_(handle), buf_(chunk, '\0'), after_signal_(after_signal) {}
 
   bool active() const { return !done_; }
   bool has_pending() const { return !pending_.empty() || local_eof_; }
@@ -137,7 +155,7 @@ class StdinFeeder {
     json::object params{{"handle", handle_}, {"wait_ms", wait_ms}};
     if (!pending_.empty()) params["data"] = Base64Encode(pending_);
     if (pending_.empty()) params["eof"] = true;
-    CallResult r = client_.Call("exec_input", params);
+    CallResult r = CallInterruptibly(client_, "exec_input", params, after_signal_);
     if (IsBusy(r)) return;  // stays pending: sent again on the next round
     if (!r.ok) {            // exec_status will tell the rest
       PrintRpcError(r);
@@ -160,6 +178,7 @@ class StdinFeeder {
   int64_t handle_;
   std::string buf_;
   std::string pending_;
+  std::chrono::milliseconds after_signal_;
   bool local_eof_ = false;
   bool done_ = false;
 };
@@ -171,6 +190,9 @@ struct ExecArgs {
   int64_t timeout = 0;
   bool send_stdin = false;
 };
+
+void CollectOutput(Options& options, AgentClient& client, int64_t handle, StdinFeeder& feeder,
+                   int64_t wait_ms, std::chrono::milliseconds after_signal);
 
 void RunExec(Options& options, const ExecArgs& args) {
   json::object params{{"command", args.command[0]}};
@@ -204,33 +226,66 @@ void RunExec(Options& options, const ExecArgs& args) {
                  std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000));
   BusyBackoff backoff;
   CallResult started;
-  for (;;) {
-    started = client->Call("exec_start", params);
-    if (!IsBusy(started) || std::chrono::steady_clock::now() >= give_up) break;
-    if (int signal = PendingInterrupt(); signal != 0) {
-      options.exit_code = 128 + signal;
-      return;
+  try {
+    // An agent that does not answer must not hold Ctrl-C off until --timeout.
+    StopOnInterruptScope stop(*client, true);
+    for (;;) {
+      started = client->Call("exec_start", params);
+      if (!IsBusy(started) || std::chrono::steady_clock::now() >= give_up) break;
+      ThrowIfInterrupted();
+      backoff.Wait();
     }
-    backoff.Wait();
+  } catch (const Interrupted& e) {
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    options.exit_code = 128 + e.signal;
+    if (!client->awaiting_reply()) return;
+    // exec_start went out, so the command may start: wait a moment for its handle, stop it.
+    client->set_timeout(std::chrono::seconds(1));
+    try {
+      CallResult late = client->AwaitReply();
+      if (late.ok) KillCommand(*client, late.result.at("handle").as_int64());
+    } catch (const ClientError&) {
+      // No answer in time either: nothing more ctl can do.
+    }
+    return;
   }
   if (!started.ok) {
     PrintRpcError(started);
     options.exit_code = kExitRpcError;
     return;
   }
-  backoff.Reset();
   int64_t handle = started.result.at("handle").as_int64();
   int64_t wait_ms = std::min<int64_t>(1000, static_cast<int64_t>(options.timeout_seconds * 500));
-  // Polls while stdin may bring input are short: they bound how long typed input waits.
-  int64_t input_wait_ms = std::min<int64_t>(100, wait_ms);
+  // After a signal, an answer is waited for this long at most: a poll's wait plus slack.
+  auto after_signal = std::chrono::milliseconds(wait_ms + 2000);
   StdinFeeder feeder(
       *client, handle,
-      static_cast<size_t>(IntOr(started.result.as_object(), "input_chunk_bytes", 32768)));
+      static_cast<size_t>(IntOr(started.result.as_object(), "input_chunk_bytes", 32768)),
+      after_signal);
   if (!args.send_stdin) feeder.Stop();
+  try {
+    CollectOutput(options, *client, handle, feeder, wait_ms, after_signal);
+  } catch (const ClientError& e) {
+    int signal = PendingInterrupt();
+    if (signal == 0) throw;
+    // Interrupted, and the agent no longer answers in time: stop waiting for it.
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    options.exit_code = 128 + signal;
+  }
+}
+
+// The exec_status loop of RunExec: shows the output until the command has ended and sets the
+// exit code from how it ended.
+void CollectOutput(Options& options, AgentClient& client, int64_t handle, StdinFeeder& feeder,
+                   int64_t wait_ms, std::chrono::milliseconds after_signal) {
+  // Polls while stdin may bring input are short: they bound how long typed input waits.
+  int64_t input_wait_ms = std::min<int64_t>(100, wait_ms);
+  BusyBackoff backoff;
   bool kill_sent = false;
   for (;;) {
     if (PendingInterrupt() != 0 && !kill_sent) {
-      CallResult killed = client->Call("exec_kill", {{"handle", handle}, {"signal", "TERM"}});
+      client.set_timeout(std::min(client.timeout(), after_signal));
+      CallResult killed = client.Call("exec_kill", {{"handle", handle}, {"signal", "TERM"}});
       if (!IsBusy(killed)) {  // busy: tried again on the next round
         if (!killed.ok) PrintRpcError(killed);
         kill_sent = true;
@@ -248,7 +303,8 @@ void RunExec(Options& options, const ExecArgs& args) {
       // then look at stdin again.
       if (feeder.active()) status_wait = feeder.has_pending() ? 0 : input_wait_ms;
     }
-    CallResult status = client->Call("exec_status", {{"handle", handle}, {"wait_ms", status_wait}});
+    CallResult status = CallInterruptibly(
+        client, "exec_status", {{"handle", handle}, {"wait_ms", status_wait}}, after_signal);
     if (IsBusy(status)) {
       // The command runs on in the guest and its output waits there: never abandon it for a
       // busy agent. The agent keeps the handle at least as long as the command may run.
@@ -266,7 +322,7 @@ void RunExec(Options& options, const ExecArgs& args) {
       // Nobody takes the output any more: stop the command, as a pipeline's writer gets
       // SIGPIPE, instead of draining it until its timeout.
       int err = errno;
-      if (!kill_sent) KillCommand(*client, handle);
+      if (!kill_sent) KillCommand(client, handle);
       if (err == EPIPE) {
         options.exit_code = 128 + SIGPIPE;  // quietly, like a shell pipeline's writer
       } else {
