@@ -396,8 +396,9 @@ void AddExecCommands(CLI::App& app, Options& options) {
       ->allow_extra_args(false);
   exec->add_option("-C,--cwd", args->cwd, "working directory in the guest (absolute)");
   exec->add_option("--command-timeout", args->timeout,
-                   "seconds before the guest kills the command (default and cap: the agent's "
-                   "max_command_timeout_seconds)")
+                   "seconds before the guest kills the command: 1 to 604800 (the agent refuses "
+                   "more), silently capped at the agent's max_command_timeout_seconds, which is "
+                   "also the default")
       ->check(CLI::PositiveNumber);
   exec->add_flag("-i,--stdin", args->send_stdin,
                  "stream local stdin to the command as it arrives (any size; without -i the "

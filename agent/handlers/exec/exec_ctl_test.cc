@@ -101,6 +101,12 @@ TEST(CtlExec, GuestErrorsAndBadUsageHaveTheirOwnExitCodes) {
   auto timed = RunProgram(Ctl(agent, {"exec", "--command-timeout", "1", "--", "sleep", "30"}));
   EXPECT_EQ(timed.exit_code, 128 + SIGTERM);
   EXPECT_NE(timed.err.find("timed out"), std::string::npos);
+  // As --help says: at most 604800 s, and more than the agent's cap is capped, not refused.
+  auto too_long = RunProgram(Ctl(agent, {"exec", "--command-timeout", "604801", "--", "true"}));
+  EXPECT_EQ(too_long.exit_code, 1);
+  EXPECT_NE(too_long.err.find("-32602"), std::string::npos) << too_long.err;
+  EXPECT_EQ(RunProgram(Ctl(agent, {"exec", "--command-timeout", "604800", "--", "true"})).exit_code,
+            0);
 }
 
 // The pid of a process whose command line is exactly `argv` (NULs between), or -1.
