@@ -236,18 +236,29 @@ void RunExec(Options& options, const ExecArgs& args) {
       backoff.Wait();
     }
   } catch (const Interrupted& e) {
-    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
-    options.exit_code = 128 + e.signal;
-    if (!client->awaiting_reply()) return;
-    // exec_start went out, so the command may start: wait a moment for its handle, stop it.
+    // exec_start went out, so the command may start: wait a moment for its answer. If it
+    // comes, the command is stopped below like on any Ctrl-C and ctl reports how it ended.
+    auto timeout = client->timeout();
     client->set_timeout(std::chrono::seconds(1));
-    try {
-      CallResult late = client->AwaitReply();
-      if (late.ok) KillCommand(*client, late.result.at("handle").as_int64());
-    } catch (const ClientError&) {
-      // No answer in time either: nothing more ctl can do.
+    bool answered = false;
+    if (client->awaiting_reply()) {
+      try {
+        started = client->AwaitReply();
+        answered = true;
+      } catch (const ClientError&) {
+        // No answer in time either: the agent does not answer; nothing more ctl can do.
+      }
     }
-    return;
+    client->set_timeout(timeout);
+    if (!answered) {
+      std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+      options.exit_code = 128 + e.signal;
+      return;
+    }
+    if (IsBusy(started)) {  // nothing started
+      options.exit_code = 128 + e.signal;
+      return;
+    }
   }
   if (!started.ok) {
     PrintRpcError(started);
