@@ -183,8 +183,16 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
   std::string line = resynced_ ? std::string() : std::string("\n");
   resynced_ = true;
   line += text;
+  pending_id_ = 0;  // a reply never read is skipped like any other id
   SendLine(line);
-  // One deadline for the whole call: lines that are not the answer must not extend it.
+  pending_id_ = id;
+  return AwaitReply();
+}
+
+CallResult AgentClient::AwaitReply() {
+  if (pending_id_ == 0) throw ClientError("no request awaits a reply");
+  uint64_t id = pending_id_;
+  // One deadline for the whole wait: lines that are not the answer must not extend it.
   auto deadline = Clock::now() + timeout_;
   first_skipped_.clear();
   // Shown if no reply comes: a peer that is no agent at all then says so.
@@ -205,6 +213,7 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
     // (too long, not JSON): with one request in flight, that is this one. Otherwise the call
     // would wait for its timeout and then say nothing useful.
     if (rid != obj.end() && rid->value().is_null() && obj.contains("error")) {
+      pending_id_ = 0;
       return DecodeReply(obj, reply);
     }
     json::error_code nec;
@@ -213,6 +222,7 @@ CallResult AgentClient::Call(std::string_view method, const json::object& params
       skip(reply);
       continue;
     }
+    pending_id_ = 0;
     return DecodeReply(obj, reply);
   }
 }

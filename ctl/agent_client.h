@@ -56,8 +56,13 @@ class AgentClient {
   // with other ids (left over from an earlier client of a serial channel) are skipped. Throws
   // ClientError.
   CallResult Call(std::string_view method, const boost::json::object& params = {});
+  // True when a request went out whose reply was not read (a Call that Interrupted ended).
+  bool awaiting_reply() const { return pending_id_ != 0; }
+  // Waits (timeout()) for that reply. Throws ClientError, also when none is awaited.
+  CallResult AwaitReply();
 
   void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
+  std::chrono::milliseconds timeout() const { return timeout_; }
   // Within an InterruptScope: a wait for the agent that a signal interrupts throws Interrupted
   // (ctl/interrupt.h) instead of going on waiting.
   void set_stop_on_interrupt(bool stop) { stop_on_interrupt_ = stop; }
@@ -80,6 +85,7 @@ class AgentClient {
   size_t start_ = 0;    // first unconsumed byte of buffer_
   size_t scanned_ = 0;  // buffer_[start_, scanned_) holds no newline
   uint64_t next_id_;
+  uint64_t pending_id_ = 0;  // the request sent whose reply is not read yet; 0: none
   bool resynced_ = false;
   std::string first_skipped_;  // of the current call: the first line that was not its reply
   bool stop_on_interrupt_ = false;

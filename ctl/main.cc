@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
       "Exit codes: 0 success, 1 the agent answered with an error (or a copy's sha256 check\n"
       "failed), 2 bad usage or a local file problem (cannot read or write it, disk full),\n"
       "3 no answer (cannot connect, timeout, malformed reply), 128+N cp/cat stopped by\n"
-      "signal N (partial download removed, upload aborted)."};
+      "signal N (partial download removed, upload aborted), or exec stopped by signal N\n"
+      "while the agent did not answer."};
   app.set_version_flag("-V,--version", std::string("kvmmanager-ctl ") + KVM_AGENT_VERSION);
   app.add_option("-s,--socket", options.socket,
                  "unix socket of the agent or of the VM channel (default: $KVMMANAGER_SOCKET)");

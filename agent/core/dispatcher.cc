@@ -22,6 +22,7 @@ struct Dispatcher::Job {
   std::string method;
   json::value id;
   bool notification = false;
+  bool long_poll = false;  // counted in long_polls_in_flight_, not in in_flight_
   Completion done;
   bool answered = false;               // loop thread only
   std::atomic<bool> timed_out{false};  // answered "timeout": a worker that has not begun skips it
@@ -91,13 +92,13 @@ Dispatcher::Dispatcher(EventLoop& loop, const MethodTable& methods, Logger& log,
       methods_(methods),
       log_(log),
       config_(std::move(config)),
-      pool_(static_cast<size_t>(config_->max_concurrent_requests)) {}
+      pool_(static_cast<size_t>(config_->max_concurrent_requests) + kMaxLongPolls) {}
 
 Dispatcher::~Dispatcher() { AbandonAll(); }
 
 void Dispatcher::SetConfig(std::shared_ptr<const Config> config) {
   config_ = std::move(config);
-  pool_.set_max_threads(static_cast<size_t>(config_->max_concurrent_requests));
+  pool_.set_max_threads(static_cast<size_t>(config_->max_concurrent_requests) + kMaxLongPolls);
 }
 
 void Dispatcher::AbandonAll() {
@@ -186,7 +187,7 @@ void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
         RpcError(ErrorCode::kShuttingDown, "Agent is shutting down", {{"method", request.method}}));
     return;
   }
-  if (spec->mode != RunMode::kWorker) {
+  if (spec->mode == RunMode::kInline || spec->mode == RunMode::kInlineFirst) {
     RequestContext ctx(config_, log_, nullptr, nullptr, std::move(storage));
     // Only a kInlineFirst handler may give up here (Invoke lets its WouldBlock through).
     ctx.set_on_io_thread(spec->mode == RunMode::kInlineFirst);
@@ -201,7 +202,15 @@ void Dispatcher::ProcessMessage(json::value&& message, Completion done) {
       LOG_DEBUG(log_, "%s would block on the I/O thread: runs on a worker", request.method.c_str());
     }
   }
-  if (in_flight_ >= static_cast<size_t>(config_->max_concurrent_requests)) {
+  if (spec->mode == RunMode::kLongPoll) {
+    if (long_polls_in_flight_ >= kMaxLongPolls) {
+      fail(RpcError(ErrorCode::kBusy,
+                    "Busy: " + std::to_string(long_polls_in_flight_) +
+                        " long-polls in flight (exec_status, exec_input); retry later",
+                    {{"limit", kMaxLongPolls}, {"method", request.method}}));
+      return;
+    }
+  } else if (in_flight_ >= static_cast<size_t>(config_->max_concurrent_requests)) {
     fail(RpcError(ErrorCode::kBusy,
                   "Busy: " + std::to_string(in_flight_) +
                       " requests in flight (max_concurrent_requests); retry later",
@@ -221,11 +230,12 @@ void Dispatcher::StartWorker(std::string method, const MethodSpec& spec, json::o
   job->method = method;
   job->id = id;
   job->notification = notification;
+  job->long_poll = spec.mode == RunMode::kLongPoll;
   job->done = std::move(done);
   job->timeout_seconds = config_->request_timeout_seconds;
   job->deadline_ns->store(
       (Clock::now() + std::chrono::seconds(job->timeout_seconds)).time_since_epoch().count());
-  ++in_flight_;
+  ++(job->long_poll ? long_polls_in_flight_ : in_flight_);
   jobs_.insert(job);
   ArmTimeout(job);
 
@@ -246,7 +256,7 @@ void Dispatcher::StartWorker(std::string method, const MethodSpec& spec, json::o
       reply = Invoke(spec, method, params, id, notification, ctx, log_, on_sent);
     }
     loop_.Post([this, job, reply = std::move(reply), on_sent = std::move(on_sent)]() mutable {
-      --in_flight_;
+      --(job->long_poll ? long_polls_in_flight_ : in_flight_);
       jobs_.erase(job);
       if (job->answered) {  // already answered "timeout": this reply will never be sent
         if (on_sent) on_sent();

@@ -55,7 +55,7 @@ class Dispatcher {
   void BeginShutdown() { shutting_down_ = true; }
   // Tells every in-flight handler to give up (RequestContext::abandoned()).
   void AbandonAll();
-  size_t in_flight() const { return in_flight_; }
+  size_t in_flight() const { return in_flight_ + long_polls_in_flight_; }
 
  private:
   struct Job;
@@ -86,7 +86,8 @@ class Dispatcher {
   std::mutex lanes_mutex_;
   std::unordered_map<std::string, std::deque<std::function<void()>>> lanes_;
   WorkerPool pool_;
-  size_t in_flight_ = 0;
+  size_t in_flight_ = 0;             // worker requests but long-polls: max_concurrent_requests
+  size_t long_polls_in_flight_ = 0;  // RunMode::kLongPoll requests: kMaxLongPolls
   bool shutting_down_ = false;
   std::unordered_set<std::shared_ptr<Job>> jobs_;  // in flight, loop thread only
 };

@@ -207,6 +207,44 @@ TEST_F(DispatcherTest, BusyBeyondMaxConcurrentAndTimeoutAfterRequestTimeout) {
   EXPECT_EQ(sink->replies.size(), 3u);
 }
 
+// Long-polls (exec_status waiting on a guest command) have their own limit: any number of them
+// up to kMaxLongPolls never makes other requests busy.
+TEST_F(DispatcherTest, LongPollsDoNotCountTowardMaxConcurrent) {
+  table_.Add("wait", RunMode::kLongPoll, [](const json::object&, RequestContext& ctx) {
+    while (!ctx.abandoned()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return json::value("waited");
+  });
+  auto sink = std::make_shared<RecordingSink>();
+  for (size_t i = 0; i < kMaxLongPolls; ++i) {
+    dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"wait","id":)" + std::to_string(i) + "}",
+                            sink);
+  }
+  EXPECT_EQ(sink->replies.size(), 0u);
+  dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"wait","id":"one too many"})", sink);
+  ASSERT_EQ(sink->replies.size(), 1u);
+  auto busy = json::parse(sink->replies[0]).as_object();
+  EXPECT_EQ(busy["error"].as_object()["code"], static_cast<int>(ErrorCode::kBusy));
+  EXPECT_EQ(busy["error"].as_object()["data"].as_object()["limit"], kMaxLongPolls);
+  // Ordinary worker requests, as many as max_concurrent_requests (2), still run.
+  for (int i = 0; i < 2; ++i) {
+    dispatcher_->HandleLine(R"({"jsonrpc":"2.0","method":"echo_later","params":{"n":)" +
+                                std::to_string(i) + R"(},"id":"e)" + std::to_string(i) + "\"}",
+                            sink);
+  }
+  RunUntil(*sink, 3);
+  ASSERT_EQ(sink->replies.size(), 3u);
+  for (size_t i = 1; i < 3; ++i) {
+    EXPECT_TRUE(json::parse(sink->replies[i]).as_object().contains("result")) << sink->replies[i];
+  }
+  RunUntil(*sink, 3 + kMaxLongPolls);  // the waits time out after request_timeout_seconds
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (dispatcher_->in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
+    loop_.AddTimer(std::chrono::milliseconds(5), [&] { loop_.Stop(); });
+    loop_.Run();
+  }
+  EXPECT_EQ(dispatcher_->in_flight(), 0u);
+}
+
 // Records what the "ordered" method saw: which requests ran, in which order, and how many of
 // one lane ran at once.
 struct LaneLog {

@@ -15,7 +15,7 @@ void RequestContext::ExtendDeadline(Clock::duration from_now) {
 
 void MethodTable::Add(std::string name, RunMode mode, Handler handler, std::string serialize_by) {
   if (mode != RunMode::kWorker && !serialize_by.empty()) {
-    throw std::logic_error("inline method cannot be serialized: " + name);
+    throw std::logic_error("only kWorker methods can be serialized: " + name);
   }
   auto [it, inserted] = methods_.emplace(
       std::move(name), MethodSpec{std::move(handler), mode, std::move(serialize_by)});

@@ -97,7 +97,15 @@ enum class RunMode {
   // (file_read: data not in the page cache, a path not in the dentry cache) it throws
   // WouldBlock and the request runs on a worker as kWorker. A hit saves two thread hand-offs.
   kInlineFirst,
+  // Runs on a worker but mostly waits for something outside the agent's control (exec_status
+  // and exec_input long-polling a guest command): counts toward its own limit,
+  // kMaxLongPolls, not max_concurrent_requests, so clients waiting on their commands never
+  // leave other requests busy.
+  kLongPoll,
 };
+
+// Requests of kLongPoll methods running at once (one per running exec_start handle).
+inline constexpr size_t kMaxLongPolls = 64;
 
 // Thrown by a kInlineFirst handler on the I/O thread instead of blocking; nothing it did
 // before must be visible (the request runs again from the start on a worker).

@@ -1,11 +1,13 @@
 // exec (run a command in the guest, streaming its output), ps and kill.
 #include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -21,26 +23,96 @@ namespace kvm::ctl {
 namespace json = boost::json;
 namespace {
 
-void WriteAll(int fd, std::string_view bytes) {
+// Writes all of `bytes`; false (errno set) when the local stream does not take them.
+bool WriteAll(int fd, std::string_view bytes) {
   while (!bytes.empty()) {
     ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n <= 0) return;  // local stdout closed: nothing sensible left to do with the bytes
+    if (n < 0 && errno == EINTR) continue;  // a noted Ctrl-C: the caller looks at it
+    if (n <= 0) return false;
     bytes.remove_prefix(static_cast<size_t>(n));
   }
+  return true;
 }
 
 // Writes one stream's chunk of an exec_status result, decoding base64 when it says so.
-void Emit(const json::object& status, const char* stream, int fd) {
+// False (errno set) when the local stream refused it.
+bool Emit(const json::object& status, const char* stream, int fd) {
   auto* value = status.if_contains(stream);
-  if (!value || !value->is_string() || value->get_string().empty()) return;
+  if (!value || !value->is_string() || value->get_string().empty()) return true;
   std::string encoding_key = std::string(stream) + "_encoding";
   auto* encoding = status.if_contains(encoding_key);
   if (encoding && encoding->is_string() && encoding->get_string() == "base64") {
     std::string bytes;
-    if (Base64Decode(value->get_string(), bytes)) WriteAll(fd, bytes);
-    return;
+    if (!Base64Decode(value->get_string(), bytes)) return true;
+    return WriteAll(fd, bytes);
   }
-  WriteAll(fd, value->get_string());
+  return WriteAll(fd, value->get_string());
+}
+
+// SIGPIPE ignored while it lives: a reader that goes away (`exec -- yes | head -1`) must show
+// up as EPIPE, so that ctl stops the guest command instead of dying and leaving it running.
+class IgnoreSigpipe {
+ public:
+  IgnoreSigpipe() {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    ::sigaction(SIGPIPE, &ignore, &previous_);
+  }
+  ~IgnoreSigpipe() { ::sigaction(SIGPIPE, &previous_, nullptr); }
+  IgnoreSigpipe(const IgnoreSigpipe&) = delete;
+  IgnoreSigpipe& operator=(const IgnoreSigpipe&) = delete;
+
+ private:
+  struct sigaction previous_ {};
+};
+
+// The agent's answer when max_concurrent_requests requests already run: nothing was done, and
+// a moment later there is room.
+constexpr int64_t kBusy = -32004;
+
+bool IsBusy(const CallResult& r) { return !r.ok && r.error_code == kBusy; }
+
+// Pauses between retries of a request answered busy: 20 ms, doubling up to 320 ms. A signal
+// ends a pause early (no SA_RESTART), so Ctrl-C is looked at at once.
+class BusyBackoff {
+ public:
+  void Wait() {
+    ::poll(nullptr, 0, pause_ms_);
+    pause_ms_ = std::min(pause_ms_ * 2, 320);
+  }
+  void Reset() { pause_ms_ = 20; }
+
+ private:
+  int pause_ms_ = 20;
+};
+
+// exec_kill, retried while busy for at most ~2 s. Quiet: the command may just have ended.
+void KillCommand(AgentClient& client, int64_t handle) {
+  BusyBackoff backoff;
+  auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    CallResult r = client.Call("exec_kill", {{"handle", handle}, {"signal", "TERM"}});
+    if (!IsBusy(r) || std::chrono::steady_clock::now() >= give_up) return;
+    backoff.Wait();
+  }
+}
+
+// Calls `method` so that a signal (Ctrl-C) does not wait out --timeout for an agent that does
+// not answer: once a signal is noted, the answer is waited for at most `after_signal`. The
+// answer still counts when it arrives in time (no output is lost); a ClientError when not.
+CallResult CallInterruptibly(AgentClient& client, std::string_view method,
+                             const json::object& params, std::chrono::milliseconds after_signal) {
+  if (PendingInterrupt() == 0) {
+    StopOnInterruptScope stop(client, true);
+    try {
+      return client.Call(method, params);
+    } catch (const Interrupted&) {
+      // Sent or not: decided below, without stopping on the signal again.
+    }
+  }
+  client.set_timeout(std::min(client.timeout(), after_signal));
+  return client.awaiting_reply() ? client.AwaitReply() : client.Call(method, params);
 }
 
 int64_t IntOr(const json::object& o, const char* key, int64_t fallback) {
@@ -52,8 +124,9 @@ int64_t IntOr(const json::object& o, const char* key, int64_t fallback) {
 // stdin while the command's output waits to be shown (an interactive stdin may stay silent).
 class StdinFeeder {
  public:
-  StdinFeeder(AgentClient& client, int64_t handle, size_t chunk)
-      : client_(client), handle_(handle), buf_(chunk, '\0') {}
+  StdinFeeder(AgentClient& client, int64_t handle, size_t chunk,
+              std::chrono::milliseconds after_signal)
+      : client_(client), handle_(handle), buf_(chunk, '\0'), after_signal_(after_signal) {}
 
   bool active() const { return !done_; }
   bool has_pending() const { return !pending_.empty() || local_eof_; }
@@ -82,8 +155,10 @@ class StdinFeeder {
     json::object params{{"handle", handle_}, {"wait_ms", wait_ms}};
     if (!pending_.empty()) params["data"] = Base64Encode(pending_);
     if (pending_.empty()) params["eof"] = true;
-    CallResult r = CallOrPrint(client_, "exec_input", params);
-    if (!r.ok) {  // printed; exec_status will tell the rest
+    CallResult r = CallInterruptibly(client_, "exec_input", params, after_signal_);
+    if (IsBusy(r)) return;  // stays pending: sent again on the next round
+    if (!r.ok) {            // exec_status will tell the rest
+      PrintRpcError(r);
       done_ = true;
       return;
     }
@@ -103,6 +178,7 @@ class StdinFeeder {
   int64_t handle_;
   std::string buf_;
   std::string pending_;
+  std::chrono::milliseconds after_signal_;
   bool local_eof_ = false;
   bool done_ = false;
 };
@@ -114,6 +190,9 @@ struct ExecArgs {
   int64_t timeout = 0;
   bool send_stdin = false;
 };
+
+void CollectOutput(Options& options, AgentClient& client, int64_t handle, StdinFeeder& feeder,
+                   int64_t wait_ms, std::chrono::milliseconds after_signal);
 
 void RunExec(Options& options, const ExecArgs& args) {
   json::object params{{"command", args.command[0]}};
@@ -140,26 +219,89 @@ void RunExec(Options& options, const ExecArgs& args) {
   // Ctrl-C (or SIGTERM, SIGHUP) asks the guest command to stop instead of orphaning it; noted
   // from before the start, so a signal as the command starts still reaches it.
   InterruptScope interrupts;
+  IgnoreSigpipe sigpipe;
   auto client = Connect(options);
-  CallResult started = CallOrPrint(*client, "exec_start", params);
+  // Busy: nothing was started; tried again for as long as ctl waits for an answer (--timeout).
+  auto give_up = std::chrono::steady_clock::now() +
+                 std::chrono::milliseconds(static_cast<int64_t>(options.timeout_seconds * 1000));
+  BusyBackoff backoff;
+  CallResult started;
+  try {
+    // An agent that does not answer must not hold Ctrl-C off until --timeout.
+    StopOnInterruptScope stop(*client, true);
+    for (;;) {
+      started = client->Call("exec_start", params);
+      if (!IsBusy(started) || std::chrono::steady_clock::now() >= give_up) break;
+      ThrowIfInterrupted();
+      backoff.Wait();
+    }
+  } catch (const Interrupted& e) {
+    // exec_start went out, so the command may start: wait a moment for its answer. If it
+    // comes, the command is stopped below like on any Ctrl-C and ctl reports how it ended.
+    auto timeout = client->timeout();
+    client->set_timeout(std::chrono::seconds(1));
+    bool answered = false;
+    if (client->awaiting_reply()) {
+      try {
+        started = client->AwaitReply();
+        answered = true;
+      } catch (const ClientError&) {
+        // No answer in time either: the agent does not answer; nothing more ctl can do.
+      }
+    }
+    client->set_timeout(timeout);
+    if (!answered) {
+      std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+      options.exit_code = 128 + e.signal;
+      return;
+    }
+    if (IsBusy(started)) {  // nothing started
+      options.exit_code = 128 + e.signal;
+      return;
+    }
+  }
   if (!started.ok) {
+    PrintRpcError(started);
     options.exit_code = kExitRpcError;
     return;
   }
   int64_t handle = started.result.at("handle").as_int64();
   int64_t wait_ms = std::min<int64_t>(1000, static_cast<int64_t>(options.timeout_seconds * 500));
-  // Polls while stdin may bring input are short: they bound how long typed input waits.
-  int64_t input_wait_ms = std::min<int64_t>(100, wait_ms);
+  // After a signal, an answer is waited for this long at most: a poll's wait plus slack.
+  auto after_signal = std::chrono::milliseconds(wait_ms + 2000);
   StdinFeeder feeder(
       *client, handle,
-      static_cast<size_t>(IntOr(started.result.as_object(), "input_chunk_bytes", 32768)));
+      static_cast<size_t>(IntOr(started.result.as_object(), "input_chunk_bytes", 32768)),
+      after_signal);
   if (!args.send_stdin) feeder.Stop();
+  try {
+    CollectOutput(options, *client, handle, feeder, wait_ms, after_signal);
+  } catch (const ClientError& e) {
+    int signal = PendingInterrupt();
+    if (signal == 0) throw;
+    // Interrupted, and the agent no longer answers in time: stop waiting for it.
+    std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
+    options.exit_code = 128 + signal;
+  }
+}
+
+// The exec_status loop of RunExec: shows the output until the command has ended and sets the
+// exit code from how it ended.
+void CollectOutput(Options& options, AgentClient& client, int64_t handle, StdinFeeder& feeder,
+                   int64_t wait_ms, std::chrono::milliseconds after_signal) {
+  // Polls while stdin may bring input are short: they bound how long typed input waits.
+  int64_t input_wait_ms = std::min<int64_t>(100, wait_ms);
+  BusyBackoff backoff;
   bool kill_sent = false;
   for (;;) {
     if (PendingInterrupt() != 0 && !kill_sent) {
-      CallOrPrint(*client, "exec_kill", {{"handle", handle}, {"signal", "TERM"}});
-      kill_sent = true;
-      feeder.Stop();
+      client.set_timeout(std::min(client.timeout(), after_signal));
+      CallResult killed = client.Call("exec_kill", {{"handle", handle}, {"signal", "TERM"}});
+      if (!IsBusy(killed)) {  // busy: tried again on the next round
+        if (!killed.ok) PrintRpcError(killed);
+        kill_sent = true;
+        feeder.Stop();
+      }
     }
     int64_t status_wait = wait_ms;
     if (feeder.active()) {
@@ -172,15 +314,35 @@ void RunExec(Options& options, const ExecArgs& args) {
       // then look at stdin again.
       if (feeder.active()) status_wait = feeder.has_pending() ? 0 : input_wait_ms;
     }
-    CallResult status =
-        CallOrPrint(*client, "exec_status", {{"handle", handle}, {"wait_ms", status_wait}});
+    CallResult status = CallInterruptibly(
+        client, "exec_status", {{"handle", handle}, {"wait_ms", status_wait}}, after_signal);
+    if (IsBusy(status)) {
+      // The command runs on in the guest and its output waits there: never abandon it for a
+      // busy agent. The agent keeps the handle at least as long as the command may run.
+      backoff.Wait();
+      continue;
+    }
+    backoff.Reset();
     if (!status.ok) {
+      PrintRpcError(status);
       options.exit_code = kExitRpcError;
       return;
     }
     const json::object& s = status.result.as_object();
-    Emit(s, "stdout", 1);
-    Emit(s, "stderr", 2);
+    if (!Emit(s, "stdout", 1) || !Emit(s, "stderr", 2)) {
+      // Nobody takes the output any more: stop the command, as a pipeline's writer gets
+      // SIGPIPE, instead of draining it until its timeout.
+      int err = errno;
+      if (!kill_sent) KillCommand(client, handle);
+      if (err == EPIPE) {
+        options.exit_code = 128 + SIGPIPE;  // quietly, like a shell pipeline's writer
+      } else {
+        std::fprintf(stderr, "kvmmanager-ctl: writing the command's output: %s\n",
+                     std::strerror(err));
+        options.exit_code = kExitRpcError;
+      }
+      return;
+    }
     if (!s.at("exited").as_bool()) continue;
     for (const char* stream : {"stdout", "stderr"}) {
       int64_t dropped = IntOr(s, (std::string(stream) + "_dropped_bytes").c_str(), 0);
@@ -245,8 +407,9 @@ void AddExecCommands(CLI::App& app, Options& options) {
       ->allow_extra_args(false);
   exec->add_option("-C,--cwd", args->cwd, "working directory in the guest (absolute)");
   exec->add_option("--command-timeout", args->timeout,
-                   "seconds before the guest kills the command (default and cap: the agent's "
-                   "max_command_timeout_seconds)")
+                   "seconds before the guest kills the command: 1 to 604800 (the agent refuses "
+                   "more), silently capped at the agent's max_command_timeout_seconds, which is "
+                   "also the default")
       ->check(CLI::PositiveNumber);
   exec->add_flag("-i,--stdin", args->send_stdin,
                  "stream local stdin to the command as it arrives (any size; without -i the "

@@ -6,6 +6,8 @@
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -279,6 +281,70 @@ TEST(Ctl, TimeoutThatIsNotAFiniteNumberIsAUsageError) {
     EXPECT_EQ(r.exit_code, 2) << value << ": " << r.err;
     EXPECT_NE(r.err.find("--timeout"), std::string::npos) << value << ": " << r.err;
   }
+}
+
+// Reads one line (without its newline) from `fd`, skipping empty ones; empty at EOF.
+std::string ReadRequestLine(int fd) {
+  std::string line;
+  char c;
+  while (::read(fd, &c, 1) == 1) {
+    if (c != '\n') {
+      line += c;
+    } else if (!line.empty()) {
+      break;
+    }
+  }
+  return line;
+}
+
+// ctl exec against an agent that accepts exec_start and never answers: Ctrl-C (or SIGTERM)
+// ends ctl at once with 128+N, as for cat, instead of after --timeout with exit 3.
+TEST(CtlExec, InterruptStopsAWaitForAnAgentThatDoesNotAnswer) {
+  for (int signo : {SIGINT, SIGTERM}) {
+    FakeServer server([](int, const std::string&) {});
+    BackgroundProcess ctl(
+        {KVM_CTL_BINARY, "--socket", server.path(), "--timeout", "30", "exec", "--", "true"});
+    ASSERT_GT(ctl.pid(), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // exec_start is sent
+    auto start = std::chrono::steady_clock::now();
+    ::kill(ctl.pid(), signo);
+    EXPECT_EQ(ctl.Wait(std::chrono::seconds(10)), 128 + signo);
+    // At most the ~1 s it gives a late exec_start answer, not the 30 s of --timeout.
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(2500));
+  }
+}
+
+// The exec_start answer comes just after Ctrl-C: the command it started is stopped
+// (exec_kill of its handle) before ctl exits 130, not left running in the guest.
+TEST(CtlExec, CommandStartedJustAfterAnInterruptIsKilled) {
+  std::atomic<bool> interrupted{false};
+  std::string second_method, second_params;
+  {  // the server thread has finished once the block ends
+    OneConnectionServer server([&](int fd) {
+      json::object start = json::parse(ReadRequestLine(fd)).as_object();
+      while (!interrupted) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      Send(fd, R"({"jsonrpc":"2.0","result":{"handle":77,"pid":4242},"id":)" +
+                   json::serialize(start.at("id")) + "}\n");
+      std::string next = ReadRequestLine(fd);
+      if (next.empty()) return;
+      json::object request = json::parse(next).as_object();
+      second_method = request.at("method").as_string();
+      second_params = json::serialize(request.at("params"));
+      Send(fd,
+           R"({"jsonrpc":"2.0","result":{"handle":77,"signal":15,"signal_name":"SIGTERM"},"id":)" +
+               json::serialize(request.at("id")) + "}\n");
+    });
+    BackgroundProcess ctl(
+        {KVM_CTL_BINARY, "--socket", server.path(), "--timeout", "30", "exec", "--", "sleep", "9"});
+    ASSERT_GT(ctl.pid(), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(ctl.pid(), SIGINT);
+    interrupted = true;
+    EXPECT_EQ(ctl.Wait(std::chrono::seconds(10)), 128 + SIGINT);
+  }
+  EXPECT_EQ(second_method, "exec_kill");
+  EXPECT_NE(second_params.find("\"handle\":77"), std::string::npos) << second_params;
 }
 
 // A fake agent that answers every request line of one connection with `answer(method,

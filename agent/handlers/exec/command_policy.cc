@@ -3,10 +3,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 
 #include "protocol/errors.h"
 
@@ -57,6 +59,14 @@ std::optional<ResolvedCommand> ResolveEntry(const std::string& entry) {
   auto real = RealPath(*path);
   if (!real) return std::nullopt;
   return ResolvedCommand{*path, *real};
+}
+
+bool StartsWith(std::string_view text, std::string_view prefix) {
+  return text.substr(0, prefix.size()) == prefix;
+}
+
+bool OneOf(std::string_view name, std::initializer_list<std::string_view> names) {
+  return std::find(names.begin(), names.end(), name) != names.end();
 }
 
 }  // namespace
@@ -130,6 +140,40 @@ void CheckWhitelist(const std::optional<std::vector<std::string>>& whitelist,
       ErrorCode::kPermissionDenied,
       "Command not allowed by security.command_whitelist: " + std::string(command),
       {{"policy", "command_whitelist"}, {"command", command}, {"resolved", resolved.real_path}});
+}
+
+std::optional<std::string_view> EnvInjectionReason(std::string_view name, std::string_view value) {
+  // LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT...: every LD_ name, the loader adds new ones.
+  if (StartsWith(name, "LD_")) return "the dynamic loader loads code it names";
+  // What glibc itself drops for set-uid programs (its unsecure-envvars list).
+  if (OneOf(name,
+            {"GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE",
+             "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR"})) {
+    return "glibc loads modules or files it names";
+  }
+  if (StartsWith(name, "BASH_FUNC_") ||
+      OneOf(name, {"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "IFS"})) {
+    return "a shell runs code it holds or names";
+  }
+  if (OneOf(name, {"PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONINSPECT", "PERL5LIB",
+                   "PERL5OPT", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH",
+                   "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "LUA_INIT", "LUA_PATH", "LUA_CPATH"})) {
+    return "an interpreter loads code it holds or names";
+  }
+  // An allowed program that runs helpers by name (tar -z runs gzip) would find them there.
+  if (name == "PATH" && value != kSearchPath) return "programs run helpers found on it";
+  return std::nullopt;
+}
+
+void CheckEnvVariable(const std::optional<std::vector<std::string>>& whitelist,
+                      std::string_view name, std::string_view value) {
+  if (!whitelist) return;
+  auto reason = EnvInjectionReason(name, value);
+  if (!reason) return;
+  throw RpcError(ErrorCode::kPermissionDenied,
+                 "Environment variable " + std::string(name) +
+                     " not allowed with security.command_whitelist: " + std::string(*reason),
+                 {{"policy", "command_whitelist"}, {"variable", name}, {"reason", *reason}});
 }
 
 }  // namespace kvm::exec

@@ -37,4 +37,14 @@ bool WhitelistAllowsExecutable(const std::optional<std::vector<std::string>>& wh
 void CheckWhitelist(const std::optional<std::vector<std::string>>& whitelist,
                     std::string_view command, const ResolvedCommand& resolved);
 
+// Why an environment variable `name` = `value` would make an allowed program run code the
+// whitelist does not name (the dynamic loader's LD_*, glibc's unsecure-environment list,
+// shell start-up and interpreter options, a PATH other than kSearchPath), or nullopt.
+std::optional<std::string_view> EnvInjectionReason(std::string_view name, std::string_view value);
+
+// With a whitelist, throws permission_denied (data.policy "command_whitelist",
+// data.variable) for such a variable. Without one any program runs anyway: all pass.
+void CheckEnvVariable(const std::optional<std::vector<std::string>>& whitelist,
+                      std::string_view name, std::string_view value);
+
 }  // namespace kvm::exec

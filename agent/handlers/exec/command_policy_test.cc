@@ -4,6 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <iterator>
+#include <sstream>
+
 #include "protocol/errors.h"
 #include "tests/support/agent_process.h"
 
@@ -106,6 +109,43 @@ TEST_F(Whitelisted, RefusalIsPermissionDeniedNamingThePolicy) {
   } catch (const RpcError& e) {
     EXPECT_EQ(e.code(), ErrorCode::kPermissionDenied);
     EXPECT_EQ(e.data().at("policy").as_string(), "command_whitelist");
+  }
+}
+
+// Every variable that makes an allowed program load or run code it does not name itself.
+// Space-separated names.
+constexpr const char* kInjecting =
+    "LD_PRELOAD LD_LIBRARY_PATH LD_AUDIT LD_ANYTHING_NEW GCONV_PATH GETCONF_DIR HOSTALIASES "
+    "LOCALDOMAIN LOCPATH MALLOC_TRACE NIS_PATH NLSPATH RESOLV_HOST_CONF RES_OPTIONS TMPDIR TZDIR "
+    "BASH_ENV ENV SHELLOPTS BASHOPTS PS4 PROMPT_COMMAND IFS BASH_FUNC_ls%% PYTHONPATH "
+    "PYTHONSTARTUP PYTHONHOME PYTHONINSPECT PERL5LIB PERL5OPT PERLLIB RUBYOPT RUBYLIB "
+    "NODE_OPTIONS NODE_PATH JAVA_TOOL_OPTIONS _JAVA_OPTIONS LUA_INIT LUA_PATH LUA_CPATH";
+constexpr const char* kHarmless =
+    "LANG LC_ALL TZ HOME TERM ld_preload XLD_PRELOAD MY_LD_PATH PYTHONUNBUFFERED";
+
+std::vector<std::string> Names(const char* list) {
+  std::istringstream in(list);
+  return {std::istream_iterator<std::string>(in), std::istream_iterator<std::string>()};
+}
+
+TEST(EnvInjection, LoaderLibcShellAndInterpreterVariablesAreNamed) {
+  for (const auto& name : Names(kInjecting)) EXPECT_TRUE(EnvInjectionReason(name, "x")) << name;
+  // PATH only when it differs from the agent's own search path.
+  EXPECT_TRUE(EnvInjectionReason("PATH", "/tmp/kvmmanager:/usr/bin"));
+  EXPECT_FALSE(EnvInjectionReason("PATH", kSearchPath));
+  for (const auto& name : Names(kHarmless)) EXPECT_FALSE(EnvInjectionReason(name, "x")) << name;
+}
+
+TEST(EnvInjection, RefusedOnlyUnderAWhitelist) {
+  EXPECT_NO_THROW(CheckEnvVariable(std::nullopt, "LD_PRELOAD", "/tmp/evil.so"));
+  EXPECT_NO_THROW(CheckEnvVariable(Whitelist{{"ls"}}, "LANG", "C"));
+  try {
+    CheckEnvVariable(Whitelist{{"ls"}}, "LD_PRELOAD", "/tmp/evil.so");
+    ADD_FAILURE() << "LD_PRELOAD passed under a whitelist";
+  } catch (const RpcError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kPermissionDenied);
+    EXPECT_EQ(e.data().at("policy").as_string(), "command_whitelist");
+    EXPECT_EQ(e.data().at("variable").as_string(), "LD_PRELOAD");
   }
 }
 

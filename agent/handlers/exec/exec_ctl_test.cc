@@ -101,6 +101,12 @@ TEST(CtlExec, GuestErrorsAndBadUsageHaveTheirOwnExitCodes) {
   auto timed = RunProgram(Ctl(agent, {"exec", "--command-timeout", "1", "--", "sleep", "30"}));
   EXPECT_EQ(timed.exit_code, 128 + SIGTERM);
   EXPECT_NE(timed.err.find("timed out"), std::string::npos);
+  // As --help says: at most 604800 s, and more than the agent's cap is capped, not refused.
+  auto too_long = RunProgram(Ctl(agent, {"exec", "--command-timeout", "604801", "--", "true"}));
+  EXPECT_EQ(too_long.exit_code, 1);
+  EXPECT_NE(too_long.err.find("-32602"), std::string::npos) << too_long.err;
+  EXPECT_EQ(RunProgram(Ctl(agent, {"exec", "--command-timeout", "604800", "--", "true"})).exit_code,
+            0);
 }
 
 // The pid of a process whose command line is exactly `argv` (NULs between), or -1.
@@ -141,6 +147,82 @@ TEST(CtlExec, CtrlCStopsTheGuestCommandAndReportsItsSignal) {
   // 130 would mean ctl was killed by the signal instead of handling it.
   EXPECT_EQ(ctl.Wait(std::chrono::seconds(20)), 128 + SIGTERM);
   EXPECT_EQ(FindProcess(guest_cmdline), -1) << "the guest command is still running";
+}
+
+std::string ShellQuoted(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) out += "'" + a + "' ";
+  return out;
+}
+
+// `exec -- yes | head -1`: when the local reader goes away, ctl stops the guest command and
+// exits 141 (128+SIGPIPE) quietly, also when SIGPIPE is ignored (then ctl sees only EPIPE);
+// the command does not keep running, unread, until its timeout.
+TEST(CtlExec, ReaderThatGoesAwayStopsTheGuestCommand) {
+  AgentProcess agent;
+  for (bool ignore_sigpipe : {false, true}) {
+    SCOPED_TRACE(ignore_sigpipe ? "SIGPIPE ignored" : "SIGPIPE default");
+    std::string marker =
+        "kvmtest-sigpipe-" + std::to_string(::getpid()) + (ignore_sigpipe ? "-ign" : "-dfl");
+    test::TempDir dir;
+    std::string status_file = dir / "status";
+    std::string script = std::string(ignore_sigpipe ? "trap '' PIPE; " : "") + "{ " +
+                         ShellQuoted(Ctl(agent, {"exec", "--", "yes", marker})) + "; echo $? >" +
+                         status_file + "; } | head -n 1";
+    auto start = std::chrono::steady_clock::now();
+    auto r = RunProgram({"sh", "-c", script}, "", std::chrono::seconds(20));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+    EXPECT_EQ(r.out, marker + "\n");
+    EXPECT_EQ(r.err, "");
+    EXPECT_EQ(test::ReadFileText(status_file), "141\n");
+    auto left = testing::WaitGone(marker, std::chrono::seconds(3));
+    EXPECT_TRUE(left.empty()) << "the guest command is still running";
+    for (pid_t pid : left) ::kill(pid, SIGKILL);
+    // Its handle ends too (the agent has reaped the command).
+    std::string running;
+    for (int i = 0; i < 150; ++i) {
+      auto list = agent.Call("exec_list");
+      ASSERT_TRUE(list.ok);
+      running.clear();
+      for (const auto& h : list.result.at("handles").as_array()) {
+        if (h.at("running").as_bool()) running += boost::json::serialize(h);
+      }
+      if (running.empty()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_EQ(running, "");
+  }
+}
+
+// More ctl execs at once than max_concurrent_requests: every one gets its command's output and
+// exit code. Busy answers are retried, and waiting ctls (long-polling exec_status) do not hold
+// the slots other requests need.
+TEST(CtlExec, MoreConcurrentExecsThanMaxConcurrentRequestsAllSucceed) {
+  AgentProcess agent(testing::WithConfig({{"max_concurrent_requests", 3}}));
+  constexpr int kExecs = 12;
+  std::vector<test::RunResult> results(kExecs);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kExecs; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = RunProgram(Ctl(agent, {"exec", "--", "sh", "-c",
+                                          "sleep 2; echo done" + std::to_string(i) + "; exit 3"}));
+    });
+  }
+  // While they all wait for their commands, other requests are served, not refused busy.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  for (int i = 0; i < 5; ++i) {
+    auto r = agent.Call("exec_list");
+    EXPECT_TRUE(r.ok) << r.error_code << " " << r.error_message;
+    if (r.ok) {
+      EXPECT_EQ(r.result.at("handles").as_array().size(), static_cast<size_t>(kExecs));
+    }
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kExecs; ++i) {
+    EXPECT_EQ(results[i].exit_code, 3) << i << ": " << results[i].err;
+    EXPECT_EQ(results[i].out, "done" + std::to_string(i) + "\n") << i;
+    EXPECT_EQ(results[i].err, "") << i;
+  }
 }
 
 TEST(CtlPsKill, ListsAndKillsProcesses) {

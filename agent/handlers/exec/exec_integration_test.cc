@@ -10,7 +10,9 @@
 #include <cstring>
 #include <thread>
 
+#include "agent/handlers/exec/exec_state.h"
 #include "agent/handlers/exec/exec_test_util.h"
+#include "protocol/errors.h"
 
 namespace kvm::exec {
 namespace {
@@ -247,14 +249,54 @@ TEST_F(Whitelist, EveryBypassAttemptIsRefused) {
   ExpectRefused(Cmd(links + "/ls", {"-c", "id"}), "symlink named ls");
   ExpectRefused(Cmd(std::string("ls\0x", 4)), "ls\\0x");
   ExpectRefused(Cmd(std::string("ls\0", 3)), "ls\\0");
-  // The request's PATH cannot redirect an allowed name either: the real ls runs.
-  json::object path = Cmd("ls", {"-d", "/"});
-  path["env"] = json::object{{"PATH", evil}};
-  EXPECT_EQ(Ok(agent.Call("exec_command", path)).at("stdout").as_string(), "/\n");
   // Same rules for exec_start.
   auto r = agent.Call("exec_start", Cmd("sh", {"-c", "id"}));
   EXPECT_EQ(r.error_code, -32000);
   EXPECT_EQ(Policy(r), "command_whitelist");
+}
+
+// With a whitelist, env cannot make an allowed program run other code: LD_PRELOAD of a
+// library uploaded to a writable directory would run it inside the allowed `ls`.
+TEST_F(Whitelist, EnvThatInjectsCodeIsRefused) {
+  for (const auto& [name, value] :
+       std::vector<std::pair<std::string, std::string>>{{"LD_PRELOAD", "/tmp/kvmmanager/evil.so"},
+                                                        {"LD_LIBRARY_PATH", "/tmp/kvmmanager"},
+                                                        {"BASH_ENV", "/tmp/x"},
+                                                        {"PYTHONPATH", "/tmp/x"},
+                                                        {"BASH_FUNC_ls%%", "() { id; }"},
+                                                        {"PATH", "/tmp/kvmmanager:/usr/bin"}}) {
+    for (const char* method : {"exec_command", "exec_start"}) {
+      json::object params = Cmd("ls", {"-d", "/"});
+      params["env"] = json::object{{"LANG", "C"}, {name, value}};
+      auto r = agent.Call(method, params);
+      EXPECT_EQ(r.error_code, -32000) << method << " " << name;
+      EXPECT_EQ(Policy(r), "command_whitelist") << name;
+      EXPECT_EQ(Kind(r), "permission_denied") << name;
+      ASSERT_TRUE(r.error_data.is_object()) << name;
+      EXPECT_EQ(r.error_data.as_object().at("variable").as_string(), name);
+      EXPECT_NE(r.error_message.find(name), std::string::npos) << r.error_message;
+    }
+  }
+  // Harmless variables, and PATH set to the agent's own search path, still pass.
+  json::object fine = Cmd("ls", {"-d", "/"});
+  fine["env"] =
+      json::object{{"LC_ALL", "C"},
+                   {"TZ", "UTC"},
+                   {"PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}};
+  EXPECT_EQ(Ok(agent.Call("exec_command", fine)).at("stdout").as_string(), "/\n");
+}
+
+// Without a whitelist any program runs anyway, so env is not policed: LD_ variables reach
+// the command (the loader sees them too).
+TEST_F(ExecCommand, WithoutAWhitelistLoaderVariablesReachTheCommand) {
+  json::object params = Sh("echo \"$LD_LIBRARY_PATH\"");
+  params["env"] = json::object{{"LD_LIBRARY_PATH", "/nonexistent-kvmtest"},
+                               {"LD_PRELOAD", "/nonexistent-kvmtest.so"}};
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_EQ(o.at("stdout").as_string(), "/nonexistent-kvmtest\n");
+  // The loader tried to preload it: proof the variable took effect.
+  EXPECT_NE(o.at("stderr").as_string().find("nonexistent-kvmtest.so"), std::string::npos)
+      << o.at("stderr").as_string();
 }
 
 // --- timeouts, process trees, zombies ------------------------------------------------------
@@ -548,6 +590,63 @@ TEST(ExecAsync, KillSignalsTheTreeAndListShowsHandles) {
   EXPECT_EQ(agent.Call("exec_status", {{"handle", 999999}}).error_code, -32001);
   auto after = agent.Call("exec_list");
   EXPECT_FALSE(after.result.at("handles").as_array()[0].at("running").as_bool());
+}
+
+// The 64-handle limit is checked and taken before the spawn: an exec_start refused busy never
+// ran its command, also when many start at once near the limit.
+TEST(ExecAsync, BusyAtTheHandleLimitMeansTheCommandNeverRan) {
+  AgentProcess agent(WithConfig({{"max_concurrent_requests", 40}}));
+  test::TempDir dir;
+  constexpr int kRunning = 56, kRacers = 24;  // 8 racers get a handle, 16 are refused
+  for (int i = 0; i < kRunning; ++i) {
+    ASSERT_TRUE(agent.Call("exec_start", Cmd("sleep", {"1000.8181"})).ok) << i;
+  }
+  std::vector<CallResult> results(kRacers);
+  std::vector<std::unique_ptr<AgentClient>> clients;
+  for (int i = 0; i < kRacers; ++i) clients.push_back(agent.Connect());
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRacers; ++i) {
+    threads.emplace_back([&, i] {
+      while (!go) std::this_thread::yield();
+      results[i] = clients[i]->Call(
+          "exec_start", Sh("touch " + dir / std::to_string(i) + "; exec sleep 1000.8181"));
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // time to touch, had they run
+  int started = 0;
+  for (int i = 0; i < kRacers; ++i) {
+    bool ran = ::access((dir / std::to_string(i)).c_str(), F_OK) == 0;
+    if (results[i].ok) {
+      ++started;
+      EXPECT_TRUE(ran) << i;
+      continue;
+    }
+    EXPECT_EQ(results[i].error_code, -32004) << i << " " << results[i].error_message;
+    EXPECT_EQ(results[i].error_data.as_object().at("limit").as_int64(), 64) << i;
+    EXPECT_FALSE(ran) << "racer " << i << " was refused busy, but its command ran";
+  }
+  EXPECT_EQ(started, 64 - kRunning);
+  agent.Signal(SIGTERM);
+  EXPECT_EQ(agent.WaitExit(std::chrono::seconds(10)), 0);
+  EXPECT_EQ(WaitGone("1000.8181"), std::vector<pid_t>{});
+}
+
+// A slot taken for a spawn that fails (the HandleSlot is dropped, not adopted) is free again.
+TEST(ExecState, SlotsOfSpawnsThatFailAreGivenBack) {
+  ExecState state;
+  std::vector<HandleSlot> slots;
+  for (size_t i = 0; i < kMaxRunningHandles; ++i) slots.push_back(state.Reserve());
+  try {
+    state.Reserve();
+    ADD_FAILURE() << "a slot past the limit";
+  } catch (const RpcError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kBusy);
+  }
+  slots.pop_back();
+  EXPECT_NO_THROW(state.Reserve());
 }
 
 TEST(ExecAsync, TimeoutAppliesToHandlesToo) {

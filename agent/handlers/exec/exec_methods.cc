@@ -38,8 +38,10 @@ void CheckNoNul(std::string_view name, std::string_view value) {
   }
 }
 
-// The environment a command starts with: a fixed minimal set, then the request's `env`.
-std::vector<std::string> BuildEnv(const json::object* request_env) {
+// The environment a command starts with: a fixed minimal set, then the request's `env`
+// (without variables that would let an allowed program run other code, under a whitelist).
+std::vector<std::string> BuildEnv(const json::object* request_env,
+                                  const std::optional<std::vector<std::string>>& whitelist) {
   std::vector<std::pair<std::string, std::string>> vars{
       {"PATH", kSearchPath},
       {"HOME", HomeOf(::getuid()).value_or("/")},
@@ -54,6 +56,7 @@ std::vector<std::string> BuildEnv(const json::object* request_env) {
       }
       if (!value.is_string()) Params::Fail("env", "an object of string values");
       CheckNoNul("env", value.get_string());
+      CheckEnvVariable(whitelist, k, value.get_string());
       auto it = std::find_if(vars.begin(), vars.end(), [&](auto& v) { return v.first == k; });
       if (it != vars.end()) {
         it->second = std::string(value.get_string());
@@ -98,7 +101,7 @@ ExecRequest BuildRequest(const Params& p, const Config& config, bool streaming) 
   if (r.args.size() > kMaxArgs) Params::Fail("args", "at most 4096 strings");
   for (const auto& a : r.args) CheckNoNul("args", a);
   r.cwd = CheckCwd(p.OptionalString("cwd"));
-  r.env = BuildEnv(p.OptionalObject("env"));
+  r.env = BuildEnv(p.OptionalObject("env"), whitelist);
   if (auto input = p.OptionalString("input")) {
     std::string bytes;
     if (!Base64Decode(*input, bytes)) Params::Fail("input", "base64 (RFC 4648, padded)");
@@ -157,13 +160,12 @@ json::value ExecStart(ExecState& state, const json::object& params, RequestConte
   request.keep_stdin_open = p.OptionalBool("keep_stdin_open").value_or(false);
   auto retain = std::chrono::seconds(
       p.OptionalInt("retain_seconds", 1, kMaxRetainSeconds).value_or(kDefaultRetainSeconds));
-  if (state.running() >= kMaxRunningHandles) {
-    throw RpcError(ErrorCode::kBusy, "Too many running exec_start handles",
-                   {{"limit", kMaxRunningHandles}});
-  }
+  // Taken before the spawn (and given back if it fails): busy means nothing ran.
+  HandleSlot slot = state.Reserve();
   auto exec = std::make_unique<Execution>(request);
   pid_t pid = exec->pid();
-  auto handle = state.Adopt(std::move(exec), request.command, request.args, retain);
+  auto handle =
+      state.Adopt(std::move(slot), std::move(exec), request.command, request.args, retain);
   LOG_INFO(ctx.log(), "exec_start: handle %llu %s pid %d",
            static_cast<unsigned long long>(handle->id), request.resolved.real_path.c_str(),
            static_cast<int>(pid));
@@ -265,11 +267,11 @@ ChildSpawned RegisterExecMethods(MethodTable& table) {
             [&state](const json::object& params, RequestContext& ctx) {
               return ExecStart(state, params, ctx);
             });
-  table.Add("exec_status", RunMode::kWorker,
+  table.Add("exec_status", RunMode::kLongPoll,
             [&state](const json::object& params, RequestContext& ctx) {
               return ExecStatus(state, params, ctx);
             });
-  table.Add("exec_input", RunMode::kWorker,
+  table.Add("exec_input", RunMode::kLongPoll,
             [&state](const json::object& params, RequestContext& ctx) {
               return ExecInput(state, params, ctx);
             });

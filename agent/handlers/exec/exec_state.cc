@@ -94,8 +94,38 @@ void ExecState::RemoveChild(pid_t pid) {
   children_.erase(pid);
 }
 
-std::shared_ptr<AsyncHandle> ExecState::Adopt(std::unique_ptr<Execution> exec, std::string command,
-                                              std::vector<std::string> args,
+HandleSlot::~HandleSlot() {
+  if (state_) state_->Release(*this);
+}
+
+void ExecState::Release(HandleSlot& slot) {
+  std::lock_guard lock(mutex_);
+  --reserved_;
+  slot.state_ = nullptr;
+}
+
+size_t ExecState::Running() const {
+  size_t n = 0;
+  for (const auto& [id, h] : handles_) n += h->finished_at_ns == 0;
+  return n;
+}
+
+HandleSlot ExecState::Reserve() {
+  std::lock_guard lock(mutex_);
+  Expire();
+  // Checked and taken in one step: concurrent exec_starts cannot all pass the check and then
+  // find the limit exceeded after their commands ran.
+  if (size_t taken = Running() + reserved_; taken >= kMaxRunningHandles) {
+    throw RpcError(ErrorCode::kBusy,
+                   "Too many running exec_start handles (" + std::to_string(taken) + ")",
+                   {{"limit", kMaxRunningHandles}});
+  }
+  ++reserved_;
+  return HandleSlot(this);
+}
+
+std::shared_ptr<AsyncHandle> ExecState::Adopt(HandleSlot slot, std::unique_ptr<Execution> exec,
+                                              std::string command, std::vector<std::string> args,
                                               std::chrono::seconds retain) {
   auto h = std::make_shared<AsyncHandle>();
   h->command = std::move(command);
@@ -104,15 +134,9 @@ std::shared_ptr<AsyncHandle> ExecState::Adopt(std::unique_ptr<Execution> exec, s
   h->retain = retain;
   h->exec = std::move(exec);
   std::lock_guard lock(mutex_);
-  Expire();
-  size_t running = 0;
-  for (const auto& [id, other] : handles_) running += other->finished_at_ns == 0;
-  if (running >= kMaxRunningHandles) {
-    // The execution is destroyed here, which kills it: nothing runs unaccounted for.
-    throw RpcError(ErrorCode::kBusy,
-                   "Too many running exec_start handles (" + std::to_string(running) + ")",
-                   {{"limit", kMaxRunningHandles}});
-  }
+  // The slot becomes the handle's (it counts as running from now on).
+  --reserved_;
+  slot.state_ = nullptr;
   h->id = next_id_++;
   children_.insert(h->exec->pid());
   AsyncHandle* raw = h.get();
@@ -176,13 +200,6 @@ std::vector<std::shared_ptr<AsyncHandle>> ExecState::List() {
   std::vector<std::shared_ptr<AsyncHandle>> out;
   for (const auto& [id, h] : handles_) out.push_back(h);
   return out;
-}
-
-size_t ExecState::running() const {
-  std::lock_guard lock(mutex_);
-  size_t n = 0;
-  for (const auto& [id, h] : handles_) n += h->finished_at_ns == 0;
-  return n;
 }
 
 std::optional<Clock::time_point> ExecState::NextExpiry() const {

@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "agent/handlers/exec/execution.h"
@@ -39,6 +40,23 @@ struct AsyncHandle {
   std::atomic<bool> stop{false};
 };
 
+class ExecState;
+
+// One of the kMaxRunningHandles slots, taken before a command is spawned so that a refusal
+// (busy) always means nothing ran. Given back at destruction unless Adopt took it over.
+class HandleSlot {
+ public:
+  explicit HandleSlot(ExecState* state) : state_(state) {}
+  HandleSlot(HandleSlot&& other) noexcept : state_(std::exchange(other.state_, nullptr)) {}
+  HandleSlot& operator=(HandleSlot&&) = delete;
+  HandleSlot(const HandleSlot&) = delete;
+  ~HandleSlot();
+
+ private:
+  friend class ExecState;
+  ExecState* state_;
+};
+
 class ExecState {
  public:
   ExecState();
@@ -51,16 +69,21 @@ class ExecState {
   void AddChild(pid_t pid);
   void RemoveChild(pid_t pid);
 
-  // Takes ownership of a started execution; throws busy past kMaxRunningHandles.
-  std::shared_ptr<AsyncHandle> Adopt(std::unique_ptr<Execution> exec, std::string command,
-                                     std::vector<std::string> args, std::chrono::seconds retain);
+  // Takes a running-handle slot; throws busy when kMaxRunningHandles are running or reserved.
+  HandleSlot Reserve();
+  // Takes ownership of an execution started under `slot`, which becomes its handle's.
+  std::shared_ptr<AsyncHandle> Adopt(HandleSlot slot, std::unique_ptr<Execution> exec,
+                                     std::string command, std::vector<std::string> args,
+                                     std::chrono::seconds retain);
   // Throws not_found for unknown or expired handles.
   std::shared_ptr<AsyncHandle> Find(uint64_t id);
   std::vector<std::shared_ptr<AsyncHandle>> List();
-  size_t running() const;
 
  private:
-  void Expire();  // under mutex_
+  friend class HandleSlot;
+  void Release(HandleSlot& slot);
+  size_t Running() const;  // under mutex_
+  void Expire();           // under mutex_
   // When the next finished handle is due to expire; nullopt if none. Under mutex_.
   std::optional<std::chrono::steady_clock::time_point> NextExpiry() const;
   void ReaperLoop();
@@ -69,6 +92,7 @@ class ExecState {
   mutable std::mutex mutex_;
   std::map<uint64_t, std::shared_ptr<AsyncHandle>> handles_;
   uint64_t next_id_ = 1;
+  size_t reserved_ = 0;  // HandleSlots taken whose command is not adopted yet
   std::set<pid_t> children_;
   std::set<pid_t> zombie_seen_;  // reaper thread only
 

@@ -78,22 +78,34 @@ std::vector<ProcStat> ReadProcessTable() {
   return table;
 }
 
-std::optional<uid_t> ReadProcUid(pid_t pid) {
-  auto text = ReadSmallFile("/proc/" + std::to_string(pid) + "/status", 16384);
+namespace {
+// The first number on the line of /proc/ID/status that starts with `key` ("Uid:", "Tgid:").
+template <class T>
+std::optional<T> StatusNumber(pid_t id, std::string_view key) {
+  auto text = ReadSmallFile("/proc/" + std::to_string(id) + "/status", 16384);
   if (!text) return std::nullopt;
-  size_t at = text->find("\nUid:");
+  size_t at = text->find("\n" + std::string(key));
   if (at == std::string::npos) return std::nullopt;
-  size_t end = text->find('\n', at + 1);
-  auto fields = SplitFields(std::string_view(*text).substr(at + 5, end - at - 5));
-  uid_t uid;
-  if (fields.empty() || !ParseNumber(fields[0], uid)) return std::nullopt;
-  return uid;
+  size_t from = at + 1 + key.size();
+  size_t end = text->find('\n', from);
+  auto fields = SplitFields(std::string_view(*text).substr(from, end - from));
+  T value;
+  if (fields.empty() || !ParseNumber(fields[0], value)) return std::nullopt;
+  return value;
 }
+}  // namespace
 
-std::vector<std::string> ReadCmdline(pid_t pid) {
+std::optional<uid_t> ReadProcUid(pid_t pid) { return StatusNumber<uid_t>(pid, "Uid:"); }
+
+std::optional<pid_t> ReadProcTgid(pid_t id) { return StatusNumber<pid_t>(id, "Tgid:"); }
+
+std::vector<std::string> ReadCmdline(pid_t pid, bool* truncated) {
   std::vector<std::string> args;
-  auto text = ReadSmallFile("/proc/" + std::to_string(pid) + "/cmdline", 64 * 1024);
+  auto text = ReadSmallFile("/proc/" + std::to_string(pid) + "/cmdline", kMaxCmdlineBytes + 1);
   if (!text) return args;
+  bool cut = text->size() > kMaxCmdlineBytes;
+  if (cut) text->resize(kMaxCmdlineBytes);
+  if (truncated) *truncated = cut;
   size_t start = 0;
   while (start < text->size()) {
     size_t end = text->find('\0', start);

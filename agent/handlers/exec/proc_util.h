@@ -37,8 +37,12 @@ std::vector<ProcStat> ReadProcessTable();
 
 // The real uid of a process from /proc/PID/status, or nullopt.
 std::optional<uid_t> ReadProcUid(pid_t pid);
-// argv of a process (empty for kernel threads and zombies).
-std::vector<std::string> ReadCmdline(pid_t pid);
+// argv of a process (empty for kernel threads and zombies), its first kMaxCmdlineBytes at most;
+// `truncated` (if given) is set when there was more.
+inline constexpr size_t kMaxCmdlineBytes = 64 * 1024;
+std::vector<std::string> ReadCmdline(pid_t pid, bool* truncated = nullptr);
+// The thread group (process) id of a pid or thread id, from /proc/ID/status; nullopt if none.
+std::optional<pid_t> ReadProcTgid(pid_t id);
 
 // uid -> name from /etc/passwd (or another file in tests).
 std::map<uid_t, std::string> ReadPasswd(const std::string& path = "/etc/passwd");

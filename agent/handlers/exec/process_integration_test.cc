@@ -5,7 +5,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <ctime>
+#include <thread>
 
 #include "agent/handlers/exec/exec_test_util.h"
 
@@ -154,6 +156,56 @@ TEST(ProcessKill, WhitelistLimitsWhatMayBeKilled) {
   AgentProcess allowing(WithConfig({}, {{"command_whitelist", json::array{"sleep"}}}));
   EXPECT_TRUE(allowing.Call("process_kill", {{"pid", sleeper.pid()}}).ok);
   EXPECT_EQ(sleeper.WaitSignal(std::chrono::seconds(5)), SIGTERM);
+}
+
+// A thread id (from /proc/PID/task) is not a process id: a clear not_found naming the
+// process it belongs to, not an io_error from pidfd_open; and nothing is signalled.
+TEST(ProcessKill, ThreadIdIsNotFoundNamingItsProcess) {
+  AgentProcess agent;
+  std::atomic<pid_t> tid{0};
+  std::atomic<bool> done{false};
+  std::thread thread([&] {
+    tid = ::gettid();
+    while (!done) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  });
+  while (tid == 0) std::this_thread::yield();
+  auto r = agent.Call("process_kill", {{"pid", tid.load()}, {"signal", "CONT"}});
+  done = true;
+  thread.join();
+  EXPECT_EQ(r.error_code, -32001) << r.error_message;
+  EXPECT_EQ(Kind(r), "not_found");
+  EXPECT_NE(r.error_message.find("thread"), std::string::npos) << r.error_message;
+  ASSERT_TRUE(r.error_data.is_object());
+  EXPECT_EQ(r.error_data.as_object().at("thread_of").as_int64(), ::getpid());
+}
+
+// A command line longer than the 64 KiB process_list reads is flagged, not silently cut.
+TEST(ProcessList, CommandLineCutAt64KiBIsFlagged) {
+  AgentProcess agent;
+  std::string big(70000, 'x');
+  pid_t pid;
+  char* argv[] = {const_cast<char*>("sh"), const_cast<char*>("-c"),
+                  const_cast<char*>("sleep 1000.6161"), big.data(), nullptr};
+  posix_spawnattr_t attr;  // its own group: the sleep it forks goes with it
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+  ASSERT_EQ(::posix_spawnp(&pid, "sh", nullptr, &attr, argv, environ), 0);
+  posix_spawnattr_destroy(&attr);
+  Sleeper plain("1000.6262");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto r = agent.Call("process_list");
+  ::kill(-pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  ASSERT_TRUE(r.ok);
+  const json::object* cut = FindPid(r.result, pid);
+  ASSERT_NE(cut, nullptr);
+  EXPECT_TRUE(cut->at("cmdline_truncated").as_bool());
+  size_t bytes = 0;
+  for (const auto& a : cut->at("cmdline").as_array()) bytes += a.as_string().size() + 1;
+  EXPECT_EQ(bytes - 1, 64u * 1024);  // the last argument, cut, has no NUL after it
+  const json::object* whole = FindPid(r.result, plain.pid());
+  ASSERT_NE(whole, nullptr);
+  EXPECT_FALSE(whole->contains("cmdline_truncated"));
 }
 
 }  // namespace

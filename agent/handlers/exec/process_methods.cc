@@ -41,14 +41,15 @@ json::value ProcessList(const json::object& params, RequestContext&) {
   json::array list;
   for (const auto& st : ReadProcessTable()) {
     json::array cmdline;
-    for (auto& arg : ReadCmdline(st.pid)) cmdline.emplace_back(std::move(arg));
+    bool cut = false;
+    for (auto& arg : ReadCmdline(st.pid, &cut)) cmdline.emplace_back(std::move(arg));
     auto uid = ReadProcUid(st.pid);
     json::value user = nullptr;
     if (uid) {
       auto it = users.find(*uid);
       user = it != users.end() ? json::value(it->second) : json::value(std::to_string(*uid));
     }
-    list.push_back(json::object{
+    json::object item{
         {"pid", st.pid},
         {"ppid", st.ppid},
         {"uid", uid ? json::value(*uid) : json::value(nullptr)},
@@ -60,7 +61,9 @@ json::value ProcessList(const json::object& params, RequestContext&) {
         {"rss_bytes", st.rss_pages * page},
         {"start_time", boot + static_cast<int64_t>(st.start_ticks) / ticks},
         {"kernel_thread", st.kernel_thread()},
-    });
+    };
+    if (cut) item["cmdline_truncated"] = true;
+    list.push_back(std::move(item));
   }
   size_t count = list.size();
   return json::object{{"processes", std::move(list)}, {"count", count}};
@@ -81,7 +84,15 @@ json::value ProcessKill(const json::object& params, RequestContext& ctx) {
   UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   if (!pidfd) {
     int err = errno;
-    if (err == ESRCH || err == EINVAL) {
+    // A thread id (a /proc/PID/task entry) is no process: pidfd_open refuses it (ENOENT or
+    // EINVAL, by kernel version), and the signal would hit its whole process anyway.
+    if (auto tgid = ReadProcTgid(pid); tgid && *tgid != pid) {
+      throw RpcError(ErrorCode::kNotFound,
+                     "No process " + std::to_string(pid) + ": it is a thread id of process " +
+                         std::to_string(*tgid) + ", not a process id",
+                     {{"pid", pid}, {"thread_of", *tgid}});
+    }
+    if (err == ESRCH || err == EINVAL || err == ENOENT) {
       throw RpcError(ErrorCode::kNotFound, "No process " + std::to_string(pid), {{"pid", pid}});
     }
     throw RpcError(ErrorCode::kIoError, std::string("pidfd_open: ") + std::strerror(err),
