@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   CLI::App app{
       "kvmmanager-ctl: host-side client for kvmmanager-agent (JSON-RPC 2.0 over a unix socket:\n"
       "the agent's --listen socket or the host end of the VM's virtio-serial channel).\n"
+      "The options below may also follow the command (after exec --, they are the command's).\n"
       "Exit codes: 0 success, 1 the agent answered with an error (or a copy's sha256 check\n"
       "failed), 2 bad usage or a local file problem (cannot read or write it, disk full),\n"
       "3 no answer (cannot connect, timeout, malformed reply), 128+N cp/cat stopped by\n"
@@ -37,6 +38,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--json", options.json, "print raw JSON instead of tables");
   app.require_subcommand(1);
+  // Global options also after the subcommand (`ping --json`), as users type them; a
+  // subcommand's own option of the same name (kill -s) still wins.
+  app.fallthrough();
 
   AddCoreCommands(app, options);
   AddSystemCommands(app, options);

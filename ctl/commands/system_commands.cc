@@ -246,12 +246,13 @@ void AddSystemCommands(CLI::App& app, Options& options) {
   auto* net = app.add_subcommand("net", "interfaces, addresses, routes, DNS (get_network_info)");
   auto iface = std::make_shared<std::string>();
   auto no_lo = std::make_shared<bool>(false);
-  net->add_option("-i,--interface", *iface, "only this interface");
+  auto* iface_option = net->add_option("-i,--interface", *iface, "only this interface");
   net->add_flag("--no-loopback", *no_lo, "leave out loopback interfaces");
   net->add_flag("--json", options.json, "print the raw JSON result");
-  net->callback([&options, iface, no_lo] {
+  net->callback([&options, iface, iface_option, no_lo] {
     json::object params;
-    if (!iface->empty()) params["interface"] = *iface;
+    // Given means sent, also empty: the agent names what is wrong with it.
+    if (iface_option->count() > 0) params["interface"] = *iface;
     if (*no_lo) params["exclude_loopback"] = true;
     CallAndShow(options, "get_network_info", params, PrintNet, ResultShape::kObject);
   });

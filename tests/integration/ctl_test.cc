@@ -38,6 +38,21 @@ TEST(Ctl, PingAndCallPrintResultsAndExitZero) {
   EXPECT_EQ(ParseJson(json_out.out).at("pong"), true);
 }
 
+// Global options may follow the subcommand, as users type them; after `exec --` they belong
+// to the guest command.
+TEST(Ctl, GlobalOptionsAlsoWorkAfterTheSubcommand) {
+  AgentProcess agent;
+  RunResult ping = Ctl({"ping", "--socket", agent.socket_path(), "--json", "--timeout", "5"});
+  EXPECT_EQ(ping.exit_code, 0) << ping.err;
+  EXPECT_EQ(ParseJson(ping.out).at("pong"), true) << ping.out;
+  RunResult exec = Ctl({"exec", "--socket", agent.socket_path(), "--", "echo", "--json"});
+  EXPECT_EQ(exec.exit_code, 0) << exec.err;
+  EXPECT_EQ(exec.out, "--json\n");
+  RunResult bogus = Ctl({"ping", "--socket", agent.socket_path(), "--bogus"});
+  EXPECT_EQ(bogus.exit_code, 2);
+  EXPECT_NE(bogus.err.find("--bogus"), std::string::npos) << bogus.err;
+}
+
 TEST(Ctl, SocketFromEnvironment) {
   AgentProcess agent;
   ::setenv("KVMMANAGER_SOCKET", agent.socket_path().c_str(), 1);

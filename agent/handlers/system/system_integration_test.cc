@@ -330,6 +330,9 @@ TEST(SystemCtl, InfoNetDfPrintTablesAndRawJson) {
   RunResult missing = ctl({"net", "-i", "no-such-if0"});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("not_found"), std::string::npos);
+  RunResult empty = ctl({"net", "-i", ""});  // a refusal, not every interface
+  EXPECT_EQ(empty.exit_code, 1) << empty.out;
+  EXPECT_NE(empty.err.find("interface"), std::string::npos) << empty.err;
 
   RunResult df = ctl({"df"});
   EXPECT_EQ(df.exit_code, 0) << df.err;
