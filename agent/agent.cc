@@ -26,7 +26,10 @@ void Notify(Logger& log, const char* state) {
 void ApplyLogSettings(const AgentOptions& options, const Config& config, Logger& log) {
   log.set_level(ParseLogLevel(options.log_level.value_or(config.log_level)));
   if (std::string err = log.OpenFile(config.log_file); !err.empty()) {
-    LOG_WARN(log, "%s; logging to stderr only", err.c_str());
+    LOG_WARN(log, "%s; %s", err.c_str(),
+             log.has_file()       ? "still logging to the file used before"
+             : options.foreground ? "logging to stderr only"
+                                  : "the daemon will log nothing");
   }
 }
 

@@ -126,14 +126,16 @@ int main(int argc, char** argv) {
   ::sigprocmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  int ready_fd = options.foreground ? -1 : Daemonize();
+  // Before daemonizing, so that a log_file that cannot be opened and the config's warnings
+  // reach whoever starts the daemon: afterwards its stderr is /dev/null.
   kvm::Logger log;
-  if (!options.foreground) log.set_stderr(false);
   kvm::ApplyLogSettings(options, loaded.config, log);
   for (const auto& warning : loaded.warnings) LOG_WARN(log, "%s", warning.c_str());
   if (!loaded.file_found) {
     LOG_INFO(log, "config %s not found; using built-in defaults", options.config_path.c_str());
   }
+  int ready_fd = options.foreground ? -1 : Daemonize();
+  if (!options.foreground) log.set_stderr(false);
 
   try {
     kvm::Agent agent(options, loaded.config, log);

@@ -103,12 +103,16 @@ LoadedConfig ParseConfig(std::string_view text) {
       }
     } else if (key == "log_file") {
       c.log_file = value.is_null() ? std::string() : GetString(value, key);
-      if (!c.log_file.empty() && c.log_file[0] != '/') Fail(key, "an absolute path or null", value);
+      if (!c.log_file.empty() &&
+          (c.log_file[0] != '/' || c.log_file.find('\0') != std::string::npos)) {
+        Fail(key, "an absolute path or null", value);
+      }
     } else if (key == "channel_name") {
       c.channel_name = GetString(value, key);
-      if (c.channel_name.empty() || c.channel_name.find('/') != std::string::npos ||
+      if (c.channel_name.empty() ||
+          c.channel_name.find_first_of(std::string_view("/\0", 2)) != std::string::npos ||
           c.channel_name == "." || c.channel_name == "..") {
-        Fail(key, "a port name without '/'", value);
+        Fail(key, "a port name without '/' or NUL", value);
       }
     } else if (key == "max_message_size_kb") {
       c.max_message_size_kb = GetInt(value, key, 1, 64 * 1024);

@@ -71,6 +71,13 @@ TEST(Config, WrongTypeOrValueNamesTheKey) {
   EXPECT_NE(ErrorOf("{").find("JSON"), std::string::npos);
 }
 
+// A NUL would cut the name the kernel sees: another port or file than the one configured.
+TEST(Config, NamesWithANulByteAreRefused) {
+  EXPECT_NE(ErrorOf(R"({"channel_name": "org.kvmmanager.agent.0\u0000x"})").find("channel_name"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"log_file": "/var/log/a\u0000b"})").find("log_file"), std::string::npos);
+}
+
 TEST(Config, UnknownKeysAreWarnedNotFatal) {
   auto loaded = ParseConfig(R"({"colour": "blue", "security": {"x": 1}})");
   ASSERT_EQ(loaded.warnings.size(), 2u);

@@ -22,14 +22,14 @@ Logger::~Logger() {
 }
 
 std::string Logger::OpenFile(const std::string& path) {
-  std::lock_guard lock(mutex_);
-  if (file_) {
-    std::fclose(file_);
-    file_ = nullptr;
+  std::FILE* opened = nullptr;
+  if (!path.empty()) {
+    opened = std::fopen(path.c_str(), "ae");
+    if (!opened) return "cannot open log file " + path + ": " + std::strerror(errno);
   }
-  if (path.empty()) return {};
-  file_ = std::fopen(path.c_str(), "ae");
-  if (!file_) return "cannot open log file " + path + ": " + std::strerror(errno);
+  std::lock_guard lock(mutex_);
+  if (file_) std::fclose(file_);
+  file_ = opened;
   return {};
 }
 

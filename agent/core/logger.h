@@ -26,8 +26,12 @@ class Logger {
   bool enabled(LogLevel level) const { return level >= level_ && level_ != LogLevel::kOff; }
 
   // Opens (or reopens, after SIGHUP/logrotate) the log file; "" closes it. Returns an error text
-  // on failure, empty on success.
+  // on failure, empty on success; on failure the file open before (if any) stays in use.
   std::string OpenFile(const std::string& path);
+  bool has_file() {
+    std::lock_guard lock(mutex_);
+    return file_ != nullptr;
+  }
   void set_stderr(bool on) { to_stderr_ = on; }
 
   void Log(LogLevel level, const char* format, ...) __attribute__((format(printf, 3, 4)));

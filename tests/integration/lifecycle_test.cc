@@ -317,6 +317,41 @@ TEST(AgentDaemon, RelativeConfigPathStillNamesTheSameFileOnSighup) {
   EXPECT_TRUE(StopDaemon(daemon));
 }
 
+// A daemon's stderr is /dev/null: a log_file it cannot open is said by the launcher, and a
+// reload naming one it cannot open keeps writing to the old file.
+TEST(AgentDaemon, LogFileThatCannotBeOpenedIsReportedAndAReloadKeepsTheOldOne) {
+  TempDir dir;
+  std::string name = std::filesystem::path(dir.path()).filename().string() + ".json";
+  std::string sock = dir / "agent.sock";
+  WriteFile(dir / name, json::serialize(json::object{{"log_file", dir / "no-dir/agent.log"}}));
+  RunResult r = RunAgentIn(dir.path(), {"--config", dir / name, "--listen", "unix:" + sock});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  {
+    DaemonGuard daemon{FindProcess(name)};
+    ASSERT_GT(daemon.pid, 0);
+    EXPECT_NE(r.err.find("cannot open log file " + (dir / "no-dir/agent.log")), std::string::npos)
+        << r.err;
+    EXPECT_NE(r.err.find("the daemon will log nothing"), std::string::npos) << r.err;
+    EXPECT_TRUE(StopDaemon(daemon));
+  }
+
+  WriteFile(dir / name, json::serialize(json::object{{"log_file", dir / "agent.log"}}));
+  r = RunAgentIn(dir.path(), {"--config", dir / name, "--listen", "unix:" + sock});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  DaemonGuard daemon{FindProcess(name)};
+  ASSERT_GT(daemon.pid, 0);
+  WriteFile(dir / name, json::serialize(json::object{{"log_file", dir / "no-dir/agent.log"}}));
+  ::kill(daemon.pid, SIGHUP);
+  ASSERT_TRUE(WaitForText(dir / "agent.log", "config reloaded", 1))
+      << ReadFileText(dir / "agent.log");
+  EXPECT_NE(ReadFileText(dir / "agent.log").find("still logging to the file used before"),
+            std::string::npos)
+      << ReadFileText(dir / "agent.log");
+  EXPECT_TRUE(StopDaemon(daemon));
+  EXPECT_NE(ReadFileText(dir / "agent.log").find("stopped"), std::string::npos)
+      << ReadFileText(dir / "agent.log");
+}
+
 TEST(AgentDaemon, RelativeListenPathIsCreatedInTheStartDirectory) {
   TempDir dir;
   std::string name = std::filesystem::path(dir.path()).filename().string() + ".sock";
