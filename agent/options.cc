@@ -44,6 +44,16 @@ std::string AgentUsage() {
          "Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.\n";
 }
 
+namespace {
+// The option getopt_long just stopped at. Within a group (-xf) argv[optind - 1] may be the
+// word before it, so a short option is named by optopt.
+std::string OffendingOption(char** argv) {
+  std::string_view given = argv[optind - 1];
+  if (given.substr(0, 2) == "--") return std::string(given.substr(0, given.find('=')));
+  return std::string("-") + static_cast<char>(optopt);
+}
+}  // namespace
+
 std::optional<OptionsExit> ParseAgentOptions(int argc, char** argv, AgentOptions& options) {
   enum { kListen = 1000, kCheckConfig };
   static const option kLong[] = {
@@ -91,11 +101,19 @@ std::optional<OptionsExit> ParseAgentOptions(int argc, char** argv, AgentOptions
       case 'h':
         return OptionsExit{0, AgentUsage()};
       case ':':
-        return OptionsExit{2, std::string("kvmmanager-agent: option ") + argv[optind - 1] +
+        return OptionsExit{2, "kvmmanager-agent: option " + OffendingOption(argv) +
                                   " needs a value\nTry --help.\n"};
-      default:
-        return OptionsExit{2, std::string("kvmmanager-agent: unknown option ") + argv[optind - 1] +
-                                  "\nTry --help.\n"};
+      default: {
+        std::string name = OffendingOption(argv);
+        std::string_view given = argv[optind - 1];
+        bool known = false;
+        for (const option* o = kLong; o->name; ++o) known |= name == std::string("--") + o->name;
+        if (known && given.find('=') != std::string_view::npos) {
+          return OptionsExit{2, "kvmmanager-agent: option " + name + " takes no value (got \"" +
+                                    std::string(given) + "\")\nTry --help.\n"};
+        }
+        return OptionsExit{2, "kvmmanager-agent: unknown option " + name + "\nTry --help.\n"};
+      }
     }
   }
   if (optind < argc) {

@@ -41,6 +41,27 @@ TEST(AgentFlags, VersionHelpAndUsageErrors) {
   EXPECT_EQ(missing.exit_code, 2);
 }
 
+// Usage errors name the option the user typed, also inside a group of short options or with
+// a value given to a flag.
+TEST(AgentFlags, UsageErrorsNameTheOffendingOption) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"-xf"}, "unknown option -x\n"},
+           {{"-fx"}, "unknown option -x\n"},
+           {{"--foreground=1"}, "option --foreground takes no value"},
+           {{"--check-config=yes"}, "option --check-config takes no value"},
+           {{"--bogus=2"}, "unknown option --bogus\n"},
+           {{"-fl"}, "option -l needs a value"},
+       }) {
+    RunResult r = RunAgent(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args[0];
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << c.args[0] << ": " << r.err;
+  }
+}
+
 TEST(AgentConfig, CheckConfigPrintsEffectiveConfigOrNamesTheBadKey) {
   TempDir dir;
   WriteFile(dir / "good.json", R"({"max_concurrent_requests": 4, "extra_key": 1})");
