@@ -240,9 +240,13 @@ void ExecState::ReaperLoop() {
 
 bool ExecState::ReapOrphans() {
   // A zombie child nobody registered is an orphan the agent inherited as subreaper. Reaped
-  // only when seen twice in a row, so a child another module spawned and is about to wait
-  // for is never taken from it.
-  std::set<pid_t> seen;
+  // only once it has stayed unregistered for kOrphanAge: a command that exits at once is a
+  // zombie before its exec has registered it (or another module has waited for its helper),
+  // and every spawn wakes this loop, so "seen in two passes" could be microseconds apart and
+  // took such children from their owners (pidfd_open ESRCH, or a waitid that never succeeds).
+  constexpr auto kOrphanAge = std::chrono::seconds(1);
+  auto now = Clock::now();
+  std::map<pid_t, Clock::time_point> seen;
   std::vector<pid_t> children = ListChildren();
   for (pid_t pid : children) {
     {
@@ -251,10 +255,12 @@ bool ExecState::ReapOrphans() {
     }
     auto st = ReadProcStat(pid);
     if (!st || st->state != 'Z') continue;
-    if (zombie_seen_.count(pid)) {
+    auto first = zombie_seen_.find(pid);
+    auto since = first == zombie_seen_.end() ? now : first->second;
+    if (now - since >= kOrphanAge) {
       ::waitpid(pid, nullptr, WNOHANG);
     } else {
-      seen.insert(pid);
+      seen.emplace(pid, since);
     }
   }
   zombie_seen_.swap(seen);

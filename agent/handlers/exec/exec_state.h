@@ -94,7 +94,8 @@ class ExecState {
   uint64_t next_id_ = 1;
   size_t reserved_ = 0;  // HandleSlots taken whose command is not adopted yet
   std::set<pid_t> children_;
-  std::set<pid_t> zombie_seen_;  // reaper thread only
+  // Unregistered zombies and when the reaper first saw them (reaper thread only).
+  std::map<pid_t, std::chrono::steady_clock::time_point> zombie_seen_;
 
   std::mutex reaper_mutex_;
   std::condition_variable reaper_cv_;

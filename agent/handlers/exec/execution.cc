@@ -417,8 +417,12 @@ void Execution::OnPidfdReadable() {
   // WNOWAIT: the leader stays a zombie, so its pid (= the process group id) cannot be reused
   // while leftovers of the group are still being signalled.
   if (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
-               WEXITED | WNOHANG | WNOWAIT) != 0 ||
-      info.si_pid == 0) {
+               WEXITED | WNOHANG | WNOWAIT) != 0) {
+    // ECHILD: something else reaped it, and the pidfd stays readable for ever. Ended, with
+    // its status lost (exit_code and signal null), rather than polled in a busy loop.
+    if (errno != ECHILD) return;
+    info.si_code = 0;
+  } else if (info.si_pid == 0) {
     return;
   }
   auto now = Clock::now();
@@ -427,7 +431,7 @@ void Execution::OnPidfdReadable() {
     exited_ = true;
     if (info.si_code == CLD_EXITED) {
       exit_code_ = info.si_status;
-    } else {
+    } else if (info.si_code != 0) {
       signal_ = info.si_status;
     }
     duration_ms_ = std::chrono::duration_cast<milliseconds>(now - start_).count();
