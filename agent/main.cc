@@ -14,6 +14,7 @@
 #include "agent/agent.h"
 #include "agent/core/unique_fd.h"
 #include "protocol/malloc_tuning.h"
+#include "protocol/standard_fds.h"
 
 namespace {
 
@@ -77,6 +78,7 @@ int main(int argc, char** argv) {
   // started the agent would pair that zone's name with another zone's offset. Cleared before
   // any thread exists (setenv/unsetenv are not thread-safe); commands get their own env.
   ::unsetenv("TZ");
+  kvm::FillClosedStandardFds();  // else a socket could become "stderr" and receive the log
   kvm::TuneMallocForMessages();
   kvm::AgentOptions options;
   if (auto exit = kvm::ParseAgentOptions(argc, argv, options)) {

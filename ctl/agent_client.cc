@@ -27,7 +27,8 @@ AgentClient::AgentClient(const std::string& socket_path, std::chrono::millisecon
                static_cast<uint64_t>(Clock::now().time_since_epoch().count() % 1000000)) {
   sockaddr_un addr{};
   if (socket_path.size() >= sizeof addr.sun_path) {
-    throw ClientError("socket path too long: " + socket_path);
+    throw UsageError("socket path too long (at most " + std::to_string(sizeof addr.sun_path - 1) +
+                     " bytes): " + socket_path);
   }
   fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd_ < 0) throw ClientError(std::string("socket: ") + std::strerror(errno));
@@ -128,6 +129,11 @@ std::string_view AgentClient::ReadLineBefore(Clock::time_point deadline) {
     if (rc < 0 && errno != EINTR) throw ClientError(std::string("poll: ") + std::strerror(errno));
     if (rc < 0 && stop_on_interrupt_) ThrowIfInterrupted();
     if (rc <= 0) continue;
+    // A peer that never ends its line must not take the host's memory with it.
+    if (filled_ - start_ > kMaxReplyLine) {
+      throw ClientError("malformed reply: a line of over " + std::to_string(kMaxReplyLine >> 20) +
+                        " MiB without its end");
+    }
     // Straight into the buffer, 64 KiB of room at least: one copy out of the socket, no more.
     constexpr size_t kReadSize = 65536;
     if (buffer_.size() - filled_ < kReadSize) buffer_.resize(filled_ + kReadSize);
@@ -166,8 +172,8 @@ CallResult DecodeReply(json::object& reply, std::string_view raw) {
 
 void RequireUtf8(std::string_view text, std::string_view what) {
   if (!IsValidUtf8(text)) {
-    throw UnsendableRequest(std::string(what) + " is not valid UTF-8, which JSON cannot carry: " +
-                            ToValidUtf8(text.substr(0, 200)));
+    throw UsageError(std::string(what) + " is not valid UTF-8, which JSON cannot carry: " +
+                     ToValidUtf8(text.substr(0, 200)));
   }
 }
 

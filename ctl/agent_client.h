@@ -21,14 +21,14 @@ class ClientError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A request this client cannot send as JSON (an argument that is not UTF-8): the caller's
-// mistake, found before anything goes out.
-class UnsendableRequest : public ClientError {
+// The caller's mistake, found before anything goes out (an argument that is not UTF-8, so
+// JSON cannot carry it; no socket given; a socket path too long): bad usage, exit 2.
+class UsageError : public ClientError {
  public:
   using ClientError::ClientError;
 };
 
-// Throws UnsendableRequest naming `what` unless `text` is valid UTF-8.
+// Throws UsageError naming `what` unless `text` is valid UTF-8.
 void RequireUtf8(std::string_view text, std::string_view what);
 
 // The agent's answer: either `result` or `error` (code, message, data).
@@ -46,6 +46,9 @@ CallResult DecodeReply(boost::json::object& reply, std::string_view raw = {});
 
 class AgentClient {
  public:
+  // A longer line is a malformed reply: twice the largest max_message_size_kb (64 MiB).
+  static constexpr size_t kMaxReplyLine = size_t{128} << 20;
+
   // Connects to a unix socket path; throws ClientError.
   AgentClient(const std::string& socket_path, std::chrono::milliseconds timeout);
   ~AgentClient();

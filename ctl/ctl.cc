@@ -11,7 +11,7 @@ namespace kvm::ctl {
 
 std::unique_ptr<AgentClient> Connect(const Options& options) {
   if (options.socket.empty()) {
-    throw ClientError("no socket given: use --socket PATH or set KVMMANAGER_SOCKET");
+    throw UsageError("no socket given: use --socket PATH or set KVMMANAGER_SOCKET");
   }
   return std::make_unique<AgentClient>(
       options.socket,
@@ -25,12 +25,14 @@ std::string_view ErrorKind(const CallResult& result) {
 }
 
 void PrintRpcError(const CallResult& result) {
-  std::string kind(ErrorKind(result));
+  // All of it is the guest's text: control characters never reach the terminal raw.
+  std::string kind = ForTerminal(ErrorKind(result));
   std::fprintf(stderr, "error %lld%s%s%s: %s\n", static_cast<long long>(result.error_code),
                kind.empty() ? "" : " (", kind.c_str(), kind.empty() ? "" : ")",
                ForTerminal(result.error_message).c_str());
   if (!result.error_data.is_null()) {
-    std::fprintf(stderr, "data: %s\n", boost::json::serialize(result.error_data).c_str());
+    std::fprintf(stderr, "data: %s\n",
+                 ForTerminal(boost::json::serialize(result.error_data)).c_str());
   }
 }
 

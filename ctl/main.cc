@@ -1,13 +1,29 @@
 // kvmmanager-ctl: talk to a kvmmanager-agent from the host without hand-typing JSON.
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "ctl/ctl.h"
 #include "protocol/malloc_tuning.h"
+#include "protocol/standard_fds.h"
 #include "version.h"
 
+namespace {
+// What a command printed must have reached stdout: a full disk or a closed stdout is a
+// local problem (exit 2), not a success.
+int CheckOutputWritten(int exit_code) {
+  errno = 0;
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return exit_code;
+  std::fprintf(stderr, "kvmmanager-ctl: cannot write the output%s%s\n", errno ? ": " : "",
+               errno ? std::strerror(errno) : "");
+  return exit_code == kvm::ctl::kExitOk ? kvm::ctl::kExitUsage : exit_code;
+}
+}  // namespace
+
 int main(int argc, char** argv) {
+  kvm::FillClosedStandardFds();
   kvm::TuneMallocForMessages();
   using namespace kvm::ctl;
   Options options;
@@ -29,9 +45,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Validator(
           [](std::string& text) {
             // CLI::Range lets NaN through (every comparison with it is false).
-            double value = std::strtod(text.c_str(), nullptr);
-            return std::isfinite(value) ? std::string()
-                                        : std::string("must be a finite number, got ") + text;
+            char* end = nullptr;
+            double value = std::strtod(text.c_str(), &end);
+            bool whole = !text.empty() && end && *end == '\0';
+            return whole && std::isfinite(value)
+                       ? std::string()
+                       : std::string("must be a number of seconds, got ") + text;
           },
           "", "FINITE"))
       ->check(CLI::Range(0.001, 86400.0))
@@ -51,14 +70,22 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // CLI11 says "A subcommand is required" for `ctl frobnicate`: name the word instead.
+    if (std::string_view(e.get_name()) == "RequiredError" && !app.remaining().empty() &&
+        app.get_subcommands().empty()) {
+      std::fprintf(stderr,
+                   "kvmmanager-ctl: unknown command \"%s\"\nRun with --help for the list.\n",
+                   app.remaining().front().c_str());
+      return kExitUsage;
+    }
     int code = app.exit(e);
     return code == 0 ? 0 : kExitUsage;
-  } catch (const kvm::UnsendableRequest& e) {
+  } catch (const kvm::UsageError& e) {
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     return kExitUsage;
   } catch (const kvm::ClientError& e) {
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     return kExitConnection;
   }
-  return options.exit_code;
+  return CheckOutputWritten(options.exit_code);
 }

@@ -129,6 +129,8 @@ class StdinFeeder {
       : client_(client), handle_(handle), buf_(chunk, '\0'), after_signal_(after_signal) {}
 
   bool active() const { return !done_; }
+  // Local stdin could not be read (a directory, an I/O error): the command saw its input cut.
+  bool read_failed() const { return read_failed_; }
   bool has_pending() const { return !pending_.empty() || local_eof_; }
   void Stop() { done_ = true; }
 
@@ -141,8 +143,9 @@ class StdinFeeder {
     if (n > 0) {
       pending_.assign(buf_.data(), static_cast<size_t>(n));
     } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-      if (n < 0 && errno != EBADF) {
+      if (n < 0 && errno != EBADF) {  // EBADF: stdin closed, i.e. no input
         std::fprintf(stderr, "kvmmanager-ctl: reading stdin: %s\n", std::strerror(errno));
+        read_failed_ = true;
       }
       local_eof_ = true;
     }
@@ -181,6 +184,7 @@ class StdinFeeder {
   std::chrono::milliseconds after_signal_;
   bool local_eof_ = false;
   bool done_ = false;
+  bool read_failed_ = false;
 };
 
 struct ExecArgs {
@@ -339,7 +343,7 @@ void CollectOutput(Options& options, AgentClient& client, int64_t handle, StdinF
       } else {
         std::fprintf(stderr, "kvmmanager-ctl: writing the command's output: %s\n",
                      std::strerror(err));
-        options.exit_code = kExitRpcError;
+        options.exit_code = kExitUsage;  // a local file problem
       }
       return;
     }
@@ -357,6 +361,7 @@ void CollectOutput(Options& options, AgentClient& client, int64_t handle, StdinF
     int64_t signal = IntOr(s, "signal", 0);
     options.exit_code =
         signal > 0 ? static_cast<int>(128 + signal) : static_cast<int>(IntOr(s, "exit_code", 1));
+    if (feeder.read_failed()) options.exit_code = kExitUsage;  // said above, a local problem
     return;
   }
 }
@@ -410,7 +415,7 @@ void AddExecCommands(CLI::App& app, Options& options) {
                    "seconds before the guest kills the command: 1 to 604800 (the agent refuses "
                    "more), silently capped at the agent's max_command_timeout_seconds, which is "
                    "also the default")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, 604800));
   exec->add_flag("-i,--stdin", args->send_stdin,
                  "stream local stdin to the command as it arrives (any size; without -i the "
                  "command's stdin is /dev/null)");

@@ -53,6 +53,57 @@ TEST(Ctl, GlobalOptionsAlsoWorkAfterTheSubcommand) {
   EXPECT_NE(bogus.err.find("--bogus"), std::string::npos) << bogus.err;
 }
 
+// Started with stdout or stderr closed, ctl must not let its socket take the number: what it
+// prints (guest file content here) would reach the agent as requests, and run.
+TEST(Ctl, ClosedStandardDescriptorsNeverCarryOutputToTheAgent) {
+  AgentProcess agent;
+  std::string injected = agent.sandbox() + "/INJECTED";
+  std::string payload = R"({"jsonrpc":"2.0","method":"file_write","params":{"path":")" + injected +
+                        R"(","data":"cHduZWQ="},"id":7})"
+                        "\n";
+  WriteFile(agent.sandbox() + "/payload.txt", payload);
+  std::string ctl = std::string(KVM_CTL_BINARY) + " --socket " + agent.socket_path();
+  for (const std::string& command :
+       {ctl + " cat :" + agent.sandbox() + "/payload.txt >&-",
+        ctl + " exec -- cat " + agent.sandbox() + "/payload.txt >&-",
+        ctl + " exec -- sh -c 'cat " + agent.sandbox() + "/payload.txt >&2' 2>&-",
+        ctl + " --json call file_read '{\"path\":\"" + agent.sandbox() + "/payload.txt\"," +
+            "\"encoding\":\"utf8\"}' >&-"}) {
+    RunResult r = RunProgram({"/bin/sh", "-c", command}, "", std::chrono::seconds(20));
+    EXPECT_NE(r.exit_code, 0) << command;
+    EXPECT_FALSE(std::filesystem::exists(injected)) << command;
+  }
+  // A closed stdin is no input, not the agent's replies read back (that hung).
+  RunResult in =
+      RunProgram({"/bin/sh", "-c", ctl + " exec -i -- cat <&-"}, "", std::chrono::seconds(20));
+  EXPECT_EQ(in.exit_code, 0) << in.err;
+  EXPECT_EQ(in.out, "");
+}
+
+// exec -i whose local stdin cannot be read: the command runs with its input cut, and ctl
+// exits 2 (a local file problem) after saying why, not with the command's 0.
+TEST(Ctl, ExecInputThatCannotBeReadExitsTwo) {
+  AgentProcess agent;
+  std::string ctl = std::string(KVM_CTL_BINARY) + " --socket " + agent.socket_path();
+  RunResult r =
+      RunProgram({"/bin/sh", "-c", ctl + " exec -i -- cat < /"}, "", std::chrono::seconds(20));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("reading stdin: Is a directory"), std::string::npos) << r.err;
+}
+
+// Output that cannot be written is a failure with a reason (exit 2), not a silent success.
+TEST(Ctl, OutputThatCannotBeWrittenExitsTwo) {
+  AgentProcess agent;
+  for (const char* args : {"ping", "info", "--json ps", "call get_agent_info"}) {
+    std::string command =
+        std::string(KVM_CTL_BINARY) + " --socket " + agent.socket_path() + " " + args;
+    RunResult r =
+        RunProgram({"/bin/sh", "-c", command + " > /dev/full"}, "", std::chrono::seconds(20));
+    EXPECT_EQ(r.exit_code, 2) << args << ": " << r.err;
+    EXPECT_NE(r.err.find("cannot write the output"), std::string::npos) << args << ": " << r.err;
+  }
+}
+
 TEST(Ctl, SocketFromEnvironment) {
   AgentProcess agent;
   ::setenv("KVMMANAGER_SOCKET", agent.socket_path().c_str(), 1);
@@ -115,15 +166,33 @@ TEST(Ctl, BadUsageExitsTwo) {
   EXPECT_EQ(Ctl({"--socket", "/x", "call", "ping", "[1]"}).exit_code, 2);
 }
 
+// Mistakes on ctl's own command line are usage errors (2), whatever part of it they are in.
+TEST(Ctl, LocalMistakesAreUsageErrorsThatNameThem) {
+  ::unsetenv("KVMMANAGER_SOCKET");
+  RunResult none = Ctl({"ping"});
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_NE(none.err.find("--socket"), std::string::npos) << none.err;
+  RunResult too_long = Ctl({"--socket", "/tmp/" + std::string(120, 'x'), "ping"});
+  EXPECT_EQ(too_long.exit_code, 2);
+  EXPECT_NE(too_long.err.find("socket path too long"), std::string::npos) << too_long.err;
+  RunResult unknown = Ctl({"--socket", "/x", "frobnicate"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.err.find("unknown command \"frobnicate\""), std::string::npos) << unknown.err;
+  RunResult timeout = Ctl({"--timeout", "abc", "ping"});
+  EXPECT_EQ(timeout.exit_code, 2);
+  EXPECT_NE(timeout.err.find("must be a number of seconds, got abc"), std::string::npos)
+      << timeout.err;
+  RunResult command_timeout =
+      Ctl({"--socket", "/x", "exec", "--command-timeout", "0", "--", "true"});
+  EXPECT_EQ(command_timeout.exit_code, 2);
+  EXPECT_NE(command_timeout.err.find("1 to 604800"), std::string::npos) << command_timeout.err;
+}
+
 TEST(Ctl, NoAgentExitsThreeWithReason) {
   TempDir dir;
   RunResult r = Ctl({"--socket", dir / "absent.sock", "ping"});
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("cannot connect"), std::string::npos) << r.err;
-  ::unsetenv("KVMMANAGER_SOCKET");
-  RunResult none = Ctl({"ping"});
-  EXPECT_EQ(none.exit_code, 3);
-  EXPECT_NE(none.err.find("--socket"), std::string::npos) << none.err;
 }
 
 TEST(Ctl, PathThatIsNotASocketIsSaidSo) {
@@ -220,6 +289,38 @@ TEST(Ctl, TimeoutShowsTheLinesThatWereNotTheReply) {
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("timed out"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("220 hello, I am no agent"), std::string::npos) << r.err;
+}
+
+// A peer that sends one endless line: ctl stops at its cap with "malformed reply" (exit 3)
+// instead of growing until the host runs out of memory.
+TEST(Ctl, EndlessReplyLineIsMalformedNotAMemoryExhaustion) {
+  FakeServer server([](int fd, const std::string&) {
+    Send(fd, R"({"jsonrpc":"2.0","id":1,"result":")");
+    std::string chunk(1 << 20, 'A');
+    for (size_t sent = 0; sent <= AgentClient::kMaxReplyLine + (4u << 20); sent += chunk.size()) {
+      if (::write(fd, chunk.data(), chunk.size()) <= 0) break;  // ctl gave up and closed
+    }
+  });
+  RunResult r = Ctl({"--socket", server.path(), "--timeout", "60", "ping"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("malformed reply: a line of over 128 MiB"), std::string::npos) << r.err;
+}
+
+// The error's kind and data are the guest's text too: no control character reaches the
+// terminal raw (ESC, BEL, the 8-bit CSI).
+TEST(Ctl, AgentErrorKindAndDataAreShownWithoutControlCharacters) {
+  FakeServer server([](int fd, const std::string& request) {
+    auto id = json::serialize(json::parse(request).at("id"));
+    Send(fd, "{\"jsonrpc\":\"2.0\",\"id\":" + id +
+                 ",\"error\":{\"code\":-32001,\"message\":\"No\\u001b[31m\","
+                 "\"data\":{\"kind\":\"not_found\\u001b[31m\\u0007\",\"x\":\"\\u009b1m\"}}}\n");
+  });
+  RunResult r = Ctl({"--socket", server.path(), "--timeout", "5", "ping"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find('\x07'), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("\xc2\x9b"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("not_found?[31m?"), std::string::npos) << r.err;
 }
 
 // A fake agent that answers its one request with `result` (a JSON text) under the right id.
