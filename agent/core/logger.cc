@@ -40,6 +40,11 @@ void Logger::Log(LogLevel level, const char* format, ...) {
   va_start(args, format);
   std::vsnprintf(message, sizeof message, format, args);
   va_end(args);
+  // Messages carry text from requests (paths, commands): a newline there would forge a log
+  // line, an escape sequence would drive the terminal of whoever reads the log.
+  for (char* c = message; *c; ++c) {
+    if (static_cast<unsigned char>(*c) < 0x20 || *c == 0x7f) *c = '?';
+  }
 
   timeval now;
   gettimeofday(&now, nullptr);

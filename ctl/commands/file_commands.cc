@@ -237,14 +237,20 @@ struct LocalDestination {
   bool in_place = false;  // write into `path` itself
 };
 
-// Fills `out`, or returns false with the reason in `error`.
-bool ResolveDestination(const std::string& local, LocalDestination& out, std::string& error) {
+// Fills `out`, or returns false with the reason in `error`. `no_clobber` (cp -n): only a new
+// file will do.
+bool ResolveDestination(const std::string& local, bool no_clobber, LocalDestination& out,
+                        std::string& error) {
   out = LocalDestination{local, false};
   struct stat st;
   if (::lstat(local.c_str(), &st) != 0) {
     if (errno == ENOENT && !local.empty() && local.back() == '/') errno = ENOTDIR;
     if (errno == ENOENT) return true;  // a new file
     error = std::strerror(errno);
+    return false;
+  }
+  if (no_clobber) {
+    error = "it exists (cp -n)";
     return false;
   }
   if (S_ISLNK(st.st_mode)) {
@@ -303,8 +309,10 @@ class LocalFile {
 
   int fd() const { return fd_; }
 
-  // Makes the verified content the destination's. Throws LocalError naming `shown`.
-  void Install(const std::string& shown) {
+  // Makes the verified content the destination's, with `permissions` if given (a new or
+  // replaced file; a device keeps its own). `no_clobber`: a file that appeared meanwhile is
+  // not replaced. Throws LocalError naming `shown`.
+  void Install(const std::string& shown, std::optional<mode_t> permissions, bool no_clobber) {
     if (dest_.in_place) {
       // A device or FIFO: nothing to rename; fsync where it means something (a block device).
       if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) {
@@ -312,9 +320,21 @@ class LocalFile {
       }
       return;
     }
-    if (::fsync(fd_) != 0 || ::rename(temp_.c_str(), dest_.path.c_str()) != 0) {
+    if ((permissions && ::fchmod(fd_, *permissions) != 0) || ::fsync(fd_) != 0) {
       throw transfer::LocalError("cannot finish " + shown + ": " + std::strerror(errno));
     }
+    int rc = no_clobber ? ::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, dest_.path.c_str(),
+                                      RENAME_NOREPLACE)
+                        : ::rename(temp_.c_str(), dest_.path.c_str());
+    if (rc != 0 && no_clobber && errno == EINVAL) {  // a filesystem without RENAME_NOREPLACE
+      rc = ::link(temp_.c_str(), dest_.path.c_str());
+    }
+    if (rc != 0) {
+      throw transfer::LocalError(
+          "cannot finish " + shown + ": " +
+          (errno == EEXIST ? std::string("it exists (cp -n)") : std::string(std::strerror(errno))));
+    }
+    if (::access(temp_.c_str(), F_OK) == 0) ::unlink(temp_.c_str());  // linked, not renamed
     temp_.clear();  // installed: nothing to remove
   }
 
@@ -330,7 +350,8 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
   if (local == "." || IsLocalDirectory(local)) local = JoinPath(local, BaseName(remote));
   LocalDestination dest;
   std::string error;
-  if (!ResolveDestination(local, dest, error)) {
+  const bool no_clobber = topt.mode == "create_new";
+  if (!ResolveDestination(local, no_clobber, dest, error)) {
     std::fprintf(stderr, "kvmmanager-ctl: cannot create %s: %s\n", ForTerminal(local).c_str(),
                  error.c_str());
     options.exit_code = kExitUsage;
@@ -351,7 +372,10 @@ void CopyFromGuest(Options& options, AgentClient& client, const std::string& rem
   }
   RunTransfer(options, client, ":" + remote, [&] {
     transfer::Outcome out = transfer::Download(client, remote, file.fd(), topt);
-    file.Install(local);
+    std::optional<mode_t> permissions;
+    if (topt.permissions)
+      permissions = static_cast<mode_t>(std::stoul(*topt.permissions, nullptr, 8));
+    file.Install(local, permissions, no_clobber);
     if (options.json) {
       std::printf(
           "%s\n",
@@ -575,8 +599,17 @@ void AddFileCommands(CLI::App& app, Options& options) {
                  "file keeps its name; with several sources the destination is a directory")
       ->required()
       ->expected(2, -1);
-  cp->add_flag("-n,--no-clobber", *no_clobber, "fail if the remote file exists (uploads)");
-  cp->add_option("-m,--mode", *perms, "permissions of the uploaded file, e.g. 0644");
+  cp->add_flag("-n,--no-clobber", *no_clobber,
+               "fail (that file) if the destination file exists, in the guest or locally");
+  cp->add_option("-m,--mode", *perms, "permissions of the copied file, 0 to 0777, e.g. 0644")
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            bool octal = !text.empty() && text.size() <= 4 &&
+                         text.find_first_not_of("01234567") == std::string::npos &&
+                         std::stoul(text, nullptr, 8) <= 0777;
+            return octal ? std::string() : "must be octal permissions 0 to 0777, got " + text;
+          },
+          "MODE"));
   cp->add_flag("-q,--quiet", *no_progress, "no progress bar");
   cp->add_flag("-r,--recursive", *recursive,
                "copy directories with everything below them (files and directories; symbolic "

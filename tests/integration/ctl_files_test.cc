@@ -56,6 +56,31 @@ class CtlFilesTest : public ::testing::Test {
   TempDir local_;
 };
 
+// -n and -m mean the same both ways: a download with -n leaves an existing local file alone
+// (it was silently replaced), and -m sets the downloaded file's permissions.
+TEST_F(CtlFilesTest, NoClobberAndModeApplyToDownloadsToo) {
+  WriteFile(sb_ + "/f", "guest");
+  std::string kept = local_ / "kept";
+  WriteFile(kept, "local");
+  RunResult n = Ctl({"cp", "-q", "-n", ":" + sb_ + "/f", kept});
+  EXPECT_EQ(n.exit_code, 2) << n.err;
+  EXPECT_NE(n.err.find("it exists (cp -n)"), std::string::npos) << n.err;
+  EXPECT_EQ(ReadFileText(kept), "local");
+  EXPECT_EQ(Names(local_.path()), std::vector<std::string>{"kept"});  // no temp file left
+
+  std::string fresh = local_ / "fresh";
+  RunResult m = Ctl({"cp", "-q", "-n", "-m", "0600", ":" + sb_ + "/f", fresh});
+  EXPECT_EQ(m.exit_code, 0) << m.err;
+  EXPECT_EQ(ReadFileText(fresh), "guest");
+  struct stat st;
+  ASSERT_EQ(::stat(fresh.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+
+  RunResult bad = Ctl({"cp", "-m", "0999", ":" + sb_ + "/f", local_ / "x"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("octal permissions"), std::string::npos) << bad.err;
+}
+
 // As cp(1): a download onto an existing FIFO or device writes into it (a rename would replace
 // the node), and onto a symbolic link writes to the link's target, leaving the link a link.
 TEST_F(CtlFilesTest, DownloadOntoAFifoDeviceOrSymlinkWritesThroughItWithoutReplacingIt) {

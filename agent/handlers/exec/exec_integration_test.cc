@@ -100,6 +100,18 @@ TEST_F(ExecCommand, ChildStartsWithEmptySignalMaskAndNoIgnoredSignals) {
   EXPECT_EQ(o.at("stdout").as_string(), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
 }
 
+// A command path with a newline (any client can create one) must not forge a log line.
+TEST_F(ExecCommand, ANewlineInTheCommandPathCannotForgeALogLine) {
+  std::string path = agent.sandbox() + "/x\n2026-11-27T21:00:00.000 error FORGED";
+  test::WriteFile(path, "#!/bin/sh\nexit 0\n");
+  ASSERT_EQ(::chmod(path.c_str(), 0755), 0);
+  auto r = agent.Call("exec_command", Cmd(path));
+  ASSERT_TRUE(r.ok) << r.error_message;
+  std::string log = agent.Stderr();
+  EXPECT_NE(log.find("/x?2026-11-27T21:00:00.000 error FORGED"), std::string::npos) << log;
+  EXPECT_EQ(log.find("\n2026-11-27T21:00:00.000 error FORGED"), std::string::npos) << log;
+}
+
 TEST_F(ExecCommand, RunsInItsOwnProcessGroup) {
   const auto& o = Ok(agent.Call("exec_command", Sh("ps -o pgid= -p $$; echo $$")));
   std::string out(o.at("stdout").as_string());

@@ -113,6 +113,25 @@ class PowerAgentTest : public ::testing::Test {
   std::unique_ptr<AgentProcess> agent_;
 };
 
+// The message reaches systemctl (its wall text, the journal) and the agent's log as one line
+// without control characters: no forged log line, no escape sequence.
+TEST_F(PowerAgentTest, MessageReachesSystemctlAndTheLogAsOneCleanLine) {
+  SystemdRunning();
+  FakeProgram("systemctl");
+  StartAgent();
+  CallResult r = Call("reboot", {{"message", "bye\x1b[31m\xc2\x9b\nX exited 0"}});
+  ASSERT_TRUE(r.ok) << r.error_message;
+  EXPECT_EQ(r.result.at("command").as_array().back(), "--message=bye?[31m? X exited 0");
+  ASSERT_TRUE(WaitForFile(record(), 10s)) << agent_->Stderr();
+  std::this_thread::sleep_for(200ms);  // let the script finish writing
+  std::string rec = ReadOrEmpty(record());
+  EXPECT_NE(rec.find("systemctl reboot --message=bye?[31m? X exited 0\n"), std::string::npos)
+      << rec;
+  std::string log = agent_->Stderr();
+  EXPECT_EQ(log.find('\x1b'), std::string::npos) << log;
+  EXPECT_EQ(log.find("\nX exited 0"), std::string::npos) << log;
+}
+
 TEST_F(PowerAgentTest, ShutdownAnswersFirstThenRunsSystemctlWithCleanSignalState) {
   SystemdRunning();
   FakeProgram("systemctl");
@@ -254,10 +273,13 @@ TEST_F(PowerAgentTest, ForceRecordsRebootSyscallAndRunsNoProgram) {
   EXPECT_EQ(ReadOrEmpty(root_ / "reboot-syscall.log"), "sync+reboot(RB_AUTOBOOT)\n");
   std::this_thread::sleep_for(300ms);
   EXPECT_FALSE(Exists(record())) << "force must not run systemctl";
-  // Executing: a second request is refused.
+  // Executing: a second request is refused, without suggesting a cancel that cannot work.
   CallResult again = Call("shutdown");
   EXPECT_EQ(again.error_code, -32008);
   EXPECT_EQ(again.error_data.at("state"), "executing");
+  EXPECT_NE(again.error_message.find("can no longer be cancelled"), std::string::npos)
+      << again.error_message;
+  EXPECT_EQ(again.error_message.find("power_cancel"), std::string::npos) << again.error_message;
 }
 
 TEST_F(PowerAgentTest, DelayIsHonoured) {

@@ -2,6 +2,7 @@
 // Scheduler (power_scheduler.h) for how the action is held back until the reply is out.
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -51,8 +52,11 @@ json::value RequestPower(power::Scheduler& scheduler, Action action, const json:
   }
   bool force = p.OptionalBool("force").value_or(false);
 
+  // systemctl puts --message into its own wall text and the journal: one line, no controls.
+  std::string one_line = message;
+  std::replace(one_line.begin(), one_line.end(), '\n', ' ');
   power::Plan plan = power::ChoosePlan(scheduler.env(), power::Privileges::OfThisProcess(), action,
-                                       force, message);
+                                       force, power::SanitizeForTerminal(one_line));
   json::array command;
   for (const auto& a : plan.argv) command.emplace_back(a);
   std::string method = plan.method;

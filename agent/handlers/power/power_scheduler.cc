@@ -72,10 +72,12 @@ Scheduler::Scheduled Scheduler::Schedule(Plan plan, std::chrono::seconds delay,
     log_ = &log;
     if (pending_) {
       const Pending& p = *pending_;
+      // Cancelling is only offered while it can work: an executing action cannot be.
       throw RpcError(ErrorCode::kConflict,
                      std::string("A power action is already ") +
                          (p.executing ? "executing (" : "scheduled (") + ActionName(p.plan.action) +
-                         "); cancel it first with power_cancel",
+                         (p.executing ? ") and can no longer be cancelled"
+                                      : "); cancel it first with power_cancel"),
                      Describe(p));
     }
     auto pending = std::make_shared<Pending>();
