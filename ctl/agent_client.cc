@@ -80,6 +80,10 @@ void AgentClient::SendLine(std::string_view line) {
         if (stop_on_interrupt_ && sent == 0) ThrowIfInterrupted();
         continue;
       }
+      if (errno == EPIPE || errno == ECONNRESET) {
+        // What a user sees when the agent stops (or the VM's channel goes) between two calls.
+        throw ClientError("the agent closed the connection (stopping, or the channel went away)");
+      }
       throw ClientError(std::string("send: ") + std::strerror(errno));
     }
     sent += static_cast<size_t>(n);
@@ -141,6 +145,9 @@ std::string_view AgentClient::ReadLineBefore(Clock::time_point deadline) {
     if (n < 0) {
       if (errno == EINTR && stop_on_interrupt_) ThrowIfInterrupted();
       if (errno == EINTR || errno == EAGAIN) continue;
+      if (errno == ECONNRESET) {  // closed with our request unread: the agent went away
+        throw ClientError("the agent closed the connection (stopping, or the channel went away)");
+      }
       throw ClientError(std::string("read: ") + std::strerror(errno));
     }
     if (n == 0) throw ClientError("the agent closed the connection");

@@ -60,8 +60,10 @@ void ParseSecurity(const json::object& object, SecurityConfig& security, LoadedC
       if (!value.is_array()) Fail(full, "null or an array of command names/absolute paths", value);
       std::vector<std::string> list;
       for (const auto& item : value.get_array()) {
-        if (!item.is_string() || item.get_string().empty() ||
-            item.get_string().find('\0') != json::string::npos) {
+        // A name (no '/') or an absolute path; "./x" or ".." would never match a command.
+        std::string_view entry = item.is_string() ? std::string_view(item.get_string()) : "";
+        if (entry.empty() || entry.find('\0') != std::string_view::npos || entry == "." ||
+            entry == ".." || (entry.find('/') != std::string_view::npos && entry[0] != '/')) {
           Fail(full, "null or an array of command names/absolute paths", item);
         }
         list.emplace_back(item.get_string());

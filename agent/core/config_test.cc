@@ -71,6 +71,17 @@ TEST(Config, WrongTypeOrValueNamesTheKey) {
   EXPECT_NE(ErrorOf("{").find("JSON"), std::string::npos);
 }
 
+// A whitelist entry that could never match a command is a mistake to report, not to keep.
+TEST(Config, WhitelistEntriesAreNamesOrAbsolutePaths) {
+  for (const char* entry : {R"("./x")", R"("..")", R"(".")", R"("bin/ls")", R"("")"}) {
+    std::string text = std::string(R"({"security": {"command_whitelist": [)") + entry + "]}}";
+    EXPECT_NE(ErrorOf(text).find("security.command_whitelist"), std::string::npos) << entry;
+  }
+  Config c =
+      ParseConfig(R"({"security": {"command_whitelist": ["ls", "/usr/bin/id", "a b"]}})").config;
+  EXPECT_EQ(c.security.command_whitelist->size(), 3u);
+}
+
 // A NUL would cut the name the kernel sees: another port or file than the one configured.
 TEST(Config, NamesWithANulByteAreRefused) {
   EXPECT_NE(ErrorOf(R"({"channel_name": "org.kvmmanager.agent.0\u0000x"})").find("channel_name"),

@@ -291,6 +291,18 @@ TEST(Ctl, TimeoutShowsTheLinesThatWereNotTheReply) {
   EXPECT_NE(r.err.find("220 hello, I am no agent"), std::string::npos) << r.err;
 }
 
+// An agent that goes away (a graceful stop closes idle connections) is said so, not as
+// "send: Broken pipe".
+TEST(Ctl, AgentThatClosesTheConnectionIsSaidSo) {
+  for (int i = 0; i < 5; ++i) {  // the close races ctl's send: both orders must read well
+    OneConnectionServer server([](int fd) { ::shutdown(fd, SHUT_RDWR); });
+    RunResult r = Ctl({"--socket", server.path(), "--timeout", "5", "ping"});
+    EXPECT_EQ(r.exit_code, 3);
+    EXPECT_NE(r.err.find("the agent closed the connection"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("Broken pipe"), std::string::npos) << r.err;
+  }
+}
+
 // A peer that sends one endless line: ctl stops at its cap with "malformed reply" (exit 3)
 // instead of growing until the host runs out of memory.
 TEST(Ctl, EndlessReplyLineIsMalformedNotAMemoryExhaustion) {
