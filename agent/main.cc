@@ -131,6 +131,7 @@ int main(int argc, char** argv) {
   // Before daemonizing, so that a log_file that cannot be opened and the config's warnings
   // reach whoever starts the daemon: afterwards its stderr is /dev/null.
   kvm::Logger log;
+  log.set_journal_priorities(kvm::Logger::StderrIsJournal());
   kvm::ApplyLogSettings(options, loaded.config, log);
   for (const auto& warning : loaded.warnings) LOG_WARN(log, "%s", warning.c_str());
   if (!loaded.file_found) {

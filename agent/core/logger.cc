@@ -1,10 +1,14 @@
 #include "agent/core/logger.h"
 
+#include <sys/stat.h>
+#include <sys/time.h>
+
 #include <cerrno>
 #include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <sys/time.h>
 
 namespace kvm {
 
@@ -33,6 +37,16 @@ std::string Logger::OpenFile(const std::string& path) {
   return {};
 }
 
+bool Logger::StderrIsJournal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  struct stat st;
+  if (!stream || ::fstat(2, &st) != 0) return false;
+  unsigned long long dev = 0, ino = 0;
+  return std::sscanf(stream, "%llu:%llu", &dev, &ino) == 2 &&
+         dev == static_cast<unsigned long long>(st.st_dev) &&
+         ino == static_cast<unsigned long long>(st.st_ino);
+}
+
 void Logger::Log(LogLevel level, const char* format, ...) {
   static constexpr const char* kNames[] = {"trace", "debug", "info", "warn", "error", "off"};
   char message[2048];
@@ -55,7 +69,13 @@ void Logger::Log(LogLevel level, const char* format, ...) {
 
   std::lock_guard lock(mutex_);
   const char* name = kNames[static_cast<int>(level)];
-  if (to_stderr_) std::fprintf(stderr, "kvmmanager-agent[%s] %s\n", name, message);
+  if (to_stderr_ && journal_priorities_) {
+    static constexpr int kPriorities[] = {7, 7, 6, 4, 3, 3};  // trace..error (sd-daemon.h)
+    std::fprintf(stderr, "<%d>kvmmanager-agent[%s] %s\n", kPriorities[static_cast<int>(level)],
+                 name, message);
+  } else if (to_stderr_) {
+    std::fprintf(stderr, "kvmmanager-agent[%s] %s\n", name, message);
+  }
   if (file_) {
     std::fprintf(file_, "%s.%03ld %s %s\n", stamp, static_cast<long>(now.tv_usec / 1000), name,
                  message);

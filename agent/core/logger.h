@@ -33,12 +33,19 @@ class Logger {
     return file_ != nullptr;
   }
   void set_stderr(bool on) { to_stderr_ = on; }
+  // Under systemd, stderr is a journal stream ($JOURNAL_STREAM names it): each line then starts
+  // with its syslog priority (<3> error ... <7> debug), which journald takes as the entry's
+  // priority instead of info for all (journalctl -p warning finds the warnings).
+  void set_journal_priorities(bool on) { journal_priorities_ = on; }
+  // True when fd 2 is the stream $JOURNAL_STREAM names.
+  static bool StderrIsJournal();
 
   void Log(LogLevel level, const char* format, ...) __attribute__((format(printf, 3, 4)));
 
  private:
   LogLevel level_ = LogLevel::kInfo;
   bool to_stderr_ = true;
+  bool journal_priorities_ = false;
   std::FILE* file_ = nullptr;
   std::mutex mutex_;
 };

@@ -62,6 +62,25 @@ TEST(AgentFlags, UsageErrorsNameTheOffendingOption) {
   }
 }
 
+// Under systemd (stderr is the stream $JOURNAL_STREAM names) each line carries its syslog
+// priority for journald; elsewhere, and for another stream, lines are plain.
+TEST(AgentLog, JournalStreamGetsSyslogPriorities) {
+  std::string agent = std::string(KVM_AGENT_BINARY) +
+                      " --foreground --config /nonexistent --listen unix:/nonexistent-dir/x.sock";
+  RunResult journal =
+      RunProgram({"/bin/sh", "-c",
+                  "exec 2>&1; JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec " + agent});
+  EXPECT_EQ(journal.exit_code, 1);
+  EXPECT_NE(journal.out.find("<6>kvmmanager-agent[info] config /nonexistent not found"),
+            std::string::npos)
+      << journal.out;
+  EXPECT_NE(journal.out.find("<3>kvmmanager-agent[error] fatal:"), std::string::npos)
+      << journal.out;
+  RunResult other = RunProgram({"/bin/sh", "-c", "exec 2>&1; JOURNAL_STREAM=1:2 exec " + agent});
+  EXPECT_NE(other.out.find("\nkvmmanager-agent[error] fatal:"), std::string::npos) << other.out;
+  EXPECT_EQ(other.out.find("<3>"), std::string::npos) << other.out;
+}
+
 TEST(AgentConfig, CheckConfigPrintsEffectiveConfigOrNamesTheBadKey) {
   TempDir dir;
   WriteFile(dir / "good.json", R"({"max_concurrent_requests": 4, "extra_key": 1})");
