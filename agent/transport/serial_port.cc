@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -137,6 +138,17 @@ void SerialPort::UpdateInterest() {
   loop_.Modify(fd_.get(), want);
 }
 
+bool SerialPort::DeviceGone() const {
+  // A virtio-serial port reads 0 while no host is connected and stays usable. A tty that was
+  // hung up (a pty whose other end closed, a modem line) reads 0 for ever and answers ioctls
+  // with EIO: only opening the path again gets a live device, perhaps a new one under it.
+  termios attrs;
+  if (::tcgetattr(fd_.get(), &attrs) != 0 && errno == EIO) return true;
+  struct stat open_one, named;
+  return ::fstat(fd_.get(), &open_one) == 0 &&
+         (::stat(path_.c_str(), &named) != 0 || named.st_rdev != open_one.st_rdev);
+}
+
 void SerialPort::HangUpSeen() {
   // A partial line belongs to whoever sent it; the next host starts clean.
   framer_.Reset();
@@ -240,6 +252,11 @@ void SerialPort::ReadAvailable() {
       continue;
     }
     if (n == 0) {  // no host has the socket open (it may never have)
+      if (DeviceGone()) {
+        in_read_ = false;
+        CloseAndRetry("hang-up of", EIO);
+        return;
+      }
       HangUpSeen();
       break;
     }

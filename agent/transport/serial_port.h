@@ -36,6 +36,8 @@ class SerialPort {
   void CloseAndRetry(const char* why, int err);
   void OnEvents(uint32_t events);
   void ReadAvailable();
+  // read()==0 on a device that will never carry data again (hung-up tty, replaced node).
+  bool DeviceGone() const;
   void HangUpSeen();
   void CheckHangUpLater();
   void HostConfirmed();

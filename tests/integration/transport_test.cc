@@ -138,6 +138,9 @@ class PtyPort {
     char name[128];
     if (::openpty(&master_, &slave_, name, nullptr, nullptr) != 0)
       throw std::runtime_error("openpty");
+    // Not inherited by the agent: a copy of the master there would keep the tty from hanging up.
+    ::fcntl(master_, F_SETFD, FD_CLOEXEC);
+    ::fcntl(slave_, F_SETFD, FD_CLOEXEC);
     termios raw;
     ::tcgetattr(slave_, &raw);
     ::cfmakeraw(&raw);
@@ -370,6 +373,35 @@ TEST(SerialDevice, MissingDeviceIsRetriedAndLoggedOnce) {
       << "the missing device was logged more than once:\n"
       << log;
   EXPECT_NE(log.find("serving " + link), std::string::npos) << log;
+}
+
+// A tty that hangs up (here a pty whose other end closed; a --device link then names a new
+// one) is opened again, as a vanished port is, instead of being read as "no host" for ever.
+TEST(SerialDevice, HungUpTtyIsReopenedAndServesTheNextOne) {
+  auto first = std::make_unique<PtyPort>();
+  TempDir links;
+  std::string link = links / "port";
+  std::filesystem::create_symlink(first->path(), link);
+  AgentProcess::Options options;
+  options.listen_unix = false;
+  AgentProcess probe;
+  json::object config = json::parse(probe.DefaultTestConfig()).as_object();
+  config["connection_retry_seconds"] = 1;
+  options.config_json = json::serialize(config);
+  options.extra_args = {"--device", link};
+  AgentProcess agent(options);
+  first->Write(Request("ping", "1") + "\n");
+  EXPECT_EQ(ParseJson(first->ReadLine()).at("id"), 1);
+
+  first.reset();  // hang-up
+  PtyPort second;
+  std::filesystem::remove(link);
+  std::filesystem::create_symlink(second.path(), link);
+  second.Write(Request("ping", "2") + "\n");
+  std::string line = second.ReadLine(8000);
+  ASSERT_EQ(line.rfind("{", 0), 0u) << line << "\n" << agent.Stderr();
+  EXPECT_EQ(ParseJson(line).at("id"), 2);
+  EXPECT_NE(agent.Stderr().find("hang-up of " + link), std::string::npos) << agent.Stderr();
 }
 
 TEST(Vsock, ListenerBindsOrFailsWithAClearError) {
