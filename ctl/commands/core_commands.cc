@@ -6,6 +6,7 @@
 
 #include "ctl/ctl.h"
 #include "ctl/json_print.h"
+#include "protocol/jsonrpc.h"
 
 namespace kvm::ctl {
 namespace json = boost::json;
@@ -33,12 +34,21 @@ void AddCoreCommands(CLI::App& app, Options& options) {
   auto method = std::make_shared<std::string>();
   auto params_text = std::make_shared<std::string>();
   call->add_option("method", *method, "method name, e.g. get_agent_info")->required();
-  call->add_option("params", *params_text, "params as a JSON object, e.g. '{\"path\":\"/tmp/x\"}'");
-  call->callback([&options, method, params_text] {
+  auto* params_option = call->add_option("params", *params_text,
+                                         "params as a JSON object, e.g. '{\"path\":\"/tmp/x\"}'");
+  call->callback([&options, method, params_text, params_option] {
     json::object params;
-    if (!params_text->empty()) {
+    if (params_option->count() > 0) {  // given, even empty: it must be an object
       json::error_code ec;
-      json::value parsed = json::parse(*params_text, ec);
+      json::parse_options limits;
+      limits.max_depth = jsonrpc::kMaxDepth - 1;  // the agent's limit, for the request around them
+      json::value parsed = json::parse(*params_text, ec, {}, limits);
+      if (ec == json::error::too_deep) {
+        std::fprintf(stderr, "kvmmanager-ctl: params nest deeper than %zu levels\n",
+                     jsonrpc::kMaxDepth - 1);
+        options.exit_code = kExitUsage;
+        return;
+      }
       if (ec || !parsed.is_object()) {
         std::fprintf(stderr, "kvmmanager-ctl: params must be a JSON object%s%s\n", ec ? ": " : "",
                      ec ? ec.message().c_str() : "");

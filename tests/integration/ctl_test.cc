@@ -164,6 +164,19 @@ TEST(Ctl, BadUsageExitsTwo) {
   EXPECT_EQ(bad_json.exit_code, 2);
   EXPECT_NE(bad_json.err.find("params must be a JSON object"), std::string::npos);
   EXPECT_EQ(Ctl({"--socket", "/x", "call", "ping", "[1]"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"--socket", "/x", "call", "ping", ""}).exit_code, 2);  // given: an object
+  // As deep as the agent takes (64 levels for the whole request) goes out; deeper is said so.
+  auto nested = [](int levels) {
+    std::string text;
+    for (int i = 0; i < levels - 1; ++i) text += "{\"a\":";
+    text += "{}";
+    for (int i = 0; i < levels - 1; ++i) text += "}";
+    return text;
+  };
+  EXPECT_EQ(Ctl({"--socket", "/nonexistent.sock", "call", "ping", nested(63)}).exit_code, 3);
+  RunResult deep = Ctl({"--socket", "/x", "call", "ping", nested(64)});
+  EXPECT_EQ(deep.exit_code, 2);
+  EXPECT_NE(deep.err.find("params nest deeper than 63 levels"), std::string::npos) << deep.err;
 }
 
 // Mistakes on ctl's own command line are usage errors (2), whatever part of it they are in.
