@@ -349,18 +349,23 @@ TEST(SerialDevice, DeviceThatIsNotACharacterDeviceStopsStartUpWithTheReason) {
   }
 }
 
-TEST(SerialDevice, MissingDeviceIsRetriedAndLoggedOnce) {
-  PtyPort port;
-  TempDir links;
-  std::string link = links / "org.kvmmanager.agent.0";
+// An agent serving only `--device path`, reopening it every second.
+AgentProcess::Options DeviceAgentRetryingEverySecond(const std::string& path) {
   AgentProcess::Options options;
   options.listen_unix = false;
   AgentProcess probe;
   json::object config = json::parse(probe.DefaultTestConfig()).as_object();
   config["connection_retry_seconds"] = 1;
   options.config_json = json::serialize(config);
-  options.extra_args = {"--device", link};
-  AgentProcess agent(options);
+  options.extra_args = {"--device", path};
+  return options;
+}
+
+TEST(SerialDevice, MissingDeviceIsRetriedAndLoggedOnce) {
+  PtyPort port;
+  TempDir links;
+  std::string link = links / "org.kvmmanager.agent.0";
+  AgentProcess agent(DeviceAgentRetryingEverySecond(link));
   std::this_thread::sleep_for(std::chrono::milliseconds(3500));  // ~3 failed retries
   std::filesystem::create_symlink(port.path(), link);
   port.Write(Request("ping", "1") + "\n");
@@ -382,14 +387,7 @@ TEST(SerialDevice, HungUpTtyIsReopenedAndServesTheNextOne) {
   TempDir links;
   std::string link = links / "port";
   std::filesystem::create_symlink(first->path(), link);
-  AgentProcess::Options options;
-  options.listen_unix = false;
-  AgentProcess probe;
-  json::object config = json::parse(probe.DefaultTestConfig()).as_object();
-  config["connection_retry_seconds"] = 1;
-  options.config_json = json::serialize(config);
-  options.extra_args = {"--device", link};
-  AgentProcess agent(options);
+  AgentProcess agent(DeviceAgentRetryingEverySecond(link));
   first->Write(Request("ping", "1") + "\n");
   EXPECT_EQ(ParseJson(first->ReadLine()).at("id"), 1);
 
