@@ -97,6 +97,11 @@ std::string_view AgentClient::ReadLineView() {
   return ReadLineBefore(Clock::now() + timeout_);
 }
 
+std::string AgentClient::SkippedLines() const {
+  if (first_skipped_.empty()) return {};
+  return "; lines that were not its reply were skipped, the first: " + ToValidUtf8(first_skipped_);
+}
+
 std::string_view AgentClient::ReadLineBefore(Clock::time_point deadline) {
   for (;;) {
     // Only bytes not yet scanned are searched: a 64 KiB line arrives in several reads.
@@ -120,13 +125,8 @@ std::string_view AgentClient::ReadLineBefore(Clock::time_point deadline) {
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
-      std::string skipped;
-      if (!first_skipped_.empty()) {
-        skipped = "; lines that were not its reply were skipped, the first: " +
-                  ToValidUtf8(first_skipped_);
-      }
       throw ClientError("timed out after " + std::to_string(timeout_.count()) +
-                        " ms waiting for the agent's reply" + skipped);
+                        " ms waiting for the agent's reply" + SkippedLines());
     }
     pollfd pfd{fd_, POLLIN, 0};
     int rc = ::poll(&pfd, 1, static_cast<int>(left.count()));
@@ -146,11 +146,12 @@ std::string_view AgentClient::ReadLineBefore(Clock::time_point deadline) {
       if (errno == EINTR && stop_on_interrupt_) ThrowIfInterrupted();
       if (errno == EINTR || errno == EAGAIN) continue;
       if (errno == ECONNRESET) {  // closed with our request unread: the agent went away
-        throw ClientError("the agent closed the connection (stopping, or the channel went away)");
+        throw ClientError("the agent closed the connection (stopping, or the channel went away)" +
+                          SkippedLines());
       }
       throw ClientError(std::string("read: ") + std::strerror(errno));
     }
-    if (n == 0) throw ClientError("the agent closed the connection");
+    if (n == 0) throw ClientError("the agent closed the connection" + SkippedLines());
     filled_ += static_cast<size_t>(n);
   }
 }

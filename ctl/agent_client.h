@@ -80,6 +80,8 @@ class AgentClient {
  private:
   using Clock = std::chrono::steady_clock;
   std::string_view ReadLineBefore(Clock::time_point deadline);
+  // For an error message: what was skipped while waiting for the reply ("" if nothing).
+  std::string SkippedLines() const;
 
   int fd_ = -1;
   std::chrono::milliseconds timeout_;

@@ -348,6 +348,19 @@ TEST(Ctl, AgentErrorKindAndDataAreShownWithoutControlCharacters) {
   EXPECT_NE(r.err.find("not_found?[31m?"), std::string::npos) << r.err;
 }
 
+// A peer that answers with something else and hangs up: ctl says what it got.
+TEST(Ctl, ClosedConnectionShowsTheLinesThatWereNotTheReply) {
+  OneConnectionServer server([](int fd) {
+    char buf[4096];
+    [[maybe_unused]] ssize_t n = ::read(fd, buf, sizeof buf);
+    Send(fd, "HTTP/1.1 400 Bad Request\n");
+  });
+  RunResult r = Ctl({"--socket", server.path(), "--timeout", "5", "ping"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("closed the connection"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("HTTP/1.1 400 Bad Request"), std::string::npos) << r.err;
+}
+
 // A fake agent that answers its one request with `result` (a JSON text) under the right id.
 class FixedResultServer : public FakeServer {
  public:
