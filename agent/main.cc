@@ -110,6 +110,20 @@ int main(int argc, char** argv) {
     if (options.log_level) loaded.config.log_level = *options.log_level;
     for (const auto& warning : loaded.warnings)
       std::fprintf(stderr, "warning: %s\n", warning.c_str());
+    // Valid JSON, but would it work? Only looked at, never created here.
+    if (const std::string& file = loaded.config.log_file; !file.empty()) {
+      struct stat st;
+      std::string dir = file.substr(0, file.find_last_of('/') + 1);
+      if (::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        std::fprintf(stderr, "warning: log_file %s is a directory: nothing will be logged there\n",
+                     file.c_str());
+      } else if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        std::fprintf(stderr,
+                     "warning: log_file %s: its directory does not exist: nothing will be "
+                     "logged there\n",
+                     file.c_str());
+      }
+    }
     if (!loaded.file_found) {
       std::fprintf(stderr, "note: %s not found; these are the defaults\n",
                    options.config_path.c_str());

@@ -81,6 +81,20 @@ TEST(AgentLog, JournalStreamGetsSyslogPriorities) {
   EXPECT_EQ(other.out.find("<3>"), std::string::npos) << other.out;
 }
 
+// --check-config also says when a log_file could never be opened (valid JSON, useless value),
+// and creates nothing.
+TEST(AgentConfig, CheckConfigWarnsOfALogFileThatCannotWork) {
+  TempDir dir;
+  for (const std::string& file : {dir.path(), dir / "no-dir/agent.log", dir / "fine.log"}) {
+    WriteFile(dir / "c.json", json::serialize(json::object{{"log_file", file}}));
+    RunResult r = RunAgent({"--check-config", "--config", dir / "c.json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    bool warned = r.err.find("warning: log_file " + file) != std::string::npos;
+    EXPECT_EQ(warned, file != dir / "fine.log") << file << ": " << r.err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "fine.log"));
+}
+
 TEST(AgentConfig, CheckConfigPrintsEffectiveConfigOrNamesTheBadKey) {
   TempDir dir;
   WriteFile(dir / "good.json", R"({"max_concurrent_requests": 4, "extra_key": 1})");
