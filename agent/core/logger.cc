@@ -69,12 +69,10 @@ void Logger::Log(LogLevel level, const char* format, ...) {
 
   std::lock_guard lock(mutex_);
   const char* name = kNames[static_cast<int>(level)];
-  if (to_stderr_ && journal_priorities_) {
-    static constexpr int kPriorities[] = {7, 7, 6, 4, 3, 3};  // trace..error (sd-daemon.h)
-    std::fprintf(stderr, "<%d>kvmmanager-agent[%s] %s\n", kPriorities[static_cast<int>(level)],
-                 name, message);
-  } else if (to_stderr_) {
-    std::fprintf(stderr, "kvmmanager-agent[%s] %s\n", name, message);
+  if (to_stderr_) {
+    static constexpr const char* kPriorities[] = {"<7>", "<7>", "<6>", "<4>", "<3>", "<3>"};
+    std::fprintf(stderr, "%skvmmanager-agent[%s] %s\n",
+                 journal_priorities_ ? kPriorities[static_cast<int>(level)] : "", name, message);
   }
   if (file_) {
     std::fprintf(file_, "%s.%03ld %s %s\n", stamp, static_cast<long>(now.tv_usec / 1000), name,

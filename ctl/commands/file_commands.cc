@@ -326,16 +326,17 @@ class LocalFile {
     int rc = no_clobber ? ::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, dest_.path.c_str(),
                                       RENAME_NOREPLACE)
                         : ::rename(temp_.c_str(), dest_.path.c_str());
+    bool linked = false;
     if (rc != 0 && no_clobber && errno == EINVAL) {  // a filesystem without RENAME_NOREPLACE
       rc = ::link(temp_.c_str(), dest_.path.c_str());
+      linked = rc == 0;
     }
     if (rc != 0) {
       throw transfer::LocalError(
           "cannot finish " + shown + ": " +
           (errno == EEXIST ? std::string("it exists (cp -n)") : std::string(std::strerror(errno))));
     }
-    if (::access(temp_.c_str(), F_OK) == 0) ::unlink(temp_.c_str());  // linked, not renamed
-    temp_.clear();  // installed: nothing to remove
+    if (!linked) temp_.clear();  // renamed: nothing to remove (a linked temp goes with us)
   }
 
  private:
