@@ -13,8 +13,8 @@
 
 #include "agent/agent.h"
 #include "agent/core/unique_fd.h"
-#include "protocol/malloc_tuning.h"
-#include "protocol/standard_fds.h"
+#include "startup/malloc_tuning.h"
+#include "startup/standard_fds.h"
 
 namespace {
 

@@ -14,7 +14,7 @@
 
 #include "protocol/base64.h"
 #include "protocol/jsonrpc.h"
-#include "protocol/malloc_tuning.h"
+#include "startup/malloc_tuning.h"
 
 namespace {
 namespace json = boost::json;
@@ -199,7 +199,7 @@ BENCHMARK(RapidSerializeRead);
 BENCHMARK(ConcatSerializeRead);
 BENCHMARK(Base64Encode48K);
 BENCHMARK(Base64Decode48K);
-// The agent's heap settings (protocol/malloc_tuning.h); KVM_DEFAULT_MALLOC=1 keeps glibc's
+// The agent's heap settings (startup/malloc_tuning.h); KVM_DEFAULT_MALLOC=1 keeps glibc's
 // defaults, to see what their page faults cost.
 int main(int argc, char** argv) {
   if (!std::getenv("KVM_DEFAULT_MALLOC")) kvm::TuneMallocForMessages();

@@ -33,7 +33,7 @@
 #include "ctl/agent_client.h"
 #include "ctl/file_transfer.h"
 #include "protocol/base64.h"
-#include "protocol/malloc_tuning.h"
+#include "startup/malloc_tuning.h"
 
 extern char** environ;
 

@@ -180,8 +180,8 @@ CallResult DecodeReply(json::object& reply, std::string_view raw) {
 
 void RequireUtf8(std::string_view text, std::string_view what) {
   if (!IsValidUtf8(text)) {
-    throw UsageError(std::string(what) + " is not valid UTF-8, which JSON cannot carry: " +
-                     ToValidUtf8(text.substr(0, 200)));
+    throw NotUtf8Error(std::string(what) + " is not valid UTF-8, which JSON cannot carry: " +
+                       ToValidUtf8(text.substr(0, 200)));
   }
 }
 

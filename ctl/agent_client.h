@@ -28,7 +28,14 @@ class UsageError : public ClientError {
   using ClientError::ClientError;
 };
 
-// Throws UsageError naming `what` unless `text` is valid UTF-8.
+// A path or argument that is not UTF-8: JSON cannot carry it, so it is refused before sending.
+// Its own type so that a caller can fail just that file and go on with the rest.
+class NotUtf8Error : public UsageError {
+ public:
+  using UsageError::UsageError;
+};
+
+// Throws NotUtf8Error naming `what` unless `text` is valid UTF-8.
 void RequireUtf8(std::string_view text, std::string_view what);
 
 // The agent's answer: either `result` or `error` (code, message, data).

@@ -6,8 +6,8 @@
 #include <cstring>
 
 #include "ctl/ctl.h"
-#include "protocol/malloc_tuning.h"
-#include "protocol/standard_fds.h"
+#include "startup/malloc_tuning.h"
+#include "startup/standard_fds.h"
 #include "version.h"
 
 namespace {

@@ -110,7 +110,7 @@ void RunTransfer(Options& options, AgentClient& client, const std::string& subje
   } catch (const transfer::LocalError& e) {
     std::fprintf(stderr, "kvmmanager-ctl: %s\n", e.what());
     options.exit_code = kExitUsage;
-  } catch (const UsageError&) {
+  } catch (const NotUtf8Error&) {
     std::fprintf(stderr, "kvmmanager-ctl: cannot copy %s: %s\n", ForTerminal(subject).c_str(),
                  kNotUtf8);
     options.exit_code = kExitUsage;
@@ -434,7 +434,7 @@ bool IsRemoteDirectory(AgentClient& client, const std::string& path) {
   try {
     CallResult st = client.Call("file_stat", {{"path", path}});
     return st.ok && Text(Field(st.result, "type")) == "directory";
-  } catch (const UsageError&) {
+  } catch (const NotUtf8Error&) {
     return false;
   }
 }
@@ -472,7 +472,7 @@ struct CopyJob {
     CallResult r;
     try {
       r = client.Call("file_mkdir", {{"path", dir}, {"parents", true}});
-    } catch (const UsageError&) {  // this directory only; the rest goes on
+    } catch (const NotUtf8Error&) {  // this directory only; the rest goes on
       std::fprintf(stderr, "kvmmanager-ctl: cannot create :%s: %s\n", ForTerminal(dir).c_str(),
                    kNotUtf8);
       Fail(kExitUsage);

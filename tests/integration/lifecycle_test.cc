@@ -170,6 +170,31 @@ TEST(AgentConfig, LogFileReceivesLogLines) {
   EXPECT_NE(ReadFileText(dir / "agent.log").find("listening on unix:"), std::string::npos);
 }
 
+// Started with 0-2 closed (an init that gives it none), the agent's own files must not take
+// those numbers: its log file would become "stdin" of whatever inherits it, its epoll or a
+// socket "stdout". They are /dev/null, and the agent serves and logs as usual.
+TEST(AgentLog, ClosedStandardDescriptorsAreFilledWithDevNull) {
+  AgentProcess probe;
+  json::object config = json::parse(probe.DefaultTestConfig()).as_object();
+  TempDir dir;
+  config["log_file"] = dir / "agent.log";
+  WriteFile(dir / "config.json", json::serialize(config));
+  std::string sock = dir / "agent.sock";
+  BackgroundProcess agent({"/bin/sh", "-c",
+                           std::string("exec ") + KVM_AGENT_BINARY + " --foreground --config " +
+                               (dir / "config.json") + " --listen unix:" + sock + " <&- >&- 2>&-"});
+  ASSERT_GT(agent.pid(), 0);
+  for (int i = 0; i < 1000 && !std::filesystem::exists(sock); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto client = std::make_unique<AgentClient>(sock, std::chrono::seconds(10));
+  EXPECT_TRUE(client->Call("ping").ok);
+  for (int fd = 0; fd <= 2; ++fd) {
+    std::string link = "/proc/" + std::to_string(agent.pid()) + "/fd/" + std::to_string(fd);
+    EXPECT_EQ(std::filesystem::read_symlink(link), "/dev/null") << "fd " << fd;
+  }
+  EXPECT_NE(ReadFileText(dir / "agent.log").find("listening on unix:"), std::string::npos);
+}
+
 TEST(AgentSignals, SigtermStopsGracefullyAndRemovesTheSocket) {
   AgentProcess agent;
   ASSERT_TRUE(agent.Call("ping").ok);
