@@ -1,15 +1,18 @@
 // kvmmanager-agent: entry point. Flags, config, daemonizing; the rest is in Agent.
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include "agent/agent.h"
 #include "agent/core/unique_fd.h"
@@ -21,6 +24,22 @@ namespace {
 // Classic double fork, but the original process waits until the daemon is serving (or has
 // failed), so `kvmmanager-agent` without --foreground still reports start-up errors.
 // Returns the write end of the readiness pipe in the daemon; exits in the parent.
+// A daemon outlives whoever started it: a lock, a pipe's write end or a socket it inherited
+// would stay held for its whole life (a `flock` wrapper never released, a reader of the
+// launcher's output never seeing EOF). Nothing of the agent's own is open yet.
+void CloseInheritedFds() {
+  if (::close_range(3, ~0U, 0) == 0) return;
+  if (DIR* dir = ::opendir("/proc/self/fd")) {  // kernels before 5.9
+    std::vector<int> fds;
+    while (dirent* entry = ::readdir(dir)) {
+      int fd = std::atoi(entry->d_name);
+      if (fd > 2 && fd != ::dirfd(dir)) fds.push_back(fd);
+    }
+    ::closedir(dir);
+    for (int fd : fds) ::close(fd);
+  }
+}
+
 int Daemonize() {
   int ready[2];
   if (::pipe2(ready, O_CLOEXEC) != 0) {
@@ -85,6 +104,7 @@ int main(int argc, char** argv) {
     std::fputs(exit->text.c_str(), exit->code == 0 ? stdout : stderr);
     return exit->code;
   }
+  if (!options.foreground && !options.check_config) CloseInheritedFds();
   if (std::string err = kvm::MakeOptionPathsAbsolute(options); !err.empty()) {
     std::fprintf(stderr, "kvmmanager-agent: %s\n", err.c_str());
     return 1;
@@ -97,9 +117,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvmmanager-agent: invalid config: %s\n", e.what());
     return 2;
   }
+  std::vector<std::string> listening;  // each address as the agent would bind it
   for (const auto& listen : options.listen) {
     try {
-      kvm::ParseListenAddress(listen);
+      std::string address = kvm::ParseListenAddress(listen).ToString();
+      if (std::find(listening.begin(), listening.end(), address) != listening.end()) {
+        std::fprintf(stderr, "kvmmanager-agent: --listen %s is given twice\n", address.c_str());
+        return 2;
+      }
+      listening.push_back(address);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "kvmmanager-agent: --listen: %s\n", e.what());
       return 2;

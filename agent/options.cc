@@ -85,9 +85,13 @@ std::optional<OptionsExit> ParseAgentOptions(int argc, char** argv, AgentOptions
         options.log_level = optarg;
         break;
       case 'd':
+        if (!*optarg)
+          return OptionsExit{2, "kvmmanager-agent: --device needs a path\nTry --help.\n"};
         options.device = optarg;
         break;
       case 'c':
+        if (!*optarg)
+          return OptionsExit{2, "kvmmanager-agent: --config needs a path\nTry --help.\n"};
         options.config_path = optarg;
         break;
       case kListen:

@@ -95,6 +95,28 @@ for spec in "seq|ping, sequential round trips/s (1 client)" \
 done
 notes+=("qemu-ga serves one connection at a time: with 8 clients, 7 wait unanswered until the first leaves.")
 
+# --- sequential ping with client and server sharing one CPU ---------------------------------
+# Across the 2 vCPUs every round trip pays two cross-CPU wake-ups (an IPI through the
+# hypervisor, tens of us each), the same for every server: that is most of the sequential
+# figure above. On one CPU a wake-up is a plain context switch, and the rate shows what each
+# server spends per request. Every thread of the server is pinned for its turn only.
+pinned_rate() {  # PID SOCKET LINE [EXPECT]
+  local pid=$1; shift
+  taskset -a -cp 0 "$pid" >/dev/null
+  { taskset -c 0 "$lg" rate "$1" "$2" "$secs" 1 1 ${3:+"$3"} || true; } | awk '/^rate/ {print $2}'
+  taskset -a -cp "0-$(($(nproc) - 1))" "$pid" >/dev/null
+}
+if command -v taskset >/dev/null && (($(nproc) > 1)); then
+  for ((i = 0; i < rounds; i++)); do
+    r[a_one]+=" $(pinned_rate "$agent_pid" "$A" "$PING" '"pong":true')"
+    ensure_qga
+    r[q_one]+=" $(pinned_rate "$qga_pid" "$Q" "$QPING" '"return"')"
+    r[e_one]+=" $(pinned_rate "$echo_pid" "$E" "$PING")"
+  done
+  a=$(median ${r[a_one]}) q=$(median ${r[q_one]}) e=$(median ${r[e_one]})
+  row "ping, sequential, client and server on one CPU" "$a" "$q" "$(ratio "$a" "$q")x" "$e (agent at $(awk -v a="$a" -v e="$e" 'BEGIN {printf "%.0f", 100*a/e}')%; echo/qemu-ga $(ratio "$e" "$q")x)"
+fi
+
 # --- methods vs qemu-ga counterparts ---------------------------------------------------------
 method_rows "$A" "$Q"
 

@@ -55,6 +55,7 @@ stage_agent() {  # $1 = root, $2 = unit/udev prefix (/lib or /usr/lib)
   install -D -m 0644 "$files/kvmmanager-agent.logrotate" "$r/etc/logrotate.d/kvmmanager-agent"
   install -D -m 0644 "$files/kvmmanager-agent.service" "$r$lib/systemd/system/kvmmanager-agent.service"
   install -D -m 0644 "$files/60-kvmmanager-agent.rules" "$r$lib/udev/rules.d/60-kvmmanager-agent.rules"
+  install -D -m 0644 "$files/kvmmanager-agent.tmpfiles" "$r/usr/lib/tmpfiles.d/kvmmanager-agent.conf"
   install -d "$r/usr/share/man/man8"
   sed "s/@VERSION@/$version/" "$files/kvmmanager-agent.8" | gzip -9n > "$r/usr/share/man/man8/kvmmanager-agent.8.gz"
   install -D -m 0644 "$files/hardening-strict.conf" \

@@ -1,7 +1,9 @@
 #include "agent/core/logger.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdarg>
@@ -28,8 +30,14 @@ Logger::~Logger() {
 std::string Logger::OpenFile(const std::string& path) {
   std::FILE* opened = nullptr;
   if (!path.empty()) {
-    opened = std::fopen(path.c_str(), "ae");
-    if (!opened) return "cannot open log file " + path + ": " + std::strerror(errno);
+    // A new file is 0640 whatever the umask the agent was started with: the log names paths
+    // and commands, and others must not rewrite it.
+    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+    if (fd < 0 || !(opened = ::fdopen(fd, "a"))) {
+      int err = errno;
+      if (fd >= 0) ::close(fd);
+      return "cannot open log file " + path + ": " + std::strerror(err);
+    }
   }
   std::lock_guard lock(mutex_);
   if (file_) std::fclose(file_);

@@ -64,6 +64,7 @@ void SerialPort::Start() {
     throw std::runtime_error(path_ + " is not a character device (a virtio-serial port or tty)");
   }
   TryOpen();
+  started_ = true;
 }
 
 void SerialPort::StopReading() {
@@ -99,7 +100,20 @@ void SerialPort::TryOpen() {
   sink_ = std::make_shared<HostSink>(this, generation_, alive_);
   LOG_INFO(log_, "serving %s", path_.c_str());
   interest_ = EPOLLIN | EPOLLET;
-  loop_.Watch(fd_.get(), interest_, [this](uint32_t events) { OnEvents(events); });
+  try {
+    loop_.Watch(fd_.get(), interest_, [this](uint32_t events) { OnEvents(events); });
+  } catch (const std::system_error& e) {
+    if (e.code().value() != EPERM) throw;
+    // A character device without poll support (/dev/null, /dev/zero): it can never be served.
+    fd_.reset();
+    std::string why = path_ + " cannot be polled, so it is not a virtio-serial port or tty";
+    if (!started_) throw std::runtime_error(why);
+    if (last_open_error_ != EPERM)
+      LOG_ERROR(log_, "%s; retrying every %d s", why.c_str(), retry_seconds_);
+    last_open_error_ = EPERM;
+    retry_timer_ = loop_.AddTimer(std::chrono::seconds(retry_seconds_), [this] { TryOpen(); });
+    return;
+  }
   ReadAvailable();  // the host may have written before we opened
 }
 

@@ -65,6 +65,7 @@ class SerialPort {
   // last hang-up. Until it has, a read()==0 may only mean the host's arrival is not noted yet.
   bool host_confirmed_ = false;
   EventLoop::Clock::time_point hangup_since_{};
+  bool started_ = false;  // Start() has made its first attempt: later failures only retry
   bool stopped_ = false;
   bool paused_ = false;
   bool in_read_ = false;

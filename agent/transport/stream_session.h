@@ -39,6 +39,7 @@ class StreamSession : public ReplySink, public std::enable_shared_from_this<Stre
   std::string peer_;
   std::function<void()> on_closed_;
   LineFramer framer_;
+  std::string held_;  // read but not yet framed: the client's turn ran out (see kTurn)
   OutputQueue out_;
   size_t outstanding_ = 0;   // lines handed to the dispatcher and not yet finished
   bool input_done_ = false;  // peer shut its write side

@@ -18,6 +18,7 @@ check "package installed at version $version" \
   test "$(in_root dpkg-query -W -f='${Status} ${Version}' kvmmanager-agent)" = "install ok installed $version"
 for f in /usr/sbin/kvmmanager-agent /etc/kvmmanager-agent/config.json /etc/logrotate.d/kvmmanager-agent \
          /lib/systemd/system/$unit /lib/udev/rules.d/60-kvmmanager-agent.rules \
+         /usr/lib/tmpfiles.d/kvmmanager-agent.conf \
          /usr/share/man/man8/kvmmanager-agent.8.gz /usr/share/doc/kvmmanager-agent/copyright \
          /usr/share/doc/kvmmanager-agent/examples/hardening-strict.conf; do
   check "file $f" test -f "$root$f"
@@ -30,6 +31,10 @@ check "config.json means exactly the built-in defaults" test \
   "$(in_root kvmmanager-agent --check-config --config /nonexistent.json 2>/dev/null)"
 check "config.json is a conffile" \
   bash -c "chroot '$root' dpkg-query -W -f='\${Conffiles}' kvmmanager-agent | grep -q '/etc/kvmmanager-agent/config.json'"
+# The postinst's systemd-tmpfiles needs /proc, which this chroot lacks; what boot does:
+systemd-tmpfiles --root="$root" --create kvmmanager-agent.conf
+check "default write directory /tmp/kvmmanager made by the tmpfiles.d entry, root-only" \
+  test "$(stat -c '%F %a %U' "$root/tmp/kvmmanager")" = "directory 700 root"
 check "unit enabled (systemctl is-enabled)" test "$(in_root systemctl is-enabled $unit)" = enabled
 check "enable symlink: port device wants the unit" \
   test "$(readlink "$root$wants")" = "/lib/systemd/system/$unit"
@@ -68,8 +73,12 @@ in_root systemctl disable $unit 2>/dev/null
 in_root dpkg -r kvmmanager-agent
 in_root dpkg -i /tmp/agent.deb
 check "disabled stays disabled across remove+reinstall" test "$(in_root systemctl is-enabled $unit)" = disabled
+touch "$root/var/log/kvmmanager-agent.log" "$root/var/log/kvmmanager-agent.log.1" \
+  "$root/var/log/kvmmanager-agent.log.2.gz"
 in_root dpkg -P kvmmanager-agent
 check "config gone after purge" test ! -e "$root/etc/kvmmanager-agent"
+check "log and its rotated copies gone after purge" \
+  test -z "$(ls "$root/var/log" | grep kvmmanager-agent || true)"
 
 echo "--- reinstall after purge enables again"
 in_root dpkg -i /tmp/agent.deb

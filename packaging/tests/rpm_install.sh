@@ -16,6 +16,10 @@ rpm --root "$root" -i --nodeps "$agent_rpm" 2>&1 | grep -v 'Alien\|assuming you 
 check "rpm -q" test "$(rpm --root "$root" -q kvmmanager-agent)" = "kvmmanager-agent-$version-1.x86_64"
 check "binary runs" test "$(chroot "$root" /usr/sbin/kvmmanager-agent --version)" = "kvmmanager-agent $version"
 check "unit enabled" test "$(chroot "$root" systemctl is-enabled $unit)" = enabled
+# The postinst's systemd-tmpfiles needs /proc, which this chroot lacks; what boot does:
+systemd-tmpfiles --root="$root" --create kvmmanager-agent.conf
+check "default write directory /tmp/kvmmanager made by the tmpfiles.d entry, root-only" \
+  test "$(stat -c '%F %a %U' "$root/tmp/kvmmanager")" = "directory 700 root"
 # Resolved inside the root: Debian's systemctl names /lib/..., which is /usr/lib/... (usrmerge).
 check "enable symlink points at the packaged unit" \
   test "$(chroot "$root" readlink -f "$wants")" = "/usr/lib/systemd/system/$unit"

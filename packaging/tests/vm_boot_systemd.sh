@@ -156,6 +156,11 @@ check "agent started by systemd answers ping over the channel" \
   wait_for 120 "first ping" "${ctl[@]}" ping
 check "it is the packaged agent ($version)" \
   bash -c "'${ctl[0]}' --socket '$chan' --timeout 60 --json call get_agent_info | grep -q '\"$version\"'"
+# The packaged config's only write entry is /tmp/kvmmanager: the tmpfiles.d entry made it at boot.
+echo "payload $$" > "$work/upload.txt"
+check "with the packaged config the guest receives a file into /tmp/kvmmanager/" bash -c \
+  "'${ctl[0]}' --socket '$chan' --timeout 60 cp '$work/upload.txt' :/tmp/kvmmanager/ &&
+   [ \"\$('${ctl[0]}' --socket '$chan' --timeout 60 cat :/tmp/kvmmanager/upload.txt)\" = 'payload $$' ]"
 # systemd logs "Started" once READY=1 arrived; ping can answer a moment before that.
 check "systemd reported the service started (after READY=1)" \
   wait_for 60 "Started in the journal" console_has "Started.*KVM Manager guest agent"

@@ -382,6 +382,33 @@ TEST(HostileInput, HalfClosedConnectionStillGetsItsRepliesThenCloses) {
   ExpectStillServing(agent);
 }
 
+// Many pipelined requests, then a half-close, then the replies read: once the last reply has
+// gone out the agent must close its end. The last replies leave on an EPOLLOUT wake-up, and
+// that path did not check for "all answered, input done": 25-55% of such connections stayed
+// open for ever (fd leak). Sending everything before reading makes the replies back up.
+TEST(HostileInput, HalfClosedPipelinedClientIsClosedAfterItsLastReply) {
+  AgentProcess agent(Quiet());
+  constexpr int kRequests = 5000;
+  std::string burst;
+  for (int i = 0; i < kRequests; ++i)
+    burst += R"({"jsonrpc":"2.0","method":"ping","id":)" + std::to_string(i) + "}\n";
+  for (int round = 0; round < 10; ++round) {
+    RawClient c(agent.socket_path());
+    // ~350 KB of replies stay below the agent's backpressure pause (4 MiB): this cannot block.
+    ASSERT_TRUE(c.Send(burst));
+    c.ShutdownWrite();
+    // Let the agent read all and see the EOF while its replies back up: the rest then leaves
+    // on EPOLLOUT wake-ups as we read.
+    std::this_thread::sleep_for(100ms);
+    int replies = 0;
+    std::string line;
+    while (replies < kRequests && c.ReadLine(line, 10s)) ++replies;
+    ASSERT_EQ(replies, kRequests) << "round " << round;
+    ASSERT_TRUE(c.WaitEof(10s)) << "round " << round << ": the agent kept the connection open";
+  }
+  ExpectStillServing(agent);
+}
+
 TEST(HostileInput, ClientsVanishingMidRequestLeaveNoTrace) {
   AgentProcess agent(Quiet());
   int fds_before = SettledFdCount(agent.pid());

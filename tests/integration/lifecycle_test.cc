@@ -1,6 +1,8 @@
 // Start-up, configuration, signals and daemon mode of the real agent binary.
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <boost/json.hpp>
@@ -55,6 +57,10 @@ TEST(AgentFlags, UsageErrorsNameTheOffendingOption) {
            {{"--check-config=yes"}, "option --check-config takes no value"},
            {{"--bogus=2"}, "unknown option --bogus\n"},
            {{"-fl"}, "option -l needs a value"},
+           {{"--device", ""}, "--device needs a path"},  // was retried for ever as "open ''"
+           {{"--config="}, "--config needs a path"},
+           {{"--listen", "unix:/tmp/kvm-twice.sock", "--listen", "unix:/tmp/kvm-twice.sock"},
+            "--listen unix:/tmp/kvm-twice.sock is given twice"},  // was "another agent is..."
        }) {
     RunResult r = RunAgent(c.args);
     EXPECT_EQ(r.exit_code, 2) << c.args[0];
@@ -165,9 +171,14 @@ TEST(AgentConfig, LogFileReceivesLogLines) {
   config["log_file"] = dir / "agent.log";
   AgentProcess::Options options;
   options.config_json = json::serialize(config);
+  mode_t umask_before = ::umask(0);  // inherited by the agent: a new log must still be 0640
   AgentProcess agent(options);
+  ::umask(umask_before);
   ASSERT_TRUE(agent.Call("ping").ok);
   EXPECT_NE(ReadFileText(dir / "agent.log").find("listening on unix:"), std::string::npos);
+  struct stat st;
+  ASSERT_EQ(::stat((dir / "agent.log").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0640u);
 }
 
 // Started with 0-2 closed (an init that gives it none), the agent's own files must not take
@@ -312,6 +323,33 @@ TEST(AgentDaemon, DaemonizesAndReturnsOnlyWhenServing) {
   for (int i = 0; i < 500 && ::kill(pid, 0) == 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_NE(::kill(pid, 0), 0) << "daemon did not stop";
+}
+
+// A descriptor the launcher passed on (here a locked file, as under a `flock` wrapper) must
+// not stay open, and the lock held, for the daemon's whole life.
+TEST(AgentDaemon, InheritedDescriptorsAreClosed) {
+  TempDir dir;
+  std::string sock = dir / "daemon.sock";
+  std::string lock_path = dir / "lock";
+  int held = ::open(lock_path.c_str(), O_CREAT | O_RDWR, 0600);  // no O_CLOEXEC: inherited
+  ASSERT_GE(held, 0);
+  ASSERT_EQ(::flock(held, LOCK_EX), 0);
+  RunResult r = RunAgent({"--config", "/nonexistent", "--listen", "unix:" + sock});
+  ::close(held);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  pid_t pid = FindProcess(sock);
+  ASSERT_GT(pid, 0);
+  std::string fd_dir = "/proc/" + std::to_string(pid) + "/fd";
+  for (const auto& entry : std::filesystem::directory_iterator(fd_dir)) {
+    std::error_code ec;
+    EXPECT_NE(std::filesystem::read_symlink(entry.path(), ec), lock_path) << entry.path();
+  }
+  int again = ::open(lock_path.c_str(), O_RDWR | O_CLOEXEC);
+  EXPECT_EQ(::flock(again, LOCK_EX | LOCK_NB), 0) << "the daemon still holds the lock";
+  ::close(again);
+  ::kill(pid, SIGTERM);
+  for (int i = 0; i < 500 && ::kill(pid, 0) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
 }
 
 TEST(AgentDaemon, StartUpFailureIsReportedByTheLauncher) {

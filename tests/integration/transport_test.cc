@@ -347,6 +347,13 @@ TEST(SerialDevice, DeviceThatIsNotACharacterDeviceStopsStartUpWithTheReason) {
     EXPECT_EQ(r.exit_code, 1) << r.err;
     EXPECT_NE(r.err.find(path + " is not a character device"), std::string::npos) << r.err;
   }
+  // A character device that cannot be polled is no port either (was "epoll_ctl ADD: EPERM").
+  RunResult null = RunProgram(
+      {KVM_AGENT_BINARY, "--foreground", "--config", "/nonexistent", "--device", "/dev/null"});
+  EXPECT_EQ(null.exit_code, 1) << null.err;
+  EXPECT_NE(null.err.find("/dev/null cannot be polled, so it is not a virtio-serial port or tty"),
+            std::string::npos)
+      << null.err;
 }
 
 // An agent serving only `--device path`, reopening it every second.

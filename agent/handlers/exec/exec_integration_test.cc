@@ -358,6 +358,30 @@ TEST(ExecTimeout, KillsTheWholeTreeIncludingDetachedAndSetsidGrandchildren) {
   EXPECT_EQ(ZombieChildrenOf(agent.pid()), std::vector<pid_t>{});
 }
 
+// The command dies of the SIGTERM, but a setsid'd descendant ignores it: by the SIGKILL a
+// second later the leader is dead and the descendant reparented to the agent, so a tree
+// collected afresh from the leader missed it and it lived on (found by QA). Members found by
+// the first pass are remembered (pid and start time) and killed too; exec_kill the same.
+TEST(ExecTimeout, SetsidDescendantIgnoringSigtermIsKilledAfterTheGrace) {
+  AgentProcess agent;
+  json::object params = Sh("setsid sh -c \"trap '' TERM; sleep 1000.7171\" & wait");
+  params["timeout_seconds"] = 1;
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_TRUE(o.at("timed_out").as_bool());
+  EXPECT_EQ(WaitGone("1000.7171", std::chrono::seconds(3)), std::vector<pid_t>{});
+  CallResult started =
+      agent.Call("exec_start", json::object{{"command", "sh"},
+                                            {"args", json::array{"-c",
+                                                                 "setsid sh -c \"trap '' TERM; "
+                                                                 "sleep 1000.7272\" & wait"}}});
+  ASSERT_TRUE(started.ok) << started.error_message;
+  json::value handle = started.result.at("handle");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the setsid has happened
+  ASSERT_TRUE(agent.Call("exec_kill", json::object{{"handle", handle}}).ok);
+  EXPECT_EQ(WaitGone("1000.7272", std::chrono::seconds(5)), std::vector<pid_t>{});
+  EXPECT_EQ(ZombieChildrenOf(agent.pid()), std::vector<pid_t>{});
+}
+
 TEST(ExecTimeout, CommandIgnoringSigtermIsKilledAfterTheGrace) {
   AgentProcess agent;
   json::object params = Sh("trap '' TERM; sleep 1000.5151 & wait; sleep 1000.5152");

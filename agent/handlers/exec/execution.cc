@@ -219,7 +219,7 @@ void Execution::Kill(int signo) {
 }
 
 void Execution::KillTree(int signo) {
-  for (pid_t p : SignalTree(pid_, signo)) {
+  for (pid_t p : SignalTree(pid_, signo, &tree_)) {
     if (p != pid_) signalled_.insert(p);
   }
 }
@@ -443,8 +443,10 @@ void Execution::OnPidfdReadable() {
 
 void Execution::Finish() {
   // Whatever is left of the group goes with the leader; the leader is still a zombie here, so
-  // the group id cannot have been reused.
+  // the group id cannot have been reused. So do members of a tree signalled before (a
+  // setsid'd one that ignored a timeout's SIGTERM may not hold the pipes that delay this).
   ::kill(-pid_, SIGKILL);
+  if (!tree_.empty()) KillTree(SIGKILL);
   siginfo_t info{};
   ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info, WEXITED);
   // The agent is a child subreaper: killed members whose parent died are now our children.

@@ -7,6 +7,7 @@
 #include <boost/json/object.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -117,7 +118,9 @@ class Execution {
   std::optional<Clock::time_point> exit_deadline_;   // leftovers holding pipes get killed then
   std::optional<Clock::time_point> force_close_at_;  // then the pipes are closed regardless
   std::set<pid_t> signalled_;                        // tree members to reap if reparented to us
-  std::vector<int> pending_signals_;                 // from Kill(), under mutex_
+  std::map<pid_t, uint64_t> tree_;    // members seen by KillTree (pid -> start time), kept for
+                                      // the next signal: a setsid'd one loses its parent link
+  std::vector<int> pending_signals_;  // from Kill(), under mutex_
 
   mutable std::mutex mutex_;
   std::condition_variable news_;

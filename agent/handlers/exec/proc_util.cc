@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <set>
 
@@ -157,9 +158,14 @@ std::optional<std::string> HomeOf(uid_t uid, const std::string& path) {
   return home;
 }
 
-std::vector<pid_t> CollectTree(pid_t leader, const std::vector<ProcStat>& table) {
+std::vector<pid_t> CollectTree(pid_t leader, const std::vector<ProcStat>& table,
+                               const std::map<pid_t, uint64_t>& known) {
   pid_t self = ::getpid();
   std::set<pid_t> members{leader};
+  for (const auto& p : table) {
+    auto it = known.find(p.pid);
+    if (it != known.end() && it->second == p.start_ticks) members.insert(p.pid);
+  }
   // Fixed point: a process is in the tree if its parent, group or session is.
   for (bool changed = true; changed;) {
     changed = false;
@@ -174,14 +180,17 @@ std::vector<pid_t> CollectTree(pid_t leader, const std::vector<ProcStat>& table)
   return {members.begin(), members.end()};
 }
 
-std::vector<pid_t> SignalTree(pid_t leader, int signo) {
+std::vector<pid_t> SignalTree(pid_t leader, int signo, std::map<pid_t, uint64_t>* known) {
   // Freeze first: stopped processes neither fork nor exit, so the parent links that lead to
   // setsid()-ed descendants stay intact while the tree is collected.
   ::kill(-leader, SIGSTOP);
   std::set<pid_t> stopped;
   std::vector<pid_t> tree;
+  std::vector<ProcStat> table;
+  const std::map<pid_t, uint64_t> none;
   for (int round = 0; round < 8; ++round) {
-    tree = CollectTree(leader, ReadProcessTable());
+    table = ReadProcessTable();
+    tree = CollectTree(leader, table, known ? *known : none);
     bool grew = false;
     for (pid_t pid : tree) {
       if (stopped.insert(pid).second) {
@@ -190,6 +199,11 @@ std::vector<pid_t> SignalTree(pid_t leader, int signo) {
       }
     }
     if (!grew) break;
+  }
+  if (known) {
+    for (const auto& p : table) {
+      if (std::binary_search(tree.begin(), tree.end(), p.pid)) (*known)[p.pid] = p.start_ticks;
+    }
   }
   ::kill(-leader, signo);
   for (pid_t pid : tree) ::kill(pid, signo);

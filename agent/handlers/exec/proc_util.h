@@ -52,9 +52,13 @@ std::optional<std::string> HomeOf(uid_t uid, const std::string& path = "/etc/pas
 // Every process that belongs to the tree led by `leader`: members of its process group,
 // descendants by parent links (also those that called setsid/setpgid), and the groups and
 // sessions those descendants lead. Never includes pid 1 or the calling process.
-std::vector<pid_t> CollectTree(pid_t leader, const std::vector<ProcStat>& table);
+// `known` (pid -> start time) adds members found earlier, also once their parent links are
+// gone (the leader died of a SIGTERM that they ignore): a pid reused since is not taken.
+std::vector<pid_t> CollectTree(pid_t leader, const std::vector<ProcStat>& table,
+                               const std::map<pid_t, uint64_t>& known = {});
 
-// Signals the group `leader` and every process CollectTree finds. Returns the pids signalled.
-std::vector<pid_t> SignalTree(pid_t leader, int signo);
+// Signals the group `leader` and every process CollectTree finds (sorted pids, returned).
+// With `known`, it seeds the tree and records every member found, for the next signal.
+std::vector<pid_t> SignalTree(pid_t leader, int signo, std::map<pid_t, uint64_t>* known = nullptr);
 
 }  // namespace kvm::exec

@@ -327,6 +327,100 @@ TEST_P(FileEscapeTest, DirectorySwappedForSymlinkInALoopWhileWritingNeverEscapes
   RecordProperty("written_inside", written);
 }
 
+// An allowed entry may be a symlink (trusted config, e.g. /var/run), but not one another
+// user could plant or swap: here the entry is a user's directory in a sticky, world-writable
+// directory, which that user swaps with their own symlink to outside/ over and over. The
+// entry was opened following the link, and its owner checked by a separate lstat: 58 of
+// 3000 reads returned the outside secret and 164 writes landed outside (found by QA).
+TEST_P(FileEscapeTest, UsersEntryInAStickyDirectorySwappedForTheirSymlinkNeverEscapes) {
+  TempDir box;
+  std::string pub = box / "pub", entry = box / "pub/e", link = box / "pub/elink";
+  std::string outside = box / "outside";
+  fs::create_directories(entry);
+  fs::create_directories(outside);
+  ::chmod(pub.c_str(), 01777);
+  WriteFile(entry + "/solo", "inside");
+  WriteFile(outside + "/solo", "outside secret");
+  fs::create_directory_symlink(outside, link);
+  ASSERT_EQ(::lchown(entry.c_str(), 1000, 1000), 0);
+  ASSERT_EQ(::lchown(link.c_str(), 1000, 1000), 0);
+  AgentProcess::Options options;
+  options.config_json = ConfigJson({entry}, {entry});
+  AgentProcess agent(options);
+  WaitUntilServing(agent);
+  std::atomic<bool> stop{false};
+  std::atomic<int> swaps{0};
+  std::thread flipper([&] {
+    while (!stop) {
+      if (::renameat2(AT_FDCWD, entry.c_str(), AT_FDCWD, link.c_str(), RENAME_EXCHANGE) == 0) {
+        ++swaps;
+      }
+    }
+  });
+  auto client = agent.Connect();
+  int refused = 0;
+  for (int i = 0; i < 300; ++i) {
+    CallResult rd = client->Call("file_read", {{"path", entry + "/solo"}});
+    if (rd.ok) {
+      EXPECT_EQ(Str(rd.result, "data"), Base64Encode("inside"));
+    }
+    refused += !rd.ok && rd.error_code == kDenied;
+    CallResult ls = client->Call("file_list", {{"path", entry}});
+    if (ls.ok) {
+      EXPECT_EQ(json::serialize(ls.result).find("secret"), std::string::npos);
+    }
+    client->Call("file_write",
+                 {{"path", entry + "/planted" + std::to_string(i)}, {"data", Base64Encode("x")}});
+  }
+  stop = true;
+  flipper.join();
+  EXPECT_GT(swaps.load(), 100);
+  EXPECT_GT(refused, 0) << "the race was never met";
+  std::vector<std::string> outside_names;
+  for (const auto& e : fs::directory_iterator(outside))
+    outside_names.push_back(e.path().filename());
+  EXPECT_EQ(outside_names, std::vector<std::string>{"solo"});
+}
+
+// An entry that names a user's symlink in a sticky directory is refused also when a request
+// names the entry itself (it was followed: `cat :ENTRY` printed the link's target). A link
+// root owns there is still followed, as is any link in a directory only root can write.
+TEST_P(FileEscapeTest, EntryThatIsAnotherUsersSymlinkInAStickyDirectoryIsRefused) {
+  TempDir box;
+  std::string pub = box / "pub", outside = box / "outside";
+  fs::create_directories(pub);
+  fs::create_directories(outside);
+  ::chmod(pub.c_str(), 01777);
+  WriteFile(outside + "/solo", "outside secret");
+  fs::create_symlink(outside + "/solo", pub + "/userfile");
+  fs::create_directory_symlink(outside, pub + "/userdir");
+  fs::create_directory_symlink(outside, pub + "/rootdir");
+  ASSERT_EQ(::lchown((pub + "/userfile").c_str(), 1000, 1000), 0);
+  ASSERT_EQ(::lchown((pub + "/userdir").c_str(), 1000, 1000), 0);
+  AgentProcess::Options options;
+  options.config_json =
+      ConfigJson({pub + "/userfile", pub + "/userdir", pub + "/rootdir"}, {pub + "/userdir"});
+  AgentProcess agent(options);
+  WaitUntilServing(agent);
+  for (const CallResult& r :
+       {agent.Call("file_read", {{"path", pub + "/userfile"}}),
+        agent.Call("file_stat", {{"path", pub + "/userfile"}, {"sha256", true}}),
+        agent.Call("file_list", {{"path", pub + "/userdir"}}),
+        agent.Call("file_read", {{"path", pub + "/userdir/solo"}}),
+        agent.Call("file_write", {{"path", pub + "/userdir/new"}, {"data", "eA=="}})}) {
+    EXPECT_FALSE(r.ok);
+    EXPECT_EQ(r.error_code, kDenied) << r.error_message;
+    // file_stat looks at the entry itself (O_NOFOLLOW with openat2): "is a symlink".
+    EXPECT_TRUE(r.error_message.find("symlink another user could replace") != std::string::npos ||
+                r.error_message.find("is a symlink") != std::string::npos)
+        << r.error_message;
+  }
+  EXPECT_FALSE(fs::exists(outside + "/new"));
+  CallResult trusted = agent.Call("file_read", {{"path", pub + "/rootdir/solo"}});
+  ASSERT_TRUE(trusted.ok) << trusted.error_message;
+  EXPECT_EQ(Str(trusted.result, "data"), Base64Encode("outside secret"));
+}
+
 // As in open(2), "x/" names a directory: no method may reach (or delete, or create) a file
 // through it, whichever resolver walks the path.
 TEST_P(FileEscapeTest, APathEndingInSlashNeverReachesAFile) {

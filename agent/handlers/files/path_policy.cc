@@ -8,6 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "agent/core/method_table.h"  // WouldBlock
 #include "agent/handlers/files/file_io.h"
@@ -187,29 +189,134 @@ int CachedOpenat2(int dirfd, const char* path, int flags, uint64_t resolve) {
   return fd;
 }
 
-// open(2) of a trusted path (an allowed entry), or with `cached_only` the same through the
-// dentry cache alone.
-int OpenTrusted(const std::string& path, int flags, mode_t mode, bool cached_only) {
-  return cached_only ? CachedOpenat2(AT_FDCWD, path.c_str(), flags, 0)
-                     : ::open(path.c_str(), flags, mode);
+// Whether a symlink met on an allowed entry's path could have been planted or swapped by an
+// unprivileged user: only root (or the agent's user) may own its directory, and that directory
+// must not be writable by others, unless it is sticky (/tmp) and the link is root's (or ours).
+bool LinkIsTrusted(const struct stat& dir, const struct stat& link) {
+  auto ours = [](uid_t uid) { return uid == 0 || uid == ::geteuid(); };
+  if (!ours(dir.st_uid)) return false;
+  if (!(dir.st_mode & (S_IWGRP | S_IWOTH))) return true;
+  return (dir.st_mode & S_ISVTX) && ours(link.st_uid);
+}
+
+// Opens an allowed entry (or its parent): trusted config, so symlinks on its path are
+// followed (/var/run -> /run), but only trusted ones (LinkIsTrusted), one component at a time
+// from pinned descriptors, so that a link swapped in at any moment is either seen and judged
+// or not followed at all. Returns -1 with errno; an untrusted link sets `untrusted_link` to
+// the path where it was met. Only entry paths with a symlink come here (callers try one
+// openat2 without symlinks first), so the extra syscalls are rare.
+int WalkTrustedPath(const std::string& path, int flags, mode_t mode, std::string& untrusted_link) {
+  std::vector<std::string> todo;  // components still to walk, last one first
+  auto push_path = [&](std::string_view p) {
+    std::vector<std::string> parts;
+    size_t start = 0;
+    while (start <= p.size()) {
+      size_t slash = p.find('/', start);
+      if (slash == std::string_view::npos) slash = p.size();
+      if (slash > start) parts.emplace_back(p.substr(start, slash - start));
+      start = slash + 1;
+    }
+    todo.insert(todo.end(), parts.rbegin(), parts.rend());
+  };
+  auto open_root = [] { return UniqueFd(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC)); };
+  UniqueFd dir = open_root();
+  std::string walked;  // for the message: the path as followed so far
+  struct stat dir_st;
+  if (!dir || ::fstat(dir.get(), &dir_st) != 0) return -1;
+  push_path(path);
+  for (int links = 0; !todo.empty();) {
+    std::string name = std::move(todo.back());
+    todo.pop_back();
+    if (name == ".") continue;
+    bool last = todo.empty();
+    if (name == "..") {  // in a link's target: the parent of a pinned directory, no name lookup
+      UniqueFd up(::openat(dir.get(), "..", O_PATH | O_DIRECTORY | O_CLOEXEC));
+      if (!up || ::fstat(up.get(), &dir_st) != 0) return -1;
+      dir = std::move(up);
+      walked += "/..";
+      if (last) return ::openat(dir.get(), ".", (flags & ~O_NOFOLLOW) | O_CLOEXEC, mode);
+      continue;
+    }
+    UniqueFd pin(::openat(dir.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!pin) {
+      if (last && errno == ENOENT && (flags & O_CREAT)) {
+        return ::openat(dir.get(), name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode);
+      }
+      return -1;
+    }
+    struct stat st;
+    if (::fstat(pin.get(), &st) != 0) return -1;
+    walked += "/" + name;
+    if (S_ISLNK(st.st_mode)) {
+      if (!LinkIsTrusted(dir_st, st)) {
+        untrusted_link = walked;
+        errno = EPERM;
+        return -1;
+      }
+      if (++links > 40) {
+        errno = ELOOP;
+        return -1;
+      }
+      char target[4096];
+      ssize_t n = ::readlinkat(pin.get(), "", target, sizeof target);
+      if (n <= 0 || n == static_cast<ssize_t>(sizeof target)) {
+        if (n >= 0) errno = ENAMETOOLONG;
+        return -1;
+      }
+      std::string_view t(target, static_cast<size_t>(n));
+      if (t.front() == '/') {
+        dir = open_root();
+        if (!dir || ::fstat(dir.get(), &dir_st) != 0) return -1;
+      }
+      push_path(t);
+      if (todo.empty()) return ::openat(dir.get(), ".", (flags & ~O_NOFOLLOW) | O_CLOEXEC, mode);
+      continue;
+    }
+    if (last) {
+      // The same name again, now with the real flags; replaced by a link meanwhile, it fails.
+      return ::openat(dir.get(), name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode);
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      errno = ENOTDIR;
+      return -1;
+    }
+    dir = std::move(pin);
+    dir_st = st;
+  }
+  return -1;
 }
 
 }  // namespace
 
+// An allowed entry, or with `cached_only` the same through the dentry cache alone. A path
+// without symlinks is one openat2 (what it reaches is there, nothing redirected it); with
+// one, the walk above judges each link.
+UniqueFd PathPolicy::OpenEntryPath(const std::string& entry, int flags, mode_t mode, Access access,
+                                   std::string_view path, bool cached_only) const {
+  flags |= O_CLOEXEC;
+  if (resolver_ == Resolver::kOpenat2) {
+    int one_flags = (flags & O_PATH) ? (flags | O_NOFOLLOW) : (flags & ~O_NOFOLLOW);
+    const uint64_t resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int fd = cached_only ? CachedOpenat2(AT_FDCWD, entry.c_str(), one_flags, resolve)
+                         : SysOpenat2(AT_FDCWD, entry.c_str(), one_flags, mode, resolve);
+    if (fd >= 0) return UniqueFd(fd);
+    if (errno != ELOOP && errno != EAGAIN && errno != EINTR) ThrowOs(errno, "open", path);
+    if (cached_only) throw WouldBlock();  // the walk may need the disk: a worker does it
+  }
+  std::string untrusted_link;
+  int fd = WalkTrustedPath(entry, flags, mode, untrusted_link);
+  if (!untrusted_link.empty()) {
+    ThrowRefused(path, access,
+                 "the allowed entry's path goes through a symlink another user could replace (" +
+                     Shorten(untrusted_link) + ")");
+  }
+  if (fd < 0) ThrowOs(errno, "open", path);
+  return UniqueFd(fd);
+}
+
 UniqueFd PathPolicy::OpenEntryDir(const std::string& entry, Access access, std::string_view path,
                                   bool cached_only) const {
-  // Opened before the lstat below, so that with cached_only the lstat finds the entry cached.
-  UniqueFd fd(OpenTrusted(entry, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0, cached_only));
-  int open_err = errno;
-  // An entry is trusted config and may itself be a symlink (e.g. /var/run), unless a user
-  // other than root or us owns that symlink: in a sticky /tmp anyone could plant one.
-  struct stat link_st;
-  if (::lstat(entry.c_str(), &link_st) == 0 && S_ISLNK(link_st.st_mode) && link_st.st_uid != 0 &&
-      link_st.st_uid != ::geteuid()) {
-    ThrowRefused(path, access, "the allowed entry is a symlink owned by another user");
-  }
-  if (!fd) ThrowOs(open_err, "open", path);
-  return fd;
+  return OpenEntryPath(entry, O_RDONLY | O_DIRECTORY, 0, access, path, cached_only);
 }
 
 UniqueFd PathPolicy::OpenBeneath(int root, const std::string& rel, int flags, mode_t mode,
@@ -289,9 +396,7 @@ UniqueFd PathPolicy::OpenChecked(std::string_view path, Access access, int flags
   const std::string& entry = entries(access)[lex.entry];
   if (lex.remainder.empty()) {
     // The entry itself (a directory or a single-file entry such as /etc/hostname).
-    int fd = OpenTrusted(entry, flags | O_CLOEXEC, mode, cached_only);
-    if (fd < 0) ThrowOs(errno, "open", path);
-    return UniqueFd(fd);
+    return OpenEntryPath(entry, flags, mode, access, path, cached_only);
   }
   if (resolver_ == Resolver::kOpenat2) {
     // First one openat2 of the whole normalized path (no "..", refused lexically) with no
@@ -325,8 +430,7 @@ PathPolicy::Parent PathPolicy::OpenParent(std::string_view path, Access access) 
     std::string dir;
     SplitLast(entry.substr(1), dir, parent.name);
     dir = "/" + dir;
-    parent.dir.reset(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!parent.dir) ThrowOs(errno, "open", path);
+    parent.dir = OpenEntryPath(dir, O_RDONLY | O_DIRECTORY, 0, access, path, false);
     return parent;
   }
   UniqueFd root = OpenEntryDir(entry, access, path);
