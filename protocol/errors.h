@@ -36,13 +36,19 @@ std::string_view ErrorKind(ErrorCode code);
 class RpcError : public std::runtime_error {
  public:
   RpcError(ErrorCode code, std::string message, boost::json::object data = {})
-      : std::runtime_error(std::move(message)), code_(code), data_(std::move(data)) {}
+      : std::runtime_error(message),
+        code_(code),
+        message_(std::move(message)),
+        data_(std::move(data)) {}
 
   ErrorCode code() const { return code_; }
+  // The whole text; what() stops at a NUL that a quoted name may hold ("no\u0000pe").
+  const std::string& message() const { return message_; }
   const boost::json::object& data() const { return data_; }
 
  private:
   ErrorCode code_;
+  std::string message_;
   boost::json::object data_;
 };
 

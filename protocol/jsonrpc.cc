@@ -123,7 +123,16 @@ std::string ResultResponse(const json::value& id, const json::value& result) {
 std::string ErrorResponse(const json::value& id, const RpcError& error) {
   json::object err;
   err["code"] = static_cast<int>(error.code());
-  err["message"] = error.what();
+  // A message quotes what the request named (a method, a param, an interface): a 60,000-byte
+  // name made a 120 KB reply to a 60 KB request. data still carries the full value.
+  std::string_view message = error.message();
+  if (message.size() > kMaxErrorMessage) {
+    size_t cut = kMaxErrorMessage;
+    while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) --cut;
+    err["message"] = std::string(message.substr(0, cut)) + "...";
+  } else {
+    err["message"] = message;
+  }
   json::object data = error.data();
   data["kind"] = ErrorKind(error.code());
   err["data"] = std::move(data);

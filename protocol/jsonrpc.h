@@ -13,6 +13,8 @@ namespace kvm::jsonrpc {
 
 // Deepest nesting accepted in a message; deeper input is a parse error, not a stack overflow.
 inline constexpr std::size_t kMaxDepth = 64;
+// An error reply's message is cut to this many bytes (at a character boundary, then "...").
+inline constexpr std::size_t kMaxErrorMessage = 512;
 
 // Parses one line as a JSON text. Throws RpcError(kParseError) with the reason on failure
 // (bad syntax, invalid UTF-8, nesting deeper than kMaxDepth, trailing garbage). The value is

@@ -382,6 +382,32 @@ TEST(HostileInput, HalfClosedConnectionStillGetsItsRepliesThenCloses) {
   ExpectStillServing(agent);
 }
 
+// Error messages quote names from the request: whole even with a NUL inside (the text was
+// cut at the NUL, leaving an unbalanced quote), and cut to 512 bytes however long the name
+// (a 60,000-byte method name made a 120 KB reply; data still has the full name).
+TEST(HostileInput, ErrorMessagesKeepNulsAndStayShort) {
+  AgentProcess agent(Quiet());
+  json::object nul = Ask(agent, R"({"jsonrpc":"2.0","method":"no\u0000pe","id":1})");
+  EXPECT_EQ(std::string(nul["error"].as_object()["message"].as_string()),
+            std::string("Method not found: no\0pe", 23));
+  json::object param =
+      Ask(agent, R"({"jsonrpc":"2.0","method":"ping","params":{"a\u0000b":1},"id":2})");
+  std::string text(param["error"].as_object()["message"].as_string());
+  EXPECT_NE(text.find(std::string("\"a\0b\"", 5)), std::string::npos) << text;
+  std::string name(60000, 'm');
+  RawClient c(agent.socket_path());
+  ASSERT_TRUE(c.Send(R"({"jsonrpc":"2.0","method":")" + name +
+                     R"(","id":3})"
+                     "\n"));
+  std::string reply;
+  ASSERT_TRUE(c.ReadLine(reply));
+  EXPECT_LT(reply.size(), 62000u);
+  json::object long_reply = ParseJson(reply).as_object();
+  EXPECT_EQ(long_reply["error"].as_object()["message"].as_string().size(), 515u);  // 512 + "..."
+  EXPECT_EQ(std::string(long_reply["error"].as_object()["data"].as_object()["method"].as_string()),
+            name);
+}
+
 // Many pipelined requests, then a half-close, then the replies read: once the last reply has
 // gone out the agent must close its end. The last replies leave on an EPOLLOUT wake-up, and
 // that path did not check for "all answered, input done": 25-55% of such connections stayed

@@ -212,6 +212,19 @@ TEST_F(ExecCommand, BinaryOutputComesAsBase64) {
   EXPECT_EQ(Text(o, "stdout"), std::string("\xff\0\xfe", 3));
 }
 
+// NUL is valid UTF-8, but each one is six bytes of JSON (\u0000): 4 MiB of them made a 50 MB
+// reply. Output that escaping would more than double comes as base64 (4/3); ordinary text,
+// newlines and all, stays text.
+TEST_F(ExecCommand, OutputMostlyOfControlBytesComesAsBase64) {
+  json::object params = Sh("head -c 100000 /dev/zero");
+  const auto& o = Ok(agent.Call("exec_command", params));
+  EXPECT_EQ(o.at("stdout_encoding").as_string(), "base64");
+  EXPECT_EQ(Text(o, "stdout"), std::string(100000, '\0'));
+  const auto& lines = Ok(agent.Call("exec_command", Sh("seq 1 9; printf 'tab\\there\\n'")));
+  EXPECT_EQ(lines.at("stdout_encoding").as_string(), "utf-8");
+  EXPECT_EQ(lines.at("stdout").as_string(), "1\n2\n3\n4\n5\n6\n7\n8\n9\ntab\there\n");
+}
+
 TEST_F(ExecCommand, UnknownCommandsAndBadParamsAreClearErrors) {
   auto r = agent.Call("exec_command", Cmd("no-such-command-kvmtest"));
   EXPECT_EQ(r.error_code, -32001);

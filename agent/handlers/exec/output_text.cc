@@ -20,9 +20,26 @@ size_t IncompleteUtf8Tail(std::string_view bytes) {
   return 0;
 }
 
+namespace {
+// Bytes of `text` once escaped for JSON: \u00XX for most control bytes (NUL is valid UTF-8).
+size_t EscapedSize(std::string_view text) {
+  size_t size = text.size();
+  for (unsigned char c : text) {
+    if (c == '"' || c == '\\' || c == '\n' || c == '\t' || c == '\r' || c == '\b' || c == '\f') {
+      size += 1;
+    } else if (c < 0x20) {
+      size += 5;
+    }
+  }
+  return size;
+}
+}  // namespace
+
 void PutOutput(boost::json::object& out, std::string_view name, std::string_view bytes) {
   std::string encoding_key = std::string(name) + "_encoding";
-  if (IsValidUtf8(bytes)) {
+  // Text unless escaping would more than double it: 4 MiB of NULs became a 24 MiB string
+  // (50 MB reply, 108 MB agent RSS for one command); base64 is 4/3 whatever the bytes.
+  if (IsValidUtf8(bytes) && EscapedSize(bytes) <= 2 * bytes.size()) {
     out[name] = bytes;
     out[encoding_key] = "utf-8";
   } else {
