@@ -554,6 +554,16 @@ struct CopyJob {
     for (const auto& entry : entries) {
       if (Stopped()) return;
       std::string name = Text(Field(entry, "name")), type = Text(Field(entry, "type"));
+      if (const json::value* lossy = Field(entry, "name_lossy");
+          lossy && lossy->is_bool() && lossy->get_bool()) {
+        // Asked for by the name shown, another file (the one really named so) would come.
+        std::fprintf(stderr,
+                     "kvmmanager-ctl: cannot copy :%s: the guest's file name is not valid UTF-8 "
+                     "(shown with U+FFFD), so no request can name it\n",
+                     ForTerminal(JoinPath(remote_root, name)).c_str());
+        Fail(kExitUsage);
+        continue;
+      }
       if (!SafeName(name)) {
         std::fprintf(stderr,
                      "kvmmanager-ctl: refusing the entry name \"%s\" the guest lists in :%s\n",

@@ -264,6 +264,21 @@ TEST_F(CtlFilesTest, SourceNameThatIsNotUtf8FailsOnlyThatFile) {
   EXPECT_EQ(Names(sb_ + "/t"), (std::vector<std::string>{"ok", "z.txt"}));
 }
 
+// A guest name that is not UTF-8 is listed with U+FFFD, so it can read exactly like another
+// entry's real name: cp -r copied that other file twice and exited 0 (found by QA). The agent
+// marks such names (name_lossy) and cp fails that file alone, exit 2.
+TEST_F(CtlFilesTest, DownloadOfATreeWithANameThatIsNotUtf8FailsThatFileAlone) {
+  fs::create_directories(sb_ + "/amb");
+  WriteFile(sb_ + "/amb/n\xff", "INVALID-NAME-CONTENT");
+  WriteFile(sb_ + "/amb/n\xef\xbf\xbd", "REPLACEMENT-CHAR-CONTENT");
+  std::string out = local_ / "amb";
+  RunResult r = Ctl({"cp", "-r", "-q", ":" + sb_ + "/amb", out});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("is not valid UTF-8 (shown with U+FFFD)"), std::string::npos) << r.err;
+  EXPECT_EQ(Names(out), std::vector<std::string>{"n\xef\xbf\xbd"});
+  EXPECT_EQ(ReadFileText(out + "/n\xef\xbf\xbd"), "REPLACEMENT-CHAR-CONTENT");
+}
+
 // cp -r to a new destination written with a trailing slash creates it with the tree's
 // contents, as cp(1) does, both ways; a file to a missing directory names the destination.
 TEST_F(CtlFilesTest, TrailingSlashOnANewDestinationDoesNotMakeItAnExistingDirectory) {

@@ -146,9 +146,9 @@ std::optional<std::string_view> EnvInjectionReason(std::string_view name, std::s
   // LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT...: every LD_ name, the loader adds new ones.
   if (StartsWith(name, "LD_")) return "the dynamic loader loads code it names";
   // What glibc itself drops for set-uid programs (its unsecure-envvars list).
-  if (OneOf(name,
-            {"GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE",
-             "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR"})) {
+  if (OneOf(name, {"GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN",
+                   "LOCPATH", "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF",
+                   "RES_OPTIONS", "TMPDIR", "TZDIR"})) {
     return "glibc loads modules or files it names";
   }
   if (StartsWith(name, "BASH_FUNC_") ||

@@ -607,6 +607,9 @@ json::value FileList(const json::object& params, RequestContext& ctx, const File
   for (; i < names.size() && entries.size() < limit; ++i) {
     json::object entry;
     entry["name"] = names[i];
+    // The reply carries such a name with U+FFFD, so it may read like another entry's name
+    // and no request can name it: say so, for clients that would ask for it by that name.
+    if (!IsValidUtf8(names[i])) entry["name_lossy"] = true;
     struct stat st;
     if (::fstatat(fd.get(), names[i].c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
       entry["type"] = TypeName(st.st_mode);
