@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -148,6 +149,23 @@ int main(int argc, char** argv) {
                      "warning: log_file %s: its directory does not exist: nothing will be "
                      "logged there\n",
                      file.c_str());
+      } else {
+        // Permissions as this user (run it as the agent's user), read-only or immutable
+        // (EROFS, EPERM), a name too long: what open() would meet, without creating anything.
+        bool exists = ::stat(file.c_str(), &st) == 0;
+        int err = 0;
+        if (file.size() - dir.size() > NAME_MAX) {
+          err = ENAMETOOLONG;
+        } else if (::faccessat(AT_FDCWD, exists ? file.c_str() : dir.c_str(),
+                               exists ? W_OK : W_OK | X_OK, AT_EACCESS) != 0) {
+          err = errno;
+        }
+        if (err != 0) {
+          std::fprintf(stderr,
+                       "warning: log_file %s cannot be opened for writing (%s): nothing will be "
+                       "logged there\n",
+                       file.c_str(), std::strerror(err));
+        }
       }
     }
     if (!loaded.file_found) {

@@ -2,6 +2,7 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -32,15 +33,55 @@ int64_t GetInt(const json::value& v, std::string_view key, int64_t min, int64_t 
   Fail(key, expected, v);
 }
 
+// A request path with a ".." component is refused, so an entry with one could never match:
+// refused here rather than accepted as a dead entry. PATH_MAX (4096) counts the NUL.
+bool IsUsableEntry(std::string_view path) {
+  if (path.empty() || path[0] != '/' || path.size() > 4095 ||
+      path.find('\0') != std::string_view::npos) {
+    return false;
+  }
+  for (size_t start = 1; start <= path.size();) {
+    size_t slash = path.find('/', start);
+    if (slash == std::string_view::npos) slash = path.size();
+    if (path.substr(start, slash - start) == "..") return false;
+    start = slash + 1;
+  }
+  return true;
+}
+
 std::vector<std::string> GetPathList(const json::value& v, std::string_view key) {
-  if (!v.is_array()) Fail(key, "an array of absolute paths", v);
+  constexpr const char* kExpected = "an array of absolute paths (no \"..\", at most 4095 bytes)";
+  if (!v.is_array()) Fail(key, kExpected, v);
   std::vector<std::string> out;
   for (const auto& item : v.get_array()) {
-    if (!item.is_string() || item.get_string().empty() || item.get_string()[0] != '/' ||
-        item.get_string().find('\0') != json::string::npos) {
-      Fail(key, "an array of absolute paths", item);
-    }
+    if (!item.is_string() || !IsUsableEntry(item.get_string())) Fail(key, kExpected, item);
     out.emplace_back(item.get_string());
+  }
+  return out;
+}
+
+// "line L, column C" of byte `offset` (columns in bytes, from 1), plus a hint for the usual
+// hand-editing mistakes; a bare "syntax error" left people guessing.
+std::string WhereAndWhy(std::string_view text, size_t offset) {
+  offset = std::min(offset, text.size());
+  size_t line = 1, line_start = 0;
+  for (size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      line_start = i + 1;
+    }
+  }
+  std::string out =
+      " at line " + std::to_string(line) + ", column " + std::to_string(offset - line_start + 1);
+  std::string_view rest = text.substr(offset);
+  size_t before = text.find_last_not_of(" \t\r\n", offset == 0 ? 0 : offset - 1);
+  if (text.substr(0, 3) == "\xEF\xBB\xBF") {
+    out += " (the file starts with a UTF-8 byte order mark: save it without one)";
+  } else if (rest.substr(0, 2) == "//" || rest.substr(0, 2) == "/*") {
+    out += " (JSON has no comments)";
+  } else if (!rest.empty() && (rest[0] == '}' || rest[0] == ']') && offset > 0 &&
+             before != std::string_view::npos && text[before] == ',') {
+    out += " (a comma before a closing bracket: JSON allows no trailing comma)";
   }
   return out;
 }
@@ -91,8 +132,11 @@ LoadedConfig ParseConfig(std::string_view text) {
   json::error_code ec;
   json::parse_options options;
   options.max_depth = 16;
-  json::value root = json::parse(text, ec, {}, options);
-  if (ec) throw ConfigError("config is not valid JSON: " + ec.message());
+  json::stream_parser parser({}, options);
+  size_t used = parser.write(text.data(), text.size(), ec);
+  if (!ec) parser.finish(ec);
+  if (ec) throw ConfigError("config is not valid JSON: " + ec.message() + WhereAndWhy(text, used));
+  json::value root = parser.release();
   if (!root.is_object()) throw ConfigError("config must be a JSON object");
   Config& c = loaded.config;
   for (const auto& [key, value] : root.get_object()) {
@@ -111,10 +155,13 @@ LoadedConfig ParseConfig(std::string_view text) {
       }
     } else if (key == "channel_name") {
       c.channel_name = GetString(value, key);
-      if (c.channel_name.empty() ||
-          c.channel_name.find_first_of(std::string_view("/\0", 2)) != std::string::npos ||
-          c.channel_name == "." || c.channel_name == "..") {
-        Fail(key, "a port name without '/' or NUL", value);
+      // It becomes a file name under /dev/virtio-ports (at most 255 bytes, no '/').
+      bool control = false;
+      for (unsigned char ch : c.channel_name) control |= ch < 0x20 || ch == 0x7f;
+      if (c.channel_name.empty() || c.channel_name.size() > 255 || control ||
+          c.channel_name.find('/') != std::string::npos || c.channel_name == "." ||
+          c.channel_name == "..") {
+        Fail(key, "a port name: 1-255 bytes, no '/' or control characters, not . or ..", value);
       }
     } else if (key == "max_message_size_kb") {
       c.max_message_size_kb = GetInt(value, key, 1, 64 * 1024);

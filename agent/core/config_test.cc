@@ -89,6 +89,43 @@ TEST(Config, NamesWithANulByteAreRefused) {
   EXPECT_NE(ErrorOf(R"({"log_file": "/var/log/a\u0000b"})").find("log_file"), std::string::npos);
 }
 
+// Entries a request could never reach ("..", longer than PATH_MAX) were accepted as dead
+// entries; a channel name that cannot be a file name under /dev/virtio-ports likewise.
+TEST(Config, PathEntriesAndChannelNamesThatCouldNeverMatchAreRefused) {
+  for (std::string entry :
+       {std::string("/tmp/../etc"), std::string("/tmp/.."), "/" + std::string(4095, 'a')}) {
+    std::string text = R"({"security": {"allowed_write_paths": [")" + entry + R"("]}})";
+    EXPECT_NE(ErrorOf(text).find("security.allowed_write_paths"), std::string::npos) << entry;
+  }
+  EXPECT_EQ(ParseConfig(R"({"security": {"allowed_read_paths": ["/a..b/..c"]}})")
+                .config.security.allowed_read_paths.size(),
+            1u);
+  for (std::string name : {std::string(256, 'p'), std::string("a\\nb"), std::string("a\\u007fb")}) {
+    EXPECT_NE(ErrorOf(R"({"channel_name": ")" + name + R"("})").find("channel_name"),
+              std::string::npos)
+        << name;
+  }
+  EXPECT_EQ(ParseConfig(R"({"channel_name": ")" + std::string(255, 'p') + R"("})")
+                .config.channel_name.size(),
+            255u);
+}
+
+// A syntax error says where, and names the usual hand-editing mistakes.
+TEST(Config, SyntaxErrorsGiveTheLineColumnAndAHint) {
+  EXPECT_NE(ErrorOf("\xEF\xBB\xBF{}")
+                .find("line 1, column 1 (the file starts with a UTF-8 byte "
+                      "order mark"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("{\n  // note\n  \"log_level\": \"info\"\n}")
+                .find("line 2, column 3 (JSON "
+                      "has no comments)"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("{\"log_level\": \"info\",\n}").find("line 2, column 1 (a comma before"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("{\"log_level\": \"info\"").find("incomplete JSON at line 1"),
+            std::string::npos);
+}
+
 TEST(Config, UnknownKeysAreWarnedNotFatal) {
   auto loaded = ParseConfig(R"({"colour": "blue", "security": {"x": 1}})");
   ASSERT_EQ(loaded.warnings.size(), 2u);
