@@ -5,7 +5,9 @@
 #include <signal.h>
 #include <linux/magic.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/statfs.h>
 #include <sys/sysinfo.h>
 #include <sys/utsname.h>
@@ -23,6 +25,7 @@
 #include <optional>
 #include <thread>
 
+#include "agent/core/unique_fd.h"
 #include "agent/handlers/files/sha256.h"
 #include "protocol/base64.h"
 #include "tests/support/agent_process.h"
@@ -267,6 +270,21 @@ TEST_P(FileEscapeTest, DevicesAreRefused) {
   ASSERT_EQ(::mknod(dev.c_str(), S_IFCHR | 0666, makedev(1, 3)), 0) << "tests run as root";
   ExpectDenied(f_->Read(dev), "regular_files_only", "read");
   ExpectDenied(f_->Write(dev, "x", "append"), "regular_files_only", "append");
+}
+
+// A socket cannot even be opened (ENXIO): file_read answered an I/O error where every other
+// method says regular_files_only with the type.
+TEST_P(FileEscapeTest, SocketsAreRefusedAsNonRegularFiles) {
+  std::string path = f_->sandbox() + "/sock";
+  UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  CallResult r = f_->Read(path);
+  ExpectDenied(r, "regular_files_only", "read");
+  EXPECT_NE(r.error_message.find("is a socket"), std::string::npos) << r.error_message;
+  ExpectDenied(f_->Write(path, "x", "append"), "regular_files_only", "append");
 }
 
 TEST_P(FileEscapeTest, HardLinkToAnOutsideFileIsNeitherReadNorAppended) {

@@ -328,6 +328,7 @@ std::optional<struct stat> ExistingTarget(const PathPolicy::Parent& parent, std:
 // Mode and owner for a file that replaces `existing` (or is new).
 void PrepareReplacement(int fd, const std::optional<struct stat>& existing,
                         std::optional<mode_t> permissions, std::string_view path) {
+  // Not S_ISUID/S_ISGID/S_ISVTX from the old file: new content must not inherit them unasked.
   mode_t mode = permissions ? *permissions : existing ? (existing->st_mode & 0777) : 0644;
   if (::fchmod(fd, mode) != 0) files::ThrowIo(errno, "chmod", path);
   if (existing && ::geteuid() == 0) {
@@ -347,8 +348,21 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
   // Tried on the I/O thread first (kInlineFirst): a read the caches can serve is answered
   // there; one that needs the disk throws WouldBlock and runs again on a worker.
   const bool io_thread = ctx.on_io_thread();
-  UniqueFd fd = io_thread ? policy.OpenCached(path, Access::kRead, flags)
-                          : policy.Open(path, Access::kRead, flags);
+  UniqueFd fd;
+  try {
+    fd = io_thread ? policy.OpenCached(path, Access::kRead, flags)
+                   : policy.Open(path, Access::kRead, flags);
+  } catch (const RpcError& e) {
+    // A socket cannot be opened at all (ENXIO): refuse it as the non-regular file it is, as
+    // file_stat and the writes do, not as an I/O error.
+    const json::value* err = e.data().if_contains("errno");
+    if (err && err->is_int64() && err->get_int64() == ENXIO) {
+      UniqueFd pin = policy.Open(path, Access::kRead, O_PATH);
+      struct stat st;
+      if (::fstat(pin.get(), &st) == 0 && !S_ISREG(st.st_mode)) ThrowNotRegular(path, st.st_mode);
+    }
+    throw;
+  }
   struct stat st = FstatRegular(fd.get(), path, true);
   if (io_thread && st.st_size == 0) throw WouldBlock();  // procfs and sysfs: read on a worker
   uint64_t limit = ctx.config().max_file_bytes();
