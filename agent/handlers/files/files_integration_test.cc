@@ -1009,6 +1009,24 @@ TEST_F(FileMethodsTest, MkdirWithParentsOfTheAllowedEntryItselfIsAnExistingDirec
   EXPECT_TRUE(fs::is_directory(sb_));
 }
 
+// A level that is a file or a symlink is what a path through it would meet (not a directory,
+// the symlink policy), not "already exists" (found by QA); the last level existing as a file
+// is still "already exists", as mkdir -p says.
+TEST_F(FileMethodsTest, MkdirThroughAFileOrSymlinkSaysWhatItMet) {
+  WriteFile(sb_ + "/u1", "file");
+  fs::create_directory_symlink(sb_, sb_ + "/lnk");
+  CallResult through = f_.Call("file_mkdir", {{"path", sb_ + "/u1/x"}, {"parents", true}});
+  EXPECT_EQ(through.error_code, -32001) << through.error_message;
+  EXPECT_NE(through.error_message.find("Not a directory"), std::string::npos)
+      << through.error_message;
+  EXPECT_EQ(f_.Call("file_mkdir", {{"path", sb_ + "/u1/x"}}).error_code, -32001);
+  EXPECT_EQ(f_.Call("file_mkdir", {{"path", sb_ + "/u1/"}}).error_code, -32001);
+  EXPECT_EQ(f_.Call("file_mkdir", {{"path", sb_ + "/u1"}, {"parents", true}}).error_code, -32007);
+  EXPECT_EQ(f_.Call("file_mkdir", {{"path", sb_ + "/lnk/x"}, {"parents", true}}).error_code,
+            -32000);
+  EXPECT_EQ(f_.Call("file_mkdir", {{"path", sb_ + "/lnk"}, {"parents", true}}).error_code, -32000);
+}
+
 TEST_F(FileMethodsTest, ListStatMkdirDelete) {
   ASSERT_TRUE(f_.Call("file_mkdir", {{"path", sb_ + "/d/e/f"}, {"parents", true}}).ok);
   EXPECT_TRUE(fs::is_directory(sb_ + "/d/e/f"));

@@ -687,15 +687,26 @@ json::value FileDelete(const json::object& params, RequestContext& ctx, const Fi
 }
 
 // Creates one directory; returns false if a directory was already there.
-bool MakeOneDir(const PathPolicy& policy, const std::string& path, mode_t mode, bool exist_ok) {
+// `must_be_dir`: a level below which more follow, or one written with a trailing '/'.
+bool MakeOneDir(const PathPolicy& policy, const std::string& path, mode_t mode, bool exist_ok,
+                bool must_be_dir) {
   PathPolicy::Parent parent = policy.OpenParent(path, Access::kWrite);
   if (::mkdirat(parent.dir.get(), parent.name.c_str(), mode) != 0) {
     int err = errno;
     struct stat st;
-    if (err == EEXIST && exist_ok &&
-        ::fstatat(parent.dir.get(), parent.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-        S_ISDIR(st.st_mode)) {
-      return false;
+    if (err == EEXIST &&
+        ::fstatat(parent.dir.get(), parent.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      if (S_ISDIR(st.st_mode) && exist_ok) return false;
+      // What a path through it would meet, rather than "already exists".
+      if (S_ISLNK(st.st_mode) && (exist_ok || must_be_dir)) {
+        files::ThrowRefused(parent.normalized, Access::kWrite,
+                            "a symlink or magic link below the allowed entry");
+      }
+      if (!S_ISDIR(st.st_mode) && must_be_dir) {
+        throw RpcError(ErrorCode::kNotFound,
+                       "Not a directory: " + files::ShortForMessage(parent.normalized),
+                       {{"path", parent.normalized}});
+      }
     }
     if (err == EEXIST) {
       throw RpcError(ErrorCode::kAlreadyExists, "Already exists: " + parent.normalized,
@@ -737,12 +748,13 @@ json::value FileMkdir(const json::object& params, RequestContext& ctx, const Fil
     for (;;) {
       size_t slash = lex.remainder.find('/', pos);
       std::string prefix = base + lex.remainder.substr(0, slash);
-      created = MakeOneDir(policy, prefix, mode, true);
+      created = MakeOneDir(policy, prefix, mode, true,
+                           slash != std::string::npos || NamesDirectory(path));
       if (slash == std::string::npos) break;
       pos = slash + 1;
     }
   } else {
-    created = MakeOneDir(policy, lex.normalized, mode, parents);
+    created = MakeOneDir(policy, lex.normalized, mode, parents, NamesDirectory(path));
   }
   return json::object{{"path", lex.normalized}, {"created", created}};
 }
