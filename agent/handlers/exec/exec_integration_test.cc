@@ -159,6 +159,16 @@ TEST_F(ExecCommand, BadEnvIsRefused) {
     EXPECT_FALSE(r.ok) << json::serialize(env);
     EXPECT_EQ(r.error_code, -32602) << json::serialize(env);
   }
+  // Bounded like args (with a raised message size, 200,000 variables kept a core busy for
+  // 30 s after the timeout reply: each was looked up among those before it).
+  json::object many;
+  for (int i = 0; i <= 4096; ++i) many["V" + std::to_string(i)] = "v";
+  json::object params = Cmd("true");
+  params["env"] = many;
+  EXPECT_EQ(agent.Call("exec_command", params).error_code, -32602);
+  many.erase("V0");
+  params["env"] = many;
+  EXPECT_TRUE(agent.Call("exec_command", params).ok);
 }
 
 TEST_F(ExecCommand, RunsInTheRequestedDirectory) {

@@ -48,6 +48,8 @@ std::vector<std::string> BuildEnv(const json::object* request_env,
       {"LANG", "C.UTF-8"},
   };
   if (request_env) {
+    // Bounded like args: each variable below is looked up among those before it.
+    if (request_env->size() > kMaxArgs) Params::Fail("env", "at most 4096 variables");
     for (const auto& [key, value] : *request_env) {
       std::string_view k(key);
       if (k.empty() || k.find('=') != std::string_view::npos ||
