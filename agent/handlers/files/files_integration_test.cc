@@ -653,6 +653,13 @@ TEST_F(FileMethodsTest, Utf8ReadsWholeCharactersAndFailsCleanlyOnInvalidBytes) {
   EXPECT_EQ(Str(r.result, "data"), "h\xC3\xA9llo ");
   EXPECT_EQ(r.result.at("length").to_number<uint64_t>(), 7u);
   EXPECT_FALSE(r.result.at("eof").as_bool());
+  // A length shorter than the first character: no text fits, and the content is not invalid
+  // (it said "not valid UTF-8 at byte 7"): the error names length.
+  r = f_.Call("file_read",
+              {{"path", sb_ + "/text"}, {"encoding", "utf8"}, {"offset", 7}, {"length", 2}});
+  ASSERT_FALSE(r.ok);
+  EXPECT_EQ(r.error_code, -32602);
+  EXPECT_EQ(Str(r.error_data, "param"), "length") << r.error_message;
   WriteFile(sb_ + "/bad", "ok\xFFno");
   r = f_.Call("file_read", {{"path", sb_ + "/bad"}, {"encoding", "utf8"}});
   ASSERT_FALSE(r.ok);

@@ -415,6 +415,13 @@ json::value FileRead(const json::object& params, RequestContext& ctx, const File
     size_t valid = ValidUtf8Prefix(std::string_view(buf.get(), got), &truncated);
     if (valid < got) {
       // A character cut by the chunk end is left for the next read; anything else is invalid.
+      if (truncated && !eof && valid == 0) {
+        // Nothing before the cut: an empty reply would have the client ask the same again.
+        throw RpcError(ErrorCode::kInvalidParams,
+                       "length " + std::to_string(got) + " ends inside the character at byte " +
+                           std::to_string(offset) + "; read at least 4 bytes",
+                       {{"param", "length"}, {"offset", offset}});
+      }
       if (!(truncated && !eof && valid > 0)) {
         throw RpcError(ErrorCode::kInvalidParams,
                        "File content is not valid UTF-8 at byte " + std::to_string(offset + valid) +
