@@ -1034,6 +1034,28 @@ TEST_F(FileMethodsTest, MkdirThroughAFileOrSymlinkSaysWhatItMet) {
   EXPECT_EQ(f_.Call("file_mkdir", {{"path", sb_ + "/lnk"}, {"parents", true}}).error_code, -32000);
 }
 
+// The size cap covers every read of content (file_stat's sha256 read a file of any size), and
+// a chunk holds at most the chunk_size its upload_begin announced (one byte more was taken).
+TEST_F(FileMethodsTest, HashAndChunksKeepToTheirLimits) {
+  WriteFile(sb_ + "/big", std::string(10 * 1024 * 1024 + 1, 'b'));  // max_file_size_mb is 10
+  CallResult hash = f_.Call("file_stat", {{"path", sb_ + "/big"}, {"sha256", true}});
+  EXPECT_EQ(hash.error_code, -32002) << hash.error_message;
+  EXPECT_TRUE(f_.Call("file_stat", {{"path", sb_ + "/big"}}).ok);  // stat alone reads nothing
+  CallResult b = f_.Call("file_upload_begin", {{"path", sb_ + "/up"}});
+  ASSERT_TRUE(b.ok) << b.error_message;
+  size_t chunk = b.result.at("chunk_size").to_number<size_t>();
+  std::string handle = Str(b.result, "handle");
+  CallResult over = f_.Call(
+      "file_upload_chunk",
+      {{"handle", handle}, {"offset", 0}, {"data", Base64Encode(std::string(chunk + 1, 'x'))}});
+  EXPECT_EQ(over.error_code, -32002) << over.error_message;
+  EXPECT_TRUE(
+      f_.Call("file_upload_chunk",
+              {{"handle", handle}, {"offset", 0}, {"data", Base64Encode(std::string(chunk, 'x'))}})
+          .ok);
+  f_.Call("file_upload_abort", {{"handle", handle}});
+}
+
 TEST_F(FileMethodsTest, ListStatMkdirDelete) {
   ASSERT_TRUE(f_.Call("file_mkdir", {{"path", sb_ + "/d/e/f"}, {"parents", true}}).ok);
   EXPECT_TRUE(fs::is_directory(sb_ + "/d/e/f"));

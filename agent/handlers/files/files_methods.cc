@@ -574,6 +574,11 @@ json::value FileStat(const json::object& params, RequestContext& ctx, const File
     if (!S_ISREG(st.st_mode)) ThrowNotRegular(path, st.st_mode);
     UniqueFd rfd = policy.Open(path, Access::kRead, O_RDONLY | O_NONBLOCK | O_NOCTTY);
     struct stat rst = FstatRegular(rfd.get(), path, true);
+    // Like file_read: the size cap applies to every read of a file's content.
+    uint64_t limit = ctx.config().max_file_bytes();
+    if (static_cast<uint64_t>(rst.st_size) > limit) {
+      ThrowTooLarge("File size " + std::to_string(rst.st_size), limit);
+    }
     if (rst.st_dev != st.st_dev || rst.st_ino != st.st_ino) {
       throw RpcError(ErrorCode::kConflict, "File was replaced while being hashed; retry",
                      {{"path", path}});
@@ -823,6 +828,12 @@ json::value UploadChunk(const json::object& params, RequestContext& ctx, FilesSt
   if (!session->file) {
     throw RpcError(ErrorCode::kNotFound, "Upload session " + handle + " is being committed",
                    {{"handle", handle}});
+  }
+  if (size_t chunk = MaxBinaryChunk(ctx.config()); data.size() > chunk) {
+    throw RpcError(ErrorCode::kTooLarge,
+                   "Chunk of " + std::to_string(data.size()) + " bytes; at most chunk_size (" +
+                       std::to_string(chunk) + ")",
+                   {{"limit_bytes", chunk}});
   }
   uint64_t limit = ctx.config().max_file_bytes();
   uint64_t end = offset + data.size();
