@@ -1022,6 +1022,11 @@ TEST_F(FileMethodsTest, MkdirWithParentsOfTheAllowedEntryItselfIsAnExistingDirec
 TEST_F(FileMethodsTest, MkdirThroughAFileOrSymlinkSaysWhatItMet) {
   WriteFile(sb_ + "/u1", "file");
   fs::create_directory_symlink(sb_, sb_ + "/lnk");
+  ASSERT_TRUE(
+      f_.Call("file_mkdir", {{"path", sb_ + "/p1/p2"}, {"parents", true}, {"permissions", "0500"}})
+          .ok);
+  EXPECT_EQ(fs::status(sb_ + "/p1").permissions(), fs::perms(0755));  // as mkdir -p -m
+  EXPECT_EQ(fs::status(sb_ + "/p1/p2").permissions(), fs::perms(0500));
   CallResult through = f_.Call("file_mkdir", {{"path", sb_ + "/u1/x"}, {"parents", true}});
   EXPECT_EQ(through.error_code, -32001) << through.error_message;
   EXPECT_NE(through.error_message.find("Not a directory"), std::string::npos)

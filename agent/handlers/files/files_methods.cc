@@ -760,8 +760,10 @@ json::value FileMkdir(const json::object& params, RequestContext& ctx, const Fil
     for (;;) {
       size_t slash = lex.remainder.find('/', pos);
       std::string prefix = base + lex.remainder.substr(0, slash);
-      created = MakeOneDir(policy, prefix, mode, true,
-                           slash != std::string::npos || NamesDirectory(path));
+      // `permissions` is for the directory asked for; levels made on the way get 0755, as
+      // with mkdir -p -m (a 0500 parent would stop the next level for a non-root agent).
+      bool last = slash == std::string::npos;
+      created = MakeOneDir(policy, prefix, last ? mode : 0755, true, !last || NamesDirectory(path));
       if (slash == std::string::npos) break;
       pos = slash + 1;
     }
