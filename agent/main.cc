@@ -17,6 +17,7 @@
 
 #include "agent/agent.h"
 #include "agent/core/unique_fd.h"
+#include "agent/handlers/exec/command_policy.h"
 #include "startup/malloc_tuning.h"
 #include "startup/standard_fds.h"
 
@@ -165,6 +166,19 @@ int main(int argc, char** argv) {
                        "warning: log_file %s cannot be opened for writing (%s): nothing will be "
                        "logged there\n",
                        file.c_str(), std::strerror(err));
+        }
+      }
+    }
+    // A whitelist entry that names no program here allows nothing (a typo, or not installed).
+    if (const auto& whitelist = loaded.config.security.command_whitelist) {
+      for (const std::string& entry : *whitelist) {
+        try {
+          kvm::exec::ResolveCommand(entry, "/");
+        } catch (const std::exception& e) {
+          std::fprintf(stderr,
+                       "warning: security.command_whitelist entry \"%s\" allows nothing here: "
+                       "%s\n",
+                       entry.c_str(), e.what());
         }
       }
     }

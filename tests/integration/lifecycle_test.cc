@@ -126,6 +126,19 @@ TEST(AgentConfig, CheckConfigPrintsEffectiveConfigOrNamesTheBadKey) {
   EXPECT_EQ(ParseJson(absent.out).at("max_message_size_kb"), 64);
 }
 
+// A whitelist entry naming no program on this system is valid config that allows nothing: a
+// typo to show, not an error.
+TEST(AgentConfig, CheckConfigWarnsOfWhitelistEntriesThatAllowNothing) {
+  TempDir dir;
+  WriteFile(dir / "c.json", R"({"security":{"command_whitelist":["ls","no-such-program-kvm"]}})");
+  RunResult r = RunAgent({"--check-config", "--config", dir / "c.json"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("command_whitelist entry \"no-such-program-kvm\" allows nothing"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("entry \"ls\""), std::string::npos) << r.err;
+}
+
 TEST(AgentConfig, CheckConfigShowsTheLogLevelGivenOnTheCommandLine) {
   TempDir dir;
   WriteFile(dir / "c.json", R"({"log_level": "debug"})");
