@@ -255,10 +255,8 @@ size_t SweepStrayTemps(const std::vector<SweepRoot>& roots, size_t max_entries, 
   size_t removed = 0;
   size_t budget = max_entries;
   for (const auto& root : roots) {
-    int fd = ::open(root.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) continue;
-    SweepDir(fd, 0, root.recursive ? 16 : 0, budget, removed, log, root.dir);
-    ::close(fd);
+    if (root.fd)
+      SweepDir(root.fd.get(), 0, root.recursive ? 16 : 0, budget, removed, log, root.dir);
   }
   if (budget == 0) LOG_WARN(log, "temp-file sweep stopped after %zu entries", max_entries);
   return removed;

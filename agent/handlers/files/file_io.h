@@ -71,7 +71,8 @@ void ReserveSpace(int fd, uint64_t size, std::string_view path);
 // Removes stray kTempPrefix files in the given directories (recursively where asked, no
 // symlinks followed, at most `max_entries` directory entries looked at). Returns the count.
 struct SweepRoot {
-  std::string dir;
+  UniqueFd fd;      // the directory, opened as the path policy opens entries (trusted links)
+  std::string dir;  // its path, for the log
   bool recursive = true;
 };
 size_t SweepStrayTemps(const std::vector<SweepRoot>& roots, size_t max_entries, Logger& log);

@@ -439,6 +439,59 @@ TEST_P(FileEscapeTest, EntryThatIsAnotherUsersSymlinkInAStickyDirectoryIsRefused
   EXPECT_EQ(Str(trusted.result, "data"), Base64Encode("outside secret"));
 }
 
+// Trusted links on an entry's own path, the last component included, are followed by every
+// method (the packaged /etc/os-release is a link to ../usr/lib/os-release: file_stat, hence
+// `ctl cp`, described the link itself), also links whose target is "." or ends in "/.".
+TEST_P(FileEscapeTest, TrustedLinksOfAnEntryAreFollowedByEveryMethod) {
+  TempDir box;
+  std::string data = box / "data";
+  fs::create_directories(data + "/sub");
+  WriteFile(data + "/f.txt", "hello");
+  fs::create_symlink("data/f.txt", box / "l_file");
+  fs::create_directory_symlink(data, box / "l_dir");
+  fs::create_directory_symlink(".", box / "self");
+  fs::create_directory_symlink(data + "/.", box / "l_dot");
+  AgentProcess::Options options;
+  options.config_json =
+      ConfigJson({box / "l_file", box / "l_dir", box / "self", box / "l_dot"}, {box / "l_dir"});
+  AgentProcess agent(options);
+  WaitUntilServing(agent);
+  CallResult st = agent.Call("file_stat", {{"path", box / "l_file"}, {"sha256", true}});
+  ASSERT_TRUE(st.ok) << st.error_message;
+  EXPECT_EQ(Str(st.result, "type"), "file");
+  EXPECT_EQ(Str(st.result, "sha256"), Sha256Hex("hello"));
+  EXPECT_EQ(Str(agent.Call("file_stat", {{"path", box / "l_dir"}}).result, "type"), "directory");
+  CallResult mk = agent.Call("file_mkdir", {{"path", box / "l_dir"}, {"parents", true}});
+  ASSERT_TRUE(mk.ok) << mk.error_message;
+  EXPECT_FALSE(mk.result.at("created").as_bool());
+  EXPECT_TRUE(agent.Call("file_list", {{"path", box / "l_dir"}}).ok);
+  for (const std::string& path : {box / "l_file", box / "self/data/f.txt", box / "l_dot/f.txt"}) {
+    CallResult r = agent.Call("file_read", {{"path", path}});
+    ASSERT_TRUE(r.ok) << path << ": " << r.error_message;
+    EXPECT_EQ(Str(r.result, "data"), Base64Encode("hello")) << path;
+  }
+}
+
+// The start-up sweep of named temp files opens the write entries as requests do: a user's
+// link (here in the user's own directory) is not followed, so no root-only file elsewhere
+// that happens to carry the temp prefix is deleted (it was).
+TEST_P(FileEscapeTest, StartUpTempSweepDoesNotFollowAnUntrustedEntryLink) {
+  TempDir box;
+  std::string user = box / "u", secret = box / "secret";
+  fs::create_directories(user);
+  fs::create_directories(secret);
+  WriteFile(secret + "/.kvmmanager-tmp.notmine", "precious");
+  fs::create_directory_symlink(secret, user + "/evil");
+  ASSERT_EQ(::lchown(user.c_str(), 1000, 1000), 0);
+  ASSERT_EQ(::lchown((user + "/evil").c_str(), 1000, 1000), 0);
+  AgentProcess::Options options;
+  options.config_json = ConfigJson({}, {user + "/evil"});
+  AgentProcess agent(options);
+  WaitUntilServing(agent);
+  EXPECT_EQ(ReadFileText(secret + "/.kvmmanager-tmp.notmine"), "precious");
+  EXPECT_EQ(agent.Stderr().find("removed stray temp file"), std::string::npos) << agent.Stderr();
+}
+
 // As in open(2), "x/" names a directory: no method may reach (or delete, or create) a file
 // through it, whichever resolver walks the path.
 TEST_P(FileEscapeTest, APathEndingInSlashNeverReachesAFile) {

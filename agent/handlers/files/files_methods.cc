@@ -980,13 +980,28 @@ void RegisterFileMethods(MethodTable& table) {
              state.resolver == files::Resolver::kOpenat2 ? "openat2" : "an O_NOFOLLOW walk");
     // Named temps of a killed agent: in each writable directory entry, and next to each
     // writable single-file entry.
+    // Opened as requests open entries: through trusted links only (a user's link in /tmp
+    // would have the root agent delete and walk elsewhere).
+    PathPolicy policy(config.security.allowed_read_paths, config.security.allowed_write_paths,
+                      state.resolver);
+    bool refused = false;
+    auto open_dir = [&](const std::string& dir) -> UniqueFd {
+      try {
+        return policy.OpenEntryPath(dir, O_RDONLY | O_DIRECTORY, 0, Access::kWrite, dir, false);
+      } catch (const RpcError& e) {
+        refused = e.code() == ErrorCode::kPermissionDenied;
+        LOG_DEBUG(log, "temp-file sweep skips %s: %s", dir.c_str(), e.what());
+        return UniqueFd();
+      }
+    };
     std::vector<files::SweepRoot> roots;
     for (const auto& entry : files::NormalizeEntries(config.security.allowed_write_paths)) {
-      struct stat st;
-      if (::stat(entry.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-        roots.push_back({entry, true});
-      } else if (entry != "/") {
-        roots.push_back({entry.substr(0, std::max<size_t>(1, entry.rfind('/'))), false});
+      refused = false;
+      if (UniqueFd fd = open_dir(entry)) {
+        roots.push_back({std::move(fd), entry, true});
+      } else if (entry != "/" && !refused) {  // a single-file entry: its directory
+        std::string parent = entry.substr(0, std::max<size_t>(1, entry.rfind('/')));
+        if (UniqueFd pfd = open_dir(parent)) roots.push_back({std::move(pfd), parent, false});
       }
     }
     size_t removed = files::SweepStrayTemps(roots, kSweepMaxEntries, log);

@@ -203,9 +203,14 @@ bool LinkIsTrusted(const struct stat& dir, const struct stat& link) {
 // followed (/var/run -> /run), but only trusted ones (LinkIsTrusted), one component at a time
 // from pinned descriptors, so that a link swapped in at any moment is either seen and judged
 // or not followed at all. Returns -1 with errno; an untrusted link sets `untrusted_link` to
-// the path where it was met. Only entry paths with a symlink come here (callers try one
-// openat2 without symlinks first), so the extra syscalls are rare.
-int WalkTrustedPath(const std::string& path, int flags, mode_t mode, std::string& untrusted_link) {
+// the path where it was met. With openat2 only entry paths with a symlink come here (one
+// openat2 without symlinks is tried first); `cached_only` keeps it off the disk (WouldBlock).
+int WalkTrustedPath(const std::string& path, int flags, mode_t mode, bool cached_only,
+                    std::string& untrusted_link) {
+  // With cached_only every lookup goes through the dentry cache alone (throws WouldBlock).
+  auto open_at = [&](int at, const char* name, int how, mode_t m) {
+    return cached_only ? CachedOpenat2(at, name, how, 0) : ::openat(at, name, how, m);
+  };
   std::vector<std::string> todo;  // components still to walk, last one first
   auto push_path = [&](std::string_view p) {
     std::vector<std::string> parts;
@@ -230,17 +235,16 @@ int WalkTrustedPath(const std::string& path, int flags, mode_t mode, std::string
     if (name == ".") continue;
     bool last = todo.empty();
     if (name == "..") {  // in a link's target: the parent of a pinned directory, no name lookup
-      UniqueFd up(::openat(dir.get(), "..", O_PATH | O_DIRECTORY | O_CLOEXEC));
+      UniqueFd up(open_at(dir.get(), "..", O_PATH | O_DIRECTORY | O_CLOEXEC, 0));
       if (!up || ::fstat(up.get(), &dir_st) != 0) return -1;
       dir = std::move(up);
       walked += "/..";
-      if (last) return ::openat(dir.get(), ".", (flags & ~O_NOFOLLOW) | O_CLOEXEC, mode);
       continue;
     }
-    UniqueFd pin(::openat(dir.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    UniqueFd pin(open_at(dir.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC, 0));
     if (!pin) {
       if (last && errno == ENOENT && (flags & O_CREAT)) {
-        return ::openat(dir.get(), name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode);
+        return open_at(dir.get(), name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode);
       }
       return -1;
     }
@@ -269,12 +273,11 @@ int WalkTrustedPath(const std::string& path, int flags, mode_t mode, std::string
         if (!dir || ::fstat(dir.get(), &dir_st) != 0) return -1;
       }
       push_path(t);
-      if (todo.empty()) return ::openat(dir.get(), ".", (flags & ~O_NOFOLLOW) | O_CLOEXEC, mode);
       continue;
     }
     if (last) {
       // The same name again, now with the real flags; replaced by a link meanwhile, it fails.
-      return ::openat(dir.get(), name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode);
+      return open_at(dir.get(), name.c_str(), flags | O_NOFOLLOW | O_CLOEXEC, mode);
     }
     if (!S_ISDIR(st.st_mode)) {
       errno = ENOTDIR;
@@ -283,7 +286,8 @@ int WalkTrustedPath(const std::string& path, int flags, mode_t mode, std::string
     dir = std::move(pin);
     dir_st = st;
   }
-  return -1;
+  // Ended on a directory: "..", ".", a link to "/" or to "x/.": open it with the real flags.
+  return open_at(dir.get(), ".", (flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL)) | O_CLOEXEC, 0);
 }
 
 }  // namespace
@@ -293,18 +297,20 @@ int WalkTrustedPath(const std::string& path, int flags, mode_t mode, std::string
 // one, the walk above judges each link.
 UniqueFd PathPolicy::OpenEntryPath(const std::string& entry, int flags, mode_t mode, Access access,
                                    std::string_view path, bool cached_only) const {
-  flags |= O_CLOEXEC;
+  // The entry's own last component is followed too when it is a trusted link (/var/run,
+  // /etc/os-release -> ../usr/lib/os-release): no O_NOFOLLOW, which would open the link.
+  flags = (flags & ~O_NOFOLLOW) | O_CLOEXEC;
   if (resolver_ == Resolver::kOpenat2) {
-    int one_flags = (flags & O_PATH) ? (flags | O_NOFOLLOW) : (flags & ~O_NOFOLLOW);
     const uint64_t resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-    int fd = cached_only ? CachedOpenat2(AT_FDCWD, entry.c_str(), one_flags, resolve)
-                         : SysOpenat2(AT_FDCWD, entry.c_str(), one_flags, mode, resolve);
+    int fd = cached_only ? CachedOpenat2(AT_FDCWD, entry.c_str(), flags, resolve)
+                         : SysOpenat2(AT_FDCWD, entry.c_str(), flags, mode, resolve);
     if (fd >= 0) return UniqueFd(fd);
     if (errno != ELOOP && errno != EAGAIN && errno != EINTR) ThrowOs(errno, "open", path);
-    if (cached_only) throw WouldBlock();  // the walk may need the disk: a worker does it
+  } else if (cached_only) {
+    throw WouldBlock();  // no cached-only lookups without openat2
   }
   std::string untrusted_link;
-  int fd = WalkTrustedPath(entry, flags, mode, untrusted_link);
+  int fd = WalkTrustedPath(entry, flags, mode, cached_only, untrusted_link);
   if (!untrusted_link.empty()) {
     ThrowRefused(path, access,
                  "the allowed entry's path goes through a symlink another user could replace (" +
@@ -423,8 +429,15 @@ PathPolicy::Parent PathPolicy::OpenParent(std::string_view path, Access access) 
   Parent parent;
   parent.normalized = lex.normalized;
   if (lex.remainder.empty()) {
-    struct stat st;
-    if (entry == "/" || (::stat(entry.c_str(), &st) == 0 && S_ISDIR(st.st_mode))) {
+    bool is_dir = entry == "/";
+    try {  // through trusted links only, as any use of the entry
+      UniqueFd e = OpenEntryPath(entry, O_PATH, 0, access, path, false);
+      struct stat st;
+      is_dir = is_dir || (::fstat(e.get(), &st) == 0 && S_ISDIR(st.st_mode));
+    } catch (const RpcError& e) {
+      if (e.code() != ErrorCode::kNotFound) throw;  // missing: a single-file entry to create
+    }
+    if (is_dir) {
       ThrowRefused(path, access, "an allowed directory entry itself cannot be replaced or removed");
     }
     std::string dir;

@@ -85,6 +85,11 @@ class PathPolicy {
   };
   Parent OpenParent(std::string_view path, Access access) const;
 
+  // An allowed entry itself (or its parent), following only symlinks no other user could
+  // have planted (see path_policy.cc); refusals and errors name `path`, the request's.
+  UniqueFd OpenEntryPath(const std::string& entry, int flags, mode_t mode, Access access,
+                         std::string_view path, bool cached_only) const;
+
   Resolver resolver() const { return resolver_; }
   const std::vector<std::string>& entries(Access access) const {
     return access == Access::kRead ? read_ : write_;
@@ -97,10 +102,6 @@ class PathPolicy {
   // Open and OpenCached (`cached_only`) after their own checks.
   UniqueFd OpenChecked(std::string_view path, Access access, int flags, mode_t mode,
                        bool cached_only) const;
-  // An allowed entry itself (or its parent), following only symlinks no other user could
-  // have planted (see path_policy.cc); refusals and errors name `path`, the request's.
-  UniqueFd OpenEntryPath(const std::string& entry, int flags, mode_t mode, Access access,
-                         std::string_view path, bool cached_only) const;
   UniqueFd OpenEntryDir(const std::string& entry, Access access, std::string_view path,
                         bool cached_only = false) const;
   // Opens `rel` (components without "..", non-empty) beneath `root`.
