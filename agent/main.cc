@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -122,7 +123,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> listening;  // each address as the agent would bind it
   for (const auto& listen : options.listen) {
     try {
-      std::string address = kvm::ParseListenAddress(listen).ToString();
+      kvm::ListenAddress parsed = kvm::ParseListenAddress(listen);
+      if (parsed.kind == kvm::ListenAddress::Kind::kUnix) {  // "/a/./x" and "/a//x" are "/a/x"
+        parsed.path = std::filesystem::path(parsed.path).lexically_normal().string();
+      }
+      std::string address = parsed.ToString();
       if (std::find(listening.begin(), listening.end(), address) != listening.end()) {
         std::fprintf(stderr, "kvmmanager-agent: --listen %s is given twice\n", address.c_str());
         return 2;

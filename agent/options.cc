@@ -38,7 +38,8 @@ std::string AgentUsage() {
          "\n"
          "Relative paths are taken from the directory the agent is started in.\n"
          "\n"
-         "Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish, up to 10 s);\n"
+         "Signals: SIGTERM/SIGINT stop gracefully (in-flight requests finish, up to 10 s,\n"
+         "         then up to 2 s to hand over replies a client has not read yet);\n"
          "SIGHUP reloads the config file (if it is missing or invalid, the running config\n"
          "is kept).\n"
          "Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.\n";

@@ -40,6 +40,7 @@ class Listener {
   void WatchForClients();  // Accept() when a client is waiting
   // Out of descriptors: stops watching the listener for a while, then tries again.
   void PauseAccepting(int error);
+  void OnSessionClosed(uint64_t id);
 
   EventLoop& loop_;
   Dispatcher& dispatcher_;

@@ -61,6 +61,8 @@ TEST(AgentFlags, UsageErrorsNameTheOffendingOption) {
            {{"--config="}, "--config needs a path"},
            {{"--listen", "unix:/tmp/kvm-twice.sock", "--listen", "unix:/tmp/kvm-twice.sock"},
             "--listen unix:/tmp/kvm-twice.sock is given twice"},  // was "another agent is..."
+           {{"--listen", "unix:/tmp/kvm-twice.sock", "--listen", "unix:/tmp/.//kvm-twice.sock"},
+            "--listen unix:/tmp/kvm-twice.sock is given twice"},
        }) {
     RunResult r = RunAgent(c.args);
     EXPECT_EQ(r.exit_code, 2) << c.args[0];
