@@ -98,7 +98,6 @@ void SerialPort::TryOpen() {
   host_confirmed_ = false;
   ++generation_;
   sink_ = std::make_shared<HostSink>(this, generation_, alive_);
-  LOG_INFO(log_, "serving %s", path_.c_str());
   interest_ = EPOLLIN | EPOLLET;
   try {
     loop_.Watch(fd_.get(), interest_, [this](uint32_t events) { OnEvents(events); });
@@ -114,6 +113,7 @@ void SerialPort::TryOpen() {
     retry_timer_ = loop_.AddTimer(std::chrono::seconds(retry_seconds_), [this] { TryOpen(); });
     return;
   }
+  LOG_INFO(log_, "serving %s", path_.c_str());
   ReadAvailable();  // the host may have written before we opened
 }
 
