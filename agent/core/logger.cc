@@ -32,7 +32,11 @@ std::string Logger::OpenFile(const std::string& path) {
   if (!path.empty()) {
     // A new file is 0640 whatever the umask the agent was started with: the log names paths
     // and commands, and others must not rewrite it.
-    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+    // O_NONBLOCK for the open only: a FIFO with no reader fails (ENXIO) instead of blocking
+    // the agent for ever with its stop signals still masked.
+    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+                    0640);
+    if (fd >= 0) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     if (fd < 0 || !(opened = ::fdopen(fd, "a"))) {
       int err = errno;
       if (fd >= 0) ::close(fd);

@@ -224,6 +224,22 @@ TEST(AgentLog, ClosedStandardDescriptorsAreFilledWithDevNull) {
   EXPECT_NE(ReadFileText(dir / "agent.log").find("listening on unix:"), std::string::npos);
 }
 
+// A FIFO as log_file with nobody reading it: the open failed to return, with SIGTERM masked,
+// so only SIGKILL ended the agent. It is now a log file that cannot be opened (a warning).
+TEST(AgentLog, FifoLogFileWithoutAReaderDoesNotHangStartUp) {
+  AgentProcess probe;
+  json::object config = json::parse(probe.DefaultTestConfig()).as_object();
+  TempDir dir;
+  ASSERT_EQ(::mkfifo((dir / "fifo.log").c_str(), 0600), 0);
+  config["log_file"] = dir / "fifo.log";
+  AgentProcess::Options options;
+  options.config_json = json::serialize(config);
+  AgentProcess agent(options);
+  EXPECT_TRUE(agent.Call("ping").ok);
+  EXPECT_NE(agent.Stderr().find("cannot open log file " + dir / "fifo.log"), std::string::npos)
+      << agent.Stderr();
+}
+
 TEST(AgentSignals, SigtermStopsGracefullyAndRemovesTheSocket) {
   AgentProcess agent;
   ASSERT_TRUE(agent.Call("ping").ok);
